@@ -1,0 +1,161 @@
+"""Recipe: train a bundled pixel-space DDPM prior (``bundled:fashion-ddpm`` or ``bundled:emoji-ddpm``).
+
+    python recipes/train_ddpm.py --dataset fashion            # trains, resuming if a checkpoint exists
+    python recipes/train_ddpm.py --dataset fashion --export   # writes the EMA weights into probe/bundled/
+
+Long training spans sessions: the state (model, EMA, optimiser, RNG, step) is written atomically every
+``--ckpt-every`` steps under ~/.cache/probe/train/<name>/ and picked up on the next start; each step's loss
+goes to log.csv there. The exported prior is a diffusers ``DDPMPipeline`` folder (unet/ + scheduler/), the
+same layout as hub checkpoints such as google/ddpm-celebahq-256, so one loader serves both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DModel
+
+from probe.datasets import CACHE_DIR, emoji, fashion_mnist
+
+BUNDLED = Path(__file__).resolve().parents[1] / "probe" / "bundled"
+DATASETS = {
+    "fashion": {"name": "fashion-ddpm", "channels": 1},
+    "emoji": {"name": "emoji-ddpm", "channels": 3},
+}
+
+
+def build_unet(channels: int) -> UNet2DModel:
+    return UNet2DModel(
+        sample_size=32, in_channels=channels, out_channels=channels, norm_num_groups=8,
+        block_out_channels=(32, 64, 128), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    )
+
+
+def build_scheduler() -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=True)
+
+
+def load_data(dataset: str) -> torch.Tensor:
+    """Training images in [-1, 1], NCHW float32."""
+    if dataset == "fashion":
+        x = torch.from_numpy(fashion_mnist("train")[0]).unsqueeze(1)
+    else:
+        x = torch.from_numpy(emoji("train")).permute(0, 3, 1, 2)
+    return x.float() / 127.5 - 1.0
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def export(ema: UNet2DModel, name: str, step: int, wall: float, args: argparse.Namespace) -> Path:
+    out = args.out or BUNDLED / name
+    ema.save_pretrained(out / "unet")
+    build_scheduler().save_pretrained(out / "scheduler")
+    (out / "model_index.json").write_text(json.dumps(
+        {"_class_name": "DDPMPipeline", "_diffusers_version": "0.42.1",
+         "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}, indent=2) + "\n")
+    (out / "training.json").write_text(json.dumps(
+        {"dataset": args.dataset, "steps": step, "batch_size": args.batch_size, "lr": args.lr,
+         "ema_decay": args.ema, "seed": args.seed, "wall_seconds": round(wall),
+         "params": sum(p.numel() for p in ema.parameters()),
+         "hardware": f"CPU, {torch.get_num_threads()} threads, bf16 autocast={args.bf16}"}, indent=2) + "\n")
+    print(f"exported EMA weights at step {step} to {out}")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", choices=sorted(DATASETS), required=True)
+    ap.add_argument("--max-steps", type=int, default=60000)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--warmup", type=int, default=500)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--ckpt-every", type=int, default=200)
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                    help="bf16 autocast (about 1.4x faster on CPUs with avx512_bf16)")
+    ap.add_argument("--export", action="store_true", help="only write the current EMA weights to probe/bundled")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    spec = DATASETS[args.dataset]
+    workdir = CACHE_DIR / "train" / spec["name"]
+    workdir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    model = build_unet(spec["channels"])
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    sched = build_scheduler()
+    step, wall = 0, 0.0
+    ckpt = workdir / "ckpt.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        step, wall = state["step"], state["wall"]
+        print(f"resumed {spec['name']} at step {step} ({wall / 3600:.2f} h trained)")
+    if args.export:
+        export(ema, spec["name"], step, wall, args)
+        return
+
+    data = load_data(args.dataset)
+    acp = sched.alphas_cumprod
+    log = open(workdir / "log.csv", "a")
+    t0 = time.time()
+    while step < args.max_steps:
+        idx = torch.randint(0, len(data), (args.batch_size,), generator=gen)
+        x0 = data[idx]
+        flip = torch.rand(args.batch_size, generator=gen) < 0.5
+        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, 1000, (args.batch_size,), generator=gen)
+        a = acp[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            pred = model(xt, t).sample
+        loss = F.mse_loss(pred.float(), noise)
+        for g in opt.param_groups:
+            g["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        log.write(f"{step},{loss.item():.5f}\n")
+        if step % args.ckpt_every == 0 or step == args.max_steps:
+            wall += time.time() - t0
+            t0 = time.time()
+            log.flush()
+            save_atomic({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                         "gen": gen.get_state(), "step": step, "wall": wall}, ckpt)
+            recent = np.loadtxt(workdir / "log.csv", delimiter=",")[-args.ckpt_every:, 1].mean()
+            print(f"step {step} loss {recent:.4f} wall {wall / 3600:.2f} h", flush=True)
+    export(ema, spec["name"], step, wall, args)
+
+
+if __name__ == "__main__":
+    main()
