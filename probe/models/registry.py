@@ -1,0 +1,111 @@
+"""Spec strings -> Encoder objects. One string names a network everywhere in probe.
+
+Forms:
+  ``bundled:NAME``             shipped with probe (``probe models list``)
+  ``timm:NAME``                timm architecture with hub weights; ``--weights PATH`` loads a local
+                               checkpoint instead, ``--weights random`` keeps random init
+  ``open_clip:ARCH/TAG``       open_clip model with pretrained tag (hub); ``open_clip:ARCH`` + --weights
+  ``torchscript:PATH``         a scripted/traced module whose output is the embedding
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from probe.errors import UsageError
+from probe.models.encoder import Encoder, EncoderParts
+
+FAMILIES = ("bundled", "timm", "open_clip", "torchscript")
+SPEC_FORMS = (
+    ("bundled:NAME", "a model shipped with probe, e.g. bundled:fashion-cnn"),
+    ("timm:NAME", "any timm model; hub weights, or --weights PATH|random"),
+    ("open_clip:ARCH/TAG", "an open_clip model, e.g. open_clip:ViT-B-32/openai; or open_clip:ARCH --weights"),
+    ("torchscript:PATH", "a TorchScript file; preprocessing from PATH.json if present"),
+)
+DEFAULT_ENCODER = "bundled:fashion-cnn"
+
+
+@dataclass(frozen=True)
+class Spec:
+    family: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.family}:{self.name}"
+
+
+def parse_spec(spec: str) -> Spec:
+    family, sep, name = spec.partition(":")
+    if not sep or family not in FAMILIES or not name:
+        forms = ", ".join(f for f, _ in SPEC_FORMS)
+        raise UsageError(f"unknown model spec {spec!r}: use one of {forms} (see 'probe models list')")
+    return Spec(family, name)
+
+
+def load_parts(spec: str, weights: str | None = None) -> EncoderParts:
+    s = parse_spec(spec)
+    if s.family == "bundled":
+        if weights is not None:
+            raise UsageError("--weights applies to timm: and open_clip: specs, not bundled ones")
+        from probe.models.bundled import load_bundled_encoder
+
+        return load_bundled_encoder(s.name)
+    if s.family == "timm":
+        from probe.models.timm_models import load_timm
+
+        return load_timm(s.name, weights)
+    if s.family == "open_clip":
+        from probe.models.open_clip_models import load_open_clip
+
+        return load_open_clip(s.name, weights)
+    from probe.models.torchscript_models import load_torchscript
+
+    return load_torchscript(s.name)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_encoder(spec: str, layers: Sequence[str] | None = None, weights: str | None = None,
+                 device: str | torch.device | None = None, keep_spatial: bool = False,
+                 token_pool: str = "cls") -> Encoder:
+    """Build an Encoder for ``spec`` reading ``layers`` (default: the final embedding)."""
+    parts = load_parts(spec, weights)
+    enc = Encoder(spec, parts, layers=layers, keep_spatial=keep_spatial, token_pool=token_pool, weights=weights)
+    return enc.to(device or default_device())
+
+
+def list_layers(spec: str, weights: str | None = None) -> list[dict]:
+    """Every named module with its output shape for one input of the model's size (for ``models layers``)."""
+    parts = load_parts(spec, weights)
+    model = parts.model.eval()
+    shapes: dict[str, str] = {}
+    handles = []
+    if parts.hookable:
+        for name, mod in model.named_modules():
+            if not name:
+                continue
+
+            def hook(_m, _i, out, name=name):
+                while isinstance(out, (tuple, list)) and out:
+                    out = out[0]
+                if isinstance(out, torch.Tensor):
+                    shapes[name] = "x".join(str(s) for s in out.shape[1:])
+            handles.append(mod.register_forward_hook(hook))
+    pre = parts.preprocess
+    with torch.no_grad():
+        x = pre.normalize(torch.rand(1, pre.in_chans, pre.size, pre.size))
+        emb = parts.embed(model, x)
+    for h in handles:
+        h.remove()
+    rows = [{"name": "embedding", "type": "(default) final embedding", "shape": "x".join(map(str, emb.shape[1:]))}]
+    if parts.head is not None:
+        rows.append({"name": "logits", "type": "classifier head", "shape": str(len(parts.class_names or []) or "?")})
+    for name, mod in model.named_modules():
+        if name in shapes:
+            rows.append({"name": name, "type": type(mod).__name__, "shape": shapes[name]})
+    return rows
