@@ -1,0 +1,1 @@
+"""The thin Click layer: parse options, call probe's core, print with rich or --json."""

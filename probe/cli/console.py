@@ -1,0 +1,72 @@
+"""Shared printing for commands: rich on a terminal, plain lines otherwise, nothing with --quiet."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+def quiet(ctx: click.Context | None = None) -> bool:
+    ctx = ctx or click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("quiet"))
+
+
+def console() -> Console:
+    """stderr console for progress and messages, so stdout stays clean for --json."""
+    return Console(stderr=True, quiet=quiet(), soft_wrap=True)
+
+
+def say(message: str) -> None:
+    if not quiet():
+        console().print(message, highlight=False)
+
+
+def warn(message: str) -> None:
+    """A warning line (bad file etc.) — shown even with --quiet, on stderr."""
+    click.echo(f"warning: {message}", err=True)
+
+
+def emit_json(obj: object) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+class PlainProgress:
+    """Progress for non-terminals: a line every ~10% so logs stay short."""
+
+    def __init__(self, label: str, total: int, unit: str):
+        self.label, self.total, self.unit, self._next = label, max(total, 1), unit, 0.0
+
+    def update(self, done: int, extra: str = "") -> None:
+        if quiet():
+            return
+        if done / self.total >= self._next or done >= self.total:
+            click.echo(f"{self.label}: {done}/{self.total} {self.unit} {extra}".rstrip(), err=True)
+            self._next = done / self.total + 0.1
+
+
+@contextmanager
+def progress(label: str, total: int, unit: str = "images"):
+    """Yields ``update(done, extra="")``: a rich bar with rate and ETA on a TTY, plain lines elsewhere."""
+    if quiet() or not sys.stderr.isatty():
+        yield PlainProgress(label, total, unit).update
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[extra]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=console(), transient=False) as bar:
+        task = bar.add_task(label, total=total, extra="")
+
+        def update(done: int, extra: str = "") -> None:
+            bar.update(task, completed=done, extra=extra)
+        yield update

@@ -1,0 +1,78 @@
+"""``probe``: the command group. Subcommands load lazily so ``probe --help`` stays instant.
+
+Errors from the core (probe.errors) become one line on stderr and the documented exit code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from probe import __version__
+from probe.errors import ProbeError
+
+COMMANDS = {
+    "extract": ("probe.cli.extract", "extract", "Images -> features of a model/layer, cached in HDF5 (resumable)."),
+    "info": ("probe.cli.info", "info", "List the groups, counts, dims and attributes of a feature store."),
+    "export": ("probe.cli.info", "export", "Write one group of a feature store to .npy for other tools."),
+    "models": ("probe.cli.models", "models", "List bundled models and spec forms; list a model's layers."),
+    "decode": ("probe.cli.decode", "decode", "Generate images whose features match a target."),
+    "interpolate": ("probe.cli.directions", "interpolate", "Decode along the path between two features."),
+    "perturb": ("probe.cli.directions", "perturb", "Decode a feature moved along PCA/class/random directions."),
+    "map": ("probe.cli.directions", "map_", "2-D map (UMAP/PCA) of a feature set, optionally decoded on a grid."),
+    "compare": ("probe.cli.compare", "compare", "Which attributes persist across decoded samples."),
+}
+
+
+class LazyGroup(click.Group):
+    """Click's documented lazy-loading group: import a subcommand's module only when it runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_) for name, (_, _, help_) in COMMANDS.items()])
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ProbeError as err:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {err}", err=True)
+            sys.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug: one line here, the traceback with --debug
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: internal error ({type(exc).__name__}: {exc}); rerun with --debug "
+                       "for the traceback", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="probe")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors and requested --json output.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool, debug: bool) -> None:
+    """probe: what does a feature of a vision network encode? Decode it back into images and see.
+
+    Exit codes: 0 ok, 1 internal error, 2 misuse (bad option/spec/layer/target), 3 bad input data
+    (unreadable file, corrupt store, nothing processed), 130 interrupted.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj.update(quiet=quiet, debug=debug)

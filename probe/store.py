@@ -1,0 +1,289 @@
+"""The HDF5 feature store: one group per (model, layer), rows aligned with paths and hashes.
+
+Schema (README documents it)::
+
+    /<model key>/<layer>/            group; model key = spec with ':' and '/' replaced by '_'
+        features   float32|float16 [N, D]   chunked, compressed, resizable along N
+        paths      str [N]                   source path (or "text:<prompt>" for text features)
+        sha256     S64 [N]                   content hash of the source: the resume key
+        labels     int64 [N]                 optional; -1 = unknown
+        attrs: model_spec, weights, layer, preprocess (JSON), keep_spatial, token_pool, feature_shape,
+               kind (image|text|decoded), probe_version, torch_version, created, updated
+    /<model key>/<layer>/artifacts/<key>/   cached analyses (PCA, fitted maps) with their own attrs
+
+Rows are appended per batch and the file is flushed after each, so an interrupted run leaves every
+finished batch readable. The store knows nothing about torch models: callers pass plain arrays and a
+``record`` dict describing how the features were made.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from probe.errors import InputError, UsageError
+
+STR = h5py.string_dtype("utf-8")
+RECORD_KEYS = ("model_spec", "weights", "preprocess", "keep_spatial", "token_pool")
+
+
+def group_key(model_spec: str, layer: str) -> str:
+    return f"{model_spec.replace(':', '_').replace('/', '_')}/{layer}"
+
+
+def _attr(value: object) -> object:
+    return json.dumps(value) if isinstance(value, (dict, list, tuple)) else value
+
+
+def _unattr(value: object) -> object:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class StoreGroup:
+    """Row-aligned datasets of one (model, layer)."""
+
+    def __init__(self, name: str, h5: h5py.Group, path: Path):
+        self.name = name
+        self._g = h5
+        self._path = path
+
+    def __len__(self) -> int:
+        return self._g["features"].shape[0]
+
+    @property
+    def features(self) -> h5py.Dataset:
+        return self._g["features"]
+
+    @property
+    def dim(self) -> int:
+        return self._g["features"].shape[1]
+
+    @property
+    def attrs(self) -> dict:
+        return {k: _unattr(v) for k, v in self._g.attrs.items()}
+
+    @property
+    def paths(self) -> list[str]:
+        return [p.decode() if isinstance(p, bytes) else p for p in self._g["paths"][:]]
+
+    @property
+    def hashes(self) -> list[str]:
+        return [h.decode() for h in self._g["sha256"][:]]
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        if "labels" not in self._g:
+            return None
+        labels = self._g["labels"][:]
+        return labels if (labels >= 0).any() else None
+
+    def rows(self, indices: Sequence[int] | np.ndarray | slice) -> np.ndarray:
+        n = len(self)
+        if isinstance(indices, slice):
+            return self.features[indices].astype(np.float32)
+        idx = np.asarray(indices, dtype=np.int64)
+        bad = idx[(idx < -n) | (idx >= n)]
+        if bad.size:
+            raise UsageError(f"{self._path}: index {int(bad[0])} is out of range for group {self.name} "
+                             f"with {n} rows")
+        idx = np.where(idx < 0, idx + n, idx)
+        order = np.argsort(idx)
+        out = np.empty((len(idx), self.dim), dtype=np.float32)
+        if len(idx):
+            uniq, inv = np.unique(idx[order], return_inverse=True)
+            out[order] = self.features[uniq][inv]
+        return out
+
+    def index_of_path(self, path: str) -> int:
+        paths = self.paths
+        for candidate in (path, str(Path(path).resolve())):
+            if candidate in paths:
+                return paths.index(candidate)
+        names = [i for i, p in enumerate(paths) if Path(p).name == Path(path).name]
+        if len(names) == 1:
+            return names[0]
+        raise UsageError(f"{self._path}: no row with path {path!r} in group {self.name}")
+
+    def append(self, features: np.ndarray, paths: Sequence[str], hashes: Sequence[str],
+               labels: Sequence[int] | None = None) -> None:
+        n, d = features.shape
+        if d != self.dim:
+            raise UsageError(f"{self._path}: features of dimension {d} do not fit group {self.name} ({self.dim})")
+        if not (len(paths) == len(hashes) == n):
+            raise ValueError("features, paths and hashes must have the same number of rows")
+        start = len(self)
+        for name in ("features", "paths", "sha256", "labels"):
+            if name in self._g:
+                self._g[name].resize(start + n, axis=0)
+        self._g["features"][start:] = features.astype(self._g["features"].dtype)
+        self._g["paths"][start:] = list(paths)
+        self._g["sha256"][start:] = [h.encode() for h in hashes]
+        if "labels" in self._g:
+            self._g["labels"][start:] = -1 if labels is None else np.asarray(labels, dtype=np.int64)
+        self._g.attrs["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class FeatureStore:
+    """An HDF5 file of feature groups. Use as a context manager; ``mode`` is "r" or "a"."""
+
+    def __init__(self, path: str | Path, mode: str = "r"):
+        self.path = Path(path)
+        if mode not in ("r", "a"):
+            raise ValueError("mode must be 'r' or 'a'")
+        if mode == "r" and not self.path.is_file():
+            raise InputError(f"{self.path}: feature store not found")
+        if mode == "a":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._h5 = h5py.File(self.path, mode)
+        except OSError as exc:
+            reason = str(exc).split("(")[0].strip() or type(exc).__name__
+            raise InputError(f"{self.path}: not a readable HDF5 feature store ({reason})") from exc
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._h5.id.valid:
+            self._h5.close()
+
+    def flush(self) -> None:
+        self._h5.flush()
+
+    def group_names(self) -> list[str]:
+        names: list[str] = []
+
+        def visit(name: str, obj: object) -> None:
+            if isinstance(obj, h5py.Group) and "features" in obj and "/artifacts" not in f"/{name}":
+                names.append(name)
+        self._h5.visititems(visit)
+        return sorted(names)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.group_names()
+
+    def group(self, name: str | None = None) -> StoreGroup:
+        names = self.group_names()
+        if name is None:
+            if len(names) != 1:
+                listing = ", ".join(names) or "none"
+                raise UsageError(f"{self.path}: holds {len(names)} groups ({listing}); choose one with --group")
+            name = names[0]
+        if name not in names:
+            listing = ", ".join(names) or "none"
+            raise UsageError(f"{self.path}: no group {name!r}; groups: {listing}")
+        return StoreGroup(name, self._h5[name], self.path)
+
+    def create_group(self, name: str, dim: int, record: dict, layer: str, kind: str = "image",
+                     dtype: str = "float32", feature_shape: Sequence[int] | None = None,
+                     overwrite: bool = False) -> StoreGroup:
+        """Open ``name`` for appending, creating it if needed.
+
+        An existing group made by another model (spec, weights, preprocessing or pooling) is refused:
+        mixing features of two networks in one matrix silently corrupts every later analysis.
+        """
+        if name in self._h5 and overwrite:
+            del self._h5[name]
+        if name in self._h5:
+            grp = self.group(name)
+            old = grp.attrs
+            for key in RECORD_KEYS:
+                if key in record and _unattr(_attr(record[key])) != old.get(key):
+                    raise UsageError(
+                        f"{self.path}: group {name} was made with {key}={old.get(key)!r}, not "
+                        f"{record[key]!r}; use another file, another group, or --overwrite")
+            if grp.dim != dim:
+                raise UsageError(f"{self.path}: group {name} has dimension {grp.dim}, not {dim}")
+            return grp
+        g = self._h5.create_group(name)
+        try:
+            self._fill_new_group(g, dim, record, layer, kind, dtype, feature_shape)
+        except BaseException:
+            del self._h5[name]  # never leave a half-made group that a rerun would trust
+            raise
+        return StoreGroup(name, g, self.path)
+
+    @staticmethod
+    def _fill_new_group(g: h5py.Group, dim: int, record: dict, layer: str, kind: str, dtype: str,
+                        feature_shape: Sequence[int] | None) -> None:
+        import torch
+
+        from probe import __version__
+
+        itemsize = np.dtype(dtype).itemsize
+        chunk_rows = int(max(1, min(1024, (1 << 20) // max(1, dim * itemsize))))
+        g.create_dataset("features", shape=(0, dim), maxshape=(None, dim), dtype=dtype,
+                         chunks=(chunk_rows, dim), compression="gzip", compression_opts=4, shuffle=True)
+        g.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=STR, chunks=(1024,))
+        g.create_dataset("sha256", shape=(0,), maxshape=(None,), dtype="S64", chunks=(1024,))
+        g.create_dataset("labels", shape=(0,), maxshape=(None,), dtype="int64", chunks=(1024,))
+        for key, value in record.items():
+            g.attrs[key] = _attr(value)
+        g.attrs.update({"layer": layer, "kind": kind, "feature_shape": _attr(list(feature_shape or [dim])),
+                        "probe_version": __version__, "torch_version": str(torch.__version__),
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+    def save_artifact(self, name: str, key: str, arrays: dict[str, np.ndarray], attrs: dict) -> None:
+        """Cache an analysis of group ``name`` (e.g. a fitted PCA) under ``artifacts/key``."""
+        grp = self._h5[self.group(name).name]
+        art = grp.require_group("artifacts")
+        if key in art:
+            del art[key]
+        a = art.create_group(key)
+        for k, v in arrays.items():
+            a.create_dataset(k, data=v)
+        for k, v in attrs.items():
+            a.attrs[k] = _attr(v)
+        a.attrs["n_rows"] = len(self.group(name))
+        self.flush()
+
+    def load_artifact(self, name: str, key: str) -> tuple[dict[str, np.ndarray], dict] | None:
+        """A cached analysis, or None when absent or made before rows were added to the group."""
+        grp = self._h5[self.group(name).name]
+        if "artifacts" not in grp or key not in grp["artifacts"]:
+            return None
+        a = grp["artifacts"][key]
+        attrs = {k: _unattr(v) for k, v in a.attrs.items()}
+        if attrs.get("n_rows") != len(self.group(name)):
+            return None
+        return {k: a[k][()] for k in a.keys()}, attrs
+
+    def describe(self) -> dict:
+        """Everything ``probe info`` shows, JSON-able."""
+        out = {"file": str(self.path), "groups": []}
+        for name in self.group_names():
+            g = self.group(name)
+            arts = sorted(self._h5[name]["artifacts"].keys()) if "artifacts" in self._h5[name] else []
+            out["groups"].append({"name": name, "rows": len(g), "dim": g.dim, "dtype": str(g.features.dtype),
+                                  "labelled": g.labels is not None, "artifacts": arts, "attrs": g.attrs})
+        return out
+
+
+def existing_hashes(store_path: Path, names: Iterable[str]) -> dict[str, set[str]]:
+    """Hashes already stored per group, for resuming; empty sets for groups not there yet."""
+    out = {n: set() for n in names}
+    if not store_path.exists():
+        return out
+    with FeatureStore(store_path, "r") as st:
+        present = st.group_names()
+        for n in out:
+            if n in present:
+                out[n] = set(st.group(n).hashes)
+    return out
