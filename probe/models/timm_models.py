@@ -47,7 +47,7 @@ def load_timm(name: str, weights: str | None) -> EncoderParts:
     import timm
 
     if not timm.is_model(name):
-        raise UsageError(f"timm has no model {name!r}; list names with python -c 'import timm; print(timm.list_models())'")
+        raise UsageError(f"timm has no model {name!r}; see timm.list_models() for the names")
     if weights is None:
         model = timm.create_model(name, pretrained=True)
     else:
