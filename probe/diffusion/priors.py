@@ -1,0 +1,278 @@
+"""Diffusion priors: the noise predictor ε(z, t) and the map from the diffusion variable z to an image.
+
+One interface serves pixel DDPMs (z is the image; ``decode`` is the identity) and latent Stable
+Diffusion (z is the VAE latent; ``decode`` runs the VAE decoder *with* gradients, because the guided
+sampler back-propagates the feature loss through it). The sampler needs nothing else: the cumulative
+noise schedule ᾱ, the shape of z, and the image the prior produces.
+
+Spec forms accepted by :func:`load_prior`:
+  ``bundled:NAME``   a prior shipped with probe (``probe models list``)
+  ``PATH``           a local diffusers folder: DDPMPipeline layout (unet/ + scheduler/) or Stable
+                     Diffusion layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/)
+  ``OWNER/NAME``     a Hugging Face hub repository in either layout (``hf:OWNER/NAME`` also works)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from probe.errors import InputError, UsageError
+
+DEFAULT_PRIOR = "bundled:fashion-ddpm"
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+@dataclass
+class Prior:
+    """A loaded diffusion prior with explicit state.
+
+    ``alphas_cumprod``/``betas`` are float64 CPU tensors of length ``num_train_timesteps`` (the sampler
+    does its schedule arithmetic in double precision); ``latent_shape`` is z's [C, H, W]; ``channels``
+    and ``image_size`` describe the decoded image. ``text_embedding`` is the empty-prompt condition of a
+    Stable Diffusion UNet (computed once; the paper's prior is unconditional).
+    """
+
+    spec: str
+    unet: nn.Module
+    alphas_cumprod: torch.Tensor
+    betas: torch.Tensor
+    latent_shape: tuple[int, int, int]
+    channels: int
+    image_size: int
+    prediction_type: str = "epsilon"
+    clip_sample: bool = False
+    clip_sample_range: float = 1.0
+    vae: nn.Module | None = None
+    scaling_factor: float = 1.0
+    shift_factor: float = 0.0
+    text_embedding: torch.Tensor | None = None
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise UsageError(f"{self.spec}: unsupported prediction type {self.prediction_type!r}")
+        self.unet.eval().requires_grad_(False)
+        if self.vae is not None:
+            self.vae.eval().requires_grad_(False)
+        self.alphas_cumprod = self.alphas_cumprod.detach().double().cpu()
+        self.betas = self.betas.detach().double().cpu()
+
+    # -- schedule ---------------------------------------------------------------------------------------
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.alphas_cumprod.numel())
+
+    @property
+    def is_latent(self) -> bool:
+        return self.vae is not None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def to(self, device: str | torch.device) -> Prior:
+        self.unet.to(device)
+        if self.vae is not None:
+            self.vae.to(device)
+        if self.text_embedding is not None:
+            self.text_embedding = self.text_embedding.to(device)
+        return self
+
+    # -- the two maps the sampler uses --------------------------------------------------------------------
+    def eps(self, z: torch.Tensor, t: int) -> torch.Tensor:
+        """Noise prediction ε(z_t, t), unconditional; differentiable with respect to ``z``.
+
+        v- and x0-predicting networks are converted to ε with the schedule, so the guided step is the
+        same for every prior.
+        """
+        b = z.shape[0]
+        tt = torch.full((b,), int(t), device=z.device, dtype=torch.long)
+        zin = z.to(self.dtype)
+        if self.text_embedding is not None:
+            cond = self.text_embedding.expand(b, -1, -1)
+            out = self.unet(zin, tt, encoder_hidden_states=cond).sample
+        else:
+            out = self.unet(zin, tt).sample
+        out = out.float()
+        c = self.latent_shape[0]
+        if out.shape[1] == 2 * c:  # learned-variance models (improved DDPM): the first half is the mean part
+            out = out[:, :c]
+        if self.prediction_type == "epsilon":
+            return out
+        a = float(self.alphas_cumprod[int(t)])
+        if self.prediction_type == "v_prediction":
+            return a ** 0.5 * out + (1 - a) ** 0.5 * z
+        return (z - a ** 0.5 * out) / (1 - a) ** 0.5
+
+    def decode(self, z0: torch.Tensor) -> torch.Tensor:
+        """x̂0 in (about) [−1, 1] from the predicted clean variable; keeps gradients."""
+        if self.vae is None:
+            return z0
+        x = self.vae.decode((z0 / self.scaling_factor + self.shift_factor).to(self.dtype)).sample
+        return x.float()
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "latent": self.is_latent, "latent_shape": list(self.latent_shape),
+                "channels": self.channels, "image_size": self.image_size,
+                "num_train_timesteps": self.num_train_timesteps, "prediction_type": self.prediction_type,
+                **self.info}
+
+
+def _scheduler_state(scheduler: object, latent: bool = False) -> dict:
+    """ᾱ, β and the sampling conventions from any diffusers scheduler config (SD ships a PNDM config).
+
+    Clipping x̂0 to [−1, 1] is a pixel-DDPM convention (DDPMScheduler's clip_sample); latents are never
+    clipped, whatever a foreign scheduler config defaults to.
+    """
+    from diffusers import DDPMScheduler
+
+    cfg = dict(scheduler.config)
+    ddpm = DDPMScheduler.from_config(cfg)
+    return {"alphas_cumprod": ddpm.alphas_cumprod.clone(), "betas": ddpm.betas.clone(),
+            "prediction_type": cfg.get("prediction_type", "epsilon"),
+            "clip_sample": bool(cfg.get("clip_sample", False)) and not latent,
+            "clip_sample_range": float(cfg.get("clip_sample_range", 1.0))}
+
+
+def pixel_prior(spec: str, unet: nn.Module, scheduler: object) -> Prior:
+    """A pixel-space DDPM (DDPMPipeline layout): z is the image in [−1, 1]."""
+    cfg = unet.config
+    size = cfg.sample_size if isinstance(cfg.sample_size, int) else int(cfg.sample_size[0])
+    c = int(cfg.in_channels)
+    return Prior(spec=spec, unet=unet, latent_shape=(c, size, size), channels=c, image_size=size,
+                 info={"kind": "pixel"}, **_scheduler_state(scheduler))
+
+
+@torch.no_grad()
+def empty_prompt_embedding(text_encoder: nn.Module, tokenizer: object) -> torch.Tensor:
+    """The embedding of "" that makes an SD UNet unconditional (the paper's c_empty), [1, L, D]."""
+    length = int(tokenizer.model_max_length)
+    if length > 100_000:  # a tokenizer saved without a length: use the text model's positions (77 for SD)
+        length = int(text_encoder.config.max_position_embeddings)
+    ids = tokenizer([""], padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+    device = next(text_encoder.parameters()).device
+    return text_encoder(ids.to(device))[0].detach()
+
+
+def latent_prior(spec: str, unet: nn.Module, vae: nn.Module, text_encoder: nn.Module, tokenizer: object,
+                 scheduler: object) -> Prior:
+    """A Stable-Diffusion-style latent prior; the text encoder is used once for the empty prompt."""
+    emb = empty_prompt_embedding(text_encoder, tokenizer)
+    cfg = unet.config
+    size = cfg.sample_size if isinstance(cfg.sample_size, int) else int(cfg.sample_size[0])
+    down = 2 ** (len(vae.config.block_out_channels) - 1)
+    return Prior(spec=spec, unet=unet, vae=vae, text_embedding=emb,
+                 latent_shape=(int(cfg.in_channels), size, size), channels=int(vae.config.out_channels),
+                 image_size=size * down, scaling_factor=float(vae.config.scaling_factor or 1.0),
+                 shift_factor=float(getattr(vae.config, "shift_factor", None) or 0.0),
+                 info={"kind": "latent"}, **_scheduler_state(scheduler, latent=True))
+
+
+def _quiet_loaders() -> None:
+    """diffusers/transformers print progress bars and 'install accelerate' notes while loading; probe
+    reports what it loaded itself, so those only clutter the CLI's output."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    for log in (dlog, tlog):
+        log.set_verbosity_error()
+        log.disable_progress_bar()
+
+
+def _load_components(source: str, layout: str, spec: str, **kw: object) -> Prior:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet2DModel
+
+    _quiet_loaders()
+
+    scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kw)
+    if layout == "pixel":
+        unet = UNet2DModel.from_pretrained(source, subfolder="unet", **kw)
+        return pixel_prior(spec, unet, scheduler)
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kw)
+    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kw)
+    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw)
+    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
+    prior = latent_prior(spec, unet, vae, text_encoder, tokenizer, scheduler)
+    del text_encoder
+    return prior
+
+
+def _layout_of_dir(root: Path) -> str:
+    """'pixel' or 'latent' from which component folders exist; InputError naming what is missing."""
+    if not root.is_dir():
+        raise InputError(f"{root}: prior directory does not exist")
+    has = {p.name for p in root.iterdir() if p.is_dir()}
+    if {"unet", "vae", "text_encoder", "tokenizer", "scheduler"} <= has:
+        return "latent"
+    if {"unet", "scheduler"} <= has and "vae" not in has:
+        return "pixel"
+    need = ("unet/ and scheduler/ (DDPM) or unet/, vae/, text_encoder/, tokenizer/, scheduler/ "
+            "(Stable Diffusion)")
+    raise InputError(f"{root}: not a diffusers prior folder: needs {need}")
+
+
+def _layout_of_index(index: dict) -> str:
+    if "vae" in index and "unet" in index:
+        return "latent"
+    if "unet" in index and "scheduler" in index:
+        return "pixel"
+    name = index.get("_class_name", "?")
+    raise InputError(f"pipeline {name} is neither a DDPM nor a Stable Diffusion layout")
+
+
+def load_prior(spec: str = DEFAULT_PRIOR, device: str | torch.device | None = None) -> Prior:
+    """Load the prior named by ``spec`` (see the module docstring) onto ``device``."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("bundled:"):
+        from probe.models.bundled import bundled_entry
+
+        entry = bundled_entry(spec.split(":", 1)[1], "prior")
+        root = entry.require()
+        return _load_local(root, spec, recipe=entry.recipe).to(device)
+    hub = spec[3:] if spec.startswith("hf:") else None
+    path = Path(spec).expanduser()
+    if hub is None and path.exists():
+        return _load_local(path, spec).to(device)
+    repo = hub or spec
+    if hub is None and (repo.count("/") != 1 or repo.startswith((".", "/", "~"))):
+        raise InputError(f"{path}: prior directory does not exist")
+    return _load_hub(repo, spec).to(device)
+
+
+def _load_local(root: Path, spec: str, recipe: str | None = None) -> Prior:
+    layout = _layout_of_dir(root)
+    try:
+        return _load_components(str(root), layout, spec)
+    except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as exc:
+        hint = f"; rebuild it with '{recipe}'" if recipe else ""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{root}: prior is unreadable ({first[:160]}){hint}") from exc
+
+
+def _load_hub(repo: str, spec: str) -> Prior:
+    """Hub repositories: read model_index.json to pick the layout, then load the components."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        index = json.loads(Path(hf_hub_download(repo, "model_index.json")).read_text())
+    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, gated: all mean "cannot get it"
+        raise InputError(f"{repo}: no such prior directory, and it could not be fetched as a Hugging Face "
+                         f"hub repository ({type(exc).__name__})") from exc
+    layout = _layout_of_index(index)
+    try:
+        return _load_components(repo, layout, spec)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{repo}: hub prior could not be loaded ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from exc

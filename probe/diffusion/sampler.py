@@ -1,0 +1,364 @@
+"""The guided decoder of arXiv 2509.07936 (shared/research/method.md), readable top to bottom.
+
+Given target features f* and a network f, draw z_T ~ N(0, I) and walk the prior's reverse chain. At
+each timestep t, K times (self-recurrence):
+
+  1. ε = ε_θ(z_t, t) with z_t requiring grad
+  2. ẑ0 = (z_t − √(1−ᾱ_t)·ε)/√ᾱ_t
+  3. x̂0 = D(ẑ0)                                   (identity for pixel priors, VAE decoder for latent ones)
+  4. L = ‖f(q(x̂0)) − f*‖²                         q: [0,1], 8-bit rounding (straight-through), resize,
+                                                    rounding again — the PNG a user would save
+     record x̂0 as best if its distance is the smallest so far
+  5. g = −∂L/∂z_t
+  6. g ← g·‖ε‖/‖g‖                                 per sample
+  7. g ← clamp(g, mean(g) ± τ·std(g))              per sample (gradient thresholding, τ > 0)
+  8. ε' = ε − w·g
+  9. ẑ0' from ε'; decode without grad; record as best if better
+ 10. step to z_{t_prev} with ε'' = noise implied by ẑ0' (DDPM ancestral step, or DDIM for strided chains)
+ 11. if this is not the K-th round, re-noise back to t: z_t = √(ᾱ_t/ᾱ_prev)·z_{t_prev} + √(1 − ᾱ_t/ᾱ_prev)·n
+The first ``early_steps`` timesteps use ``early_rounds`` rounds (early step emphasis). At the last
+timestep the chain's output is ẑ0'.
+
+probe's generalisations (method.md, last section): a batch holds independent chains (normalisation and
+thresholding per sample); strided timesteps use the posterior of the strided chain; a sample may stop
+early on patience or on reaching a distance bound; every sample draws all of its noise from its own
+CPU generator, so its chain does not depend on what else is in the batch, and equal seeds give equal
+images. The sampler knows nothing about files.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from probe.diffusion.priors import Prior
+from probe.diffusion.schedules import GuidanceConfig
+from probe.errors import InputError, UsageError
+from probe.models.encoder import Encoder
+
+StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Building blocks (each tested on its own)
+# --------------------------------------------------------------------------------------------------------
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round(x) in the forward pass, identity gradient in the backward pass (straight-through)."""
+    return x + (torch.round(x) - x).detach()
+
+
+def to_unit_image(x: torch.Tensor, quantize: bool) -> torch.Tensor:
+    """Prior output in [−1, 1] -> [0, 1] image, clamped like a saved PNG, optionally on the 8-bit grid.
+
+    The clamp is a hard one: pixels already saturated get no gradient, as in the saved file they
+    cannot get any darker or brighter.
+    """
+    x01 = ((x + 1) / 2).clamp(0, 1)
+    return round_ste(x01 * 255) / 255 if quantize else x01
+
+
+def network_input(encoder: Encoder, img01: torch.Tensor, quantize: bool) -> torch.Tensor:
+    """Resize to the network's input and round to 8 bits again (straight-through), as method.md says."""
+    x = encoder.resize(img01)
+    return round_ste(x * 255) / 255 if quantize else x
+
+
+def concat_features(encoder: Encoder, x_resized: torch.Tensor) -> torch.Tensor:
+    """All requested layers of one forward pass, concatenated in ``encoder.layers`` order, float32.
+
+    A squared distance to a concatenated target is the sum of the per-layer squared distances.
+    """
+    feats = encoder.forward_resized(x_resized)
+    return torch.cat([feats[name].float().flatten(1) for name in encoder.layers], dim=1)
+
+
+def squared_distance(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """‖f − f*‖² per sample, in float32."""
+    return (features.float() - target.float()).pow(2).sum(dim=1)
+
+
+@torch.no_grad()
+def saved_image_distance(encoder: Encoder, img01: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Distance of an (already 8-bit) image exactly as encoding its saved PNG would give it."""
+    return squared_distance(concat_features(encoder, encoder.resize(img01)), target)
+
+
+def normalize_per_sample(g: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """g·‖ref‖/‖g‖ with the norms taken over each sample's elements (method.md step 6, batched)."""
+    dims = tuple(range(1, g.dim()))
+    gn = g.flatten(1).norm(dim=1).view(-1, *([1] * len(dims)))
+    rn = ref.flatten(1).norm(dim=1).view(-1, *([1] * len(dims)))
+    return g * (rn / gn)
+
+
+def threshold_per_sample(g: torch.Tensor, tau: float) -> torch.Tensor:
+    """Clamp each sample's g element-wise to mean ± τ·std of that sample (τ = 0: unchanged).
+
+    ``torch.std`` with its default (Bessel-corrected) estimator, as the paper's PyTorch code uses.
+    """
+    if tau <= 0:
+        return g
+    flat = g.flatten(1)
+    shape = (-1, *([1] * (g.dim() - 1)))
+    mean, std = flat.mean(dim=1).view(shape), flat.std(dim=1).view(shape)
+    return torch.clamp(g, mean - tau * std, mean + tau * std)
+
+
+def draw_noise(generators: Sequence[torch.Generator], shape: Sequence[int],
+               device: torch.device) -> torch.Tensor:
+    """One N(0, I) tensor per sample, each from that sample's own CPU generator (batch-independent)."""
+    return torch.stack([torch.randn(tuple(shape), generator=g) for g in generators]).to(device)
+
+
+def predict_x0(z: torch.Tensor, eps: torch.Tensor, a: float) -> torch.Tensor:
+    return (z - math.sqrt(1 - a) * eps) / math.sqrt(a)
+
+
+def predict_eps(z: torch.Tensor, x0: torch.Tensor, a: float) -> torch.Tensor:
+    return (z - math.sqrt(a) * x0) / math.sqrt(1 - a)
+
+
+def reverse_step(z: torch.Tensor, x0: torch.Tensor, a_t: float, a_prev: float, config: GuidanceConfig,
+                 noise: torch.Tensor | None) -> torch.Tensor:
+    """z_{t_prev} from z_t and the (guided) x̂0, for consecutive or strided timesteps.
+
+    'ddpm': the posterior mean of the strided chain (β' = 1 − ᾱ_t/ᾱ_prev) with σ² = β' — for
+    consecutive steps exactly method.md's z_{t−1} = (z_t − β_t/√(1−ᾱ_t)·ε'')/√(1−β_t) + √β_t·n.
+    'ddim': DDIM with η (η = 1 is the same mean with the posterior variance β̃).
+    ``noise`` is None only at the chain's end (a_prev = 1), where the output is x̂0 itself.
+    """
+    if noise is None:
+        return x0
+    alpha = a_t / a_prev
+    beta = 1 - alpha
+    if config.update == "ddpm":
+        mean = (math.sqrt(a_prev) * beta / (1 - a_t)) * x0 + (math.sqrt(alpha) * (1 - a_prev) / (1 - a_t)) * z
+        return mean + math.sqrt(beta) * noise
+    eps = predict_eps(z, x0, a_t)
+    sigma = config.eta * math.sqrt((1 - a_prev) / (1 - a_t) * beta)
+    return math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma ** 2, 0.0)) * eps + sigma * noise
+
+
+def renoise(z_prev: torch.Tensor, a_t: float, a_prev: float, noise: torch.Tensor) -> torch.Tensor:
+    """Forward diffusion from t_prev back to t (self-recurrence): √(ᾱ_t/ᾱ_prev)·z + √(1 − ᾱ_t/ᾱ_prev)·n."""
+    alpha = a_t / a_prev
+    return math.sqrt(alpha) * z_prev + math.sqrt(1 - alpha) * noise
+
+
+# --------------------------------------------------------------------------------------------------------
+# Result and bookkeeping
+# --------------------------------------------------------------------------------------------------------
+@dataclass
+class SampleResult:
+    """What a guided decode of B chains returns (all tensors on the CPU, index = chain).
+
+    ``best_images``/``final_images`` are [B, C, H, W] in [0, 1] on the 8-bit grid (value·255 is an
+    integer), at the prior's resolution — exactly what gets saved. Distances are of those 8-bit images.
+    ``best_step`` is the 0-based index of the timestep at which the best image was seen;
+    ``evaluations`` counts guided UNet + decode + encoder forward/backward passes; ``stopped_step`` is
+    the step after which a chain stopped (len(timesteps) − 1 when it ran to the end); ``skipped`` counts
+    steps whose guidance was dropped because the gradient was not finite.
+    """
+
+    best_images: torch.Tensor
+    final_images: torch.Tensor
+    best_distance: torch.Tensor
+    final_distance: torch.Tensor
+    best_step: torch.Tensor
+    best_timestep: torch.Tensor
+    evaluations: torch.Tensor
+    stopped_step: torch.Tensor
+    skipped: torch.Tensor
+    seconds: float
+    timesteps: list[int]
+    seeds: list[int]
+    config: GuidanceConfig
+    trajectory: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+
+
+class _Best:
+    """Smallest distance seen per chain, with its image and step."""
+
+    def __init__(self, b: int, shape: Sequence[int]):
+        self.distance = torch.full((b,), math.inf)
+        self.images = torch.zeros((b, *shape))
+        self.step = torch.full((b,), -1, dtype=torch.long)
+        self.timestep = torch.full((b,), -1, dtype=torch.long)
+        self.improved_at = torch.zeros(b, dtype=torch.long)
+
+    def update(self, idx: torch.Tensor, d: torch.Tensor, img: torch.Tensor, step: int, t: int) -> None:
+        d = d.detach().float().cpu()
+        better = d < self.distance[idx]
+        if better.any():
+            sel = idx[better]
+            self.distance[sel] = d[better]
+            self.images[sel] = img.detach().float().cpu()[better]
+            self.step[sel] = step
+            self.timestep[sel] = t
+            self.improved_at[sel] = step
+
+
+# --------------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------------
+def _check_inputs(prior: Prior, encoder: Encoder, target: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+    if len(seeds) == 0:
+        raise UsageError("nothing to decode: no seeds given")
+    if target.dim() == 1:
+        target = target.unsqueeze(0).expand(len(seeds), -1)
+    if target.dim() != 2 or target.shape[0] != len(seeds):
+        raise UsageError(f"targets must be [B, D] with B = number of seeds ({len(seeds)}), "
+                         f"got {list(target.shape)}")
+    if not torch.isfinite(target).all():
+        raise InputError("a target feature vector contains NaN or infinite values")
+    with torch.no_grad():
+        probe_img = torch.zeros(1, prior.channels, prior.image_size, prior.image_size, device=encoder.device)
+        dim = concat_features(encoder, encoder.resize(probe_img)).shape[1]
+    if dim != target.shape[1]:
+        raise UsageError(f"target has {target.shape[1]} dimensions but {encoder.spec} "
+                         f"({'+'.join(encoder.layers)}) gives {dim}")
+    return target
+
+
+def _guided_round(prior: Prior, encoder: Encoder, z: torch.Tensor, t: int, a_t: float, target: torch.Tensor,
+                  config: GuidanceConfig, loss_is_saved_distance: bool):
+    """Steps 1–8 for a batch of chains: returns ε', the pre-guidance 8-bit image and its distance,
+    and a mask of chains whose gradient was not finite (their guidance is skipped)."""
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        eps = prior.eps(z, t)                                                    # 1
+        x0 = predict_x0(z, eps, a_t)                                            # 2
+        img = to_unit_image(prior.decode(x0), config.quantize)                  # 3 (+ [0,1], 8-bit STE)
+        feats = concat_features(encoder, network_input(encoder, img, config.quantize))
+        loss = squared_distance(feats, target)                                  # 4
+        (grad_loss,) = torch.autograd.grad(loss.sum(), z)                       # chains are independent
+    img = img.detach()
+    if loss_is_saved_distance:
+        distance = loss.detach()
+    else:
+        distance = saved_image_distance(encoder, torch.round(img * 255) / 255, target)
+    eps = eps.detach()
+    g = -grad_loss                                                               # 5: ∂(−L)/∂z_t
+    g = normalize_per_sample(g, eps)                                             # 6
+    bad = ~torch.isfinite(g.flatten(1)).all(dim=1)                               # NaN guard (and ‖g‖ = 0)
+    g = torch.where(bad.view(-1, *([1] * (g.dim() - 1))), torch.zeros_like(g), g)
+    g = threshold_per_sample(g, config.tau)                                      # 7
+    eps_guided = eps - config.weight * g                                         # 8
+    return eps_guided, img, distance, bad
+
+
+@torch.no_grad()
+def _x0_image(prior: Prior, x0: torch.Tensor, quantize: bool = True) -> torch.Tensor:
+    return to_unit_image(prior.decode(x0), quantize)
+
+
+def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, seeds: Sequence[int],
+           config: GuidanceConfig, *, trajectory_every: int = 0,
+           callback: StepCallback | None = None) -> SampleResult:
+    """Run B = len(seeds) guided chains towards ``target`` ([B, D] or [D]; the encoder's layers
+    concatenated) and return the best and final images with their distances.
+
+    With ``config.unguided`` (the ``none`` preset and the baselines) no gradient is taken; ``encoder``
+    and ``target`` may then be None (distances are reported as NaN). ``callback(step, total, best)`` is
+    called after every timestep with the 1-based step count and the current best distances.
+    """
+    t_start = time.perf_counter()
+    guided = not config.unguided
+    has_target = encoder is not None and target is not None
+    if guided and not has_target:
+        raise UsageError("guided sampling needs an encoder and a target")
+    device = prior.device
+    if has_target:
+        target = _check_inputs(prior, encoder, torch.as_tensor(target), seeds).to(device).float()
+    b = len(seeds)
+    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    timesteps = config.timesteps(prior.num_train_timesteps)
+    n_steps = len(timesteps)
+    acp = prior.alphas_cumprod
+    img_shape = (prior.channels, prior.image_size, prior.image_size)
+    loss_is_saved = config.quantize and encoder is not None and \
+        (encoder.in_chans, encoder.input_size, encoder.input_size) == img_shape
+
+    def distance_of(img: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        if not has_target:
+            return torch.full((len(idx),), math.nan)
+        return saved_image_distance(encoder, img, target[idx])
+
+    z = draw_noise(generators, prior.latent_shape, device)                     # z_T ~ N(0, I)
+    best = _Best(b, img_shape)
+    final_images = torch.zeros((b, *img_shape))
+    final_distance = torch.full((b,), math.nan)
+    evaluations = torch.zeros(b, dtype=torch.long)
+    skipped = torch.zeros(b, dtype=torch.long)
+    stopped_step = torch.full((b,), n_steps - 1, dtype=torch.long)
+    active = torch.ones(b, dtype=torch.bool)
+    trajectory: list[tuple[int, torch.Tensor]] = []
+
+    for i, t in enumerate(timesteps):
+        idx = active.nonzero().flatten()
+        if len(idx) == 0:
+            break
+        last = i == n_steps - 1
+        t_prev = -1 if last else timesteps[i + 1]
+        a_t = float(acp[t])
+        a_prev = 1.0 if last else float(acp[t_prev])
+        gens = [generators[j] for j in idx.tolist()]
+        z_t = z[idx]
+        rounds = config.rounds_at(i)
+        keep_frame = bool(trajectory_every) and (i % trajectory_every == 0 or last)
+        for k in range(rounds):
+            if guided:
+                eps_g, img_pre, d_pre, bad = _guided_round(prior, encoder, z_t, t, a_t, target[idx], config,
+                                                           loss_is_saved)
+                evaluations[idx] += 1
+                skipped[idx] += bad.cpu().long()
+                if config.track_best:
+                    best.update(idx, d_pre, img_pre, i, t)
+            else:
+                with torch.no_grad():
+                    eps_g = prior.eps(z_t, t)
+            with torch.no_grad():
+                x0 = predict_x0(z_t, eps_g, a_t)                                   # 9: ẑ0'
+                if prior.clip_sample:
+                    x0 = x0.clamp(-prior.clip_sample_range, prior.clip_sample_range)
+                final_round = k == rounds - 1
+                if config.track_best or (final_round and (guided or last or keep_frame)):
+                    img_post = _x0_image(prior, x0)
+                    d_post = distance_of(img_post, idx) if (config.track_best or guided or last) \
+                        else torch.full((len(idx),), math.nan)
+                    if config.track_best:
+                        best.update(idx, d_post, img_post, i, t)
+                noise = None if last else draw_noise(gens, prior.latent_shape, device)
+                z_prev = reverse_step(z_t, x0, a_t, a_prev, config, noise)         # 10
+                if not final_round:                                                 # 11: self-recurrence
+                    z_t = renoise(z_prev, a_t, a_prev, draw_noise(gens, prior.latent_shape, device))
+        z[idx] = z_prev
+        if config.track_best or guided or last or keep_frame:                       # chain's current output
+            final_images[idx] = img_post.cpu()
+            final_distance[idx] = d_post.float().cpu()
+            if not config.track_best:
+                best.distance[idx], best.images[idx] = final_distance[idx], final_images[idx]
+                best.step[idx], best.timestep[idx] = i, t
+        if keep_frame:
+            trajectory.append((i, final_images.clone()))
+        if guided and not last:                                                     # early stopping
+            done = torch.zeros(b, dtype=torch.bool)
+            if config.max_distance > 0:
+                done |= best.distance < config.max_distance
+            if config.stop_patience > 0:
+                done |= (i - best.improved_at) >= config.stop_patience
+            newly = done & active
+            stopped_step[newly] = i
+            active &= ~done
+        if callback is not None:
+            callback(i + 1, n_steps, best.distance.clone())
+
+    return SampleResult(best_images=best.images, final_images=final_images, best_distance=best.distance,
+                        final_distance=final_distance, best_step=best.step, best_timestep=best.timestep,
+                        evaluations=evaluations, stopped_step=stopped_step, skipped=skipped,
+                        seconds=time.perf_counter() - t_start, timesteps=timesteps,
+                        seeds=[int(s) for s in seeds], config=config, trajectory=trajectory)

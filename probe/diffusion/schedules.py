@@ -1,0 +1,142 @@
+"""Guidance presets as data: every knob of the guided sampler in one frozen dataclass.
+
+The presets are plain values so that ``probe decode --schedule NAME`` plus per-field overrides gives a
+reproducible record (it is written into every manifest line). ``paper`` is exactly the published run of
+arXiv 2509.07936 (see shared/research/method.md); the others are probe's own cheaper settings, whose
+numbers are first guesses to be replaced by measurements (benchmarks/decode_*).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from probe.errors import UsageError
+
+UPDATES = ("ddpm", "ddim")
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """How one guided decode runs.
+
+    Fields:
+      steps: number of reverse timesteps, strided evenly over the prior's training steps (descending
+        from T-1 to 0); 0 or >= T means every training step (the paper's 1000).
+      weight: guidance weight w in ε' = ε − w·g.
+      tau: gradient thresholding — clamp g to mean ± τ·std per sample; 0 turns it off.
+      rounds: self-recurrence rounds K per timestep.
+      early_rounds, early_steps: the first ``early_steps`` timesteps use ``early_rounds`` rounds
+        (early step emphasis); early_steps = 0 turns it off.
+      quantize: 8-bit straight-through rounding before and after resizing, so the optimised distance is
+        the one a saved PNG gives.
+      stop_patience: stop a sample once its best distance has not improved for this many timesteps (0 off).
+      max_distance: stop a sample once its best distance is below this (0 off).
+      update: 'ddpm' — the paper's ancestral step, posterior mean with σ² = β (β of the strided chain,
+        1 − ᾱ_t/ᾱ_prev, as diffusers' DDPMScheduler with custom timesteps); 'ddim' — DDIM with ``eta``
+        (eta = 1 is the DDPM posterior with its small variance β̃, better suited to large strides).
+      track_best: keep the best image over all rounds and steps (the paper's output); when False the
+        best image is the final one.
+      unguided: sample the prior with no guidance at all (the baseline, and the ``none`` preset).
+    """
+
+    name: str = "custom"
+    steps: int = 1000
+    weight: float = 4.0
+    tau: float = 3.0
+    rounds: int = 8
+    early_rounds: int = 1000
+    early_steps: int = 5
+    quantize: bool = True
+    stop_patience: int = 0
+    max_distance: float = 0.0
+    update: str = "ddpm"
+    eta: float = 1.0
+    track_best: bool = True
+    unguided: bool = False
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise UsageError(f"--steps must be >= 0 (0 = every training step), not {self.steps}")
+        if self.rounds < 1 or self.early_rounds < 1:
+            raise UsageError(f"--rounds and --early-rounds must be >= 1, not "
+                             f"{self.rounds}/{self.early_rounds}")
+        if self.early_steps < 0 or self.stop_patience < 0:
+            raise UsageError("--early-steps and --patience must be >= 0")
+        if self.tau < 0 or self.max_distance < 0:
+            raise UsageError("--tau and --max-distance must be >= 0 (0 turns them off)")
+        if not np.isfinite(self.weight):
+            raise UsageError(f"--weight must be a finite number, not {self.weight}")
+        if self.update not in UPDATES:
+            raise UsageError(f"update rule must be one of {', '.join(UPDATES)}, not {self.update!r}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise UsageError(f"eta must be in [0, 1], not {self.eta}")
+
+    def timesteps(self, num_train_timesteps: int) -> list[int]:
+        """Descending timesteps, evenly strided from T−1 down to 0 (both ends always included).
+
+        Starting at T−1 means the chain starts from the same pure-noise level as the full-length run.
+        """
+        T = num_train_timesteps
+        if self.steps == 0 or self.steps >= T:
+            return list(range(T - 1, -1, -1))
+        if self.steps == 1:
+            return [T - 1]
+        ts = np.round(np.linspace(T - 1, 0, self.steps)).astype(int)
+        return [int(t) for t in ts]
+
+    def rounds_at(self, step_index: int) -> int:
+        """Self-recurrence rounds at the ``step_index``-th timestep (0 = the first, noisiest)."""
+        if self.unguided:
+            return 1
+        return self.early_rounds if step_index < self.early_steps else self.rounds
+
+    def evaluations(self, num_train_timesteps: int) -> int:
+        """Guided evaluations (UNet + decode + encoder, forward and backward) of a run without early stop."""
+        if self.unguided:
+            return 0
+        return sum(self.rounds_at(i) for i in range(len(self.timesteps(num_train_timesteps))))
+
+    def replace(self, **overrides: object) -> GuidanceConfig:
+        """A copy with some fields changed; ``None`` values mean 'keep' (unset CLI options)."""
+        known = {f.name for f in dataclasses.fields(self)}
+        bad = sorted(set(overrides) - known)
+        if bad:
+            raise UsageError(f"unknown guidance setting(s): {', '.join(bad)}")
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def baseline(self) -> GuidanceConfig:
+        """The unguided run that a guided one is compared against: same prior, timesteps, update and seed."""
+        return self.replace(name=f"{self.name}/baseline", unguided=True, rounds=1, early_rounds=1,
+                            early_steps=0, stop_patience=0, max_distance=0.0, track_best=False)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, GuidanceConfig] = {
+    # arXiv 2509.07936 as published: all 1000 DDPM steps, w = 4, τ = 3, K = 8, K_early = 1000 on the
+    # first 5 steps (--optim_num_steps 1000 8 --optim_early_emp_end 995): 12,960 evaluations.
+    "paper": GuidanceConfig(name="paper", steps=1000, weight=4.0, tau=3.0, rounds=8, early_rounds=1000,
+                            early_steps=5, update="ddpm"),
+    # probe's default: 50 strided steps, 4 rounds, 20 rounds on the first 3 steps: 248 evaluations.
+    "fast": GuidanceConfig(name="fast", steps=50, weight=4.0, tau=3.0, rounds=4, early_rounds=20,
+                           early_steps=3, update="ddim", eta=1.0),
+    # between the two: 100 strided steps, 6 rounds, 50 rounds on the first 5 steps: 820 evaluations.
+    "balanced": GuidanceConfig(name="balanced", steps=100, weight=4.0, tau=3.0, rounds=6, early_rounds=50,
+                               early_steps=5, update="ddim", eta=1.0),
+    # no guidance: what the prior draws from the same seed (50 strided steps like ``fast``).
+    "none": GuidanceConfig(name="none", steps=50, weight=0.0, tau=0.0, rounds=1, early_rounds=1,
+                           early_steps=0, update="ddim", eta=1.0, track_best=False, unguided=True),
+}
+DEFAULT_PRESET = "fast"
+
+
+def preset(name: str, **overrides: object) -> GuidanceConfig:
+    """The named preset with CLI overrides applied (``None`` = not given)."""
+    if name not in PRESETS:
+        raise UsageError(f"unknown schedule {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name].replace(**overrides)

@@ -1,0 +1,239 @@
+"""The guided sampler's maths and bookkeeping on tiny random models (each test well under a few seconds)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tiny_diffusion import tiny_encoder, tiny_pixel_prior, tiny_scheduler
+
+from probe.diffusion import sampler as S
+from probe.diffusion.schedules import PRESETS, GuidanceConfig, preset
+from probe.errors import InputError, UsageError
+
+torch.set_num_threads(1)
+
+SMALL = GuidanceConfig(name="test", steps=10, weight=4.0, tau=3.0, rounds=3, early_rounds=5, early_steps=2,
+                       update="ddim", eta=1.0)
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return tiny_pixel_prior()
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return tiny_encoder()
+
+
+@pytest.fixture(scope="module")
+def target(encoder):
+    gen = torch.Generator().manual_seed(123)
+    img = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 16, 16, generator=gen), 3, 1, 1)
+    with torch.no_grad():
+        return encoder(img)[0]
+
+
+# -- building blocks ----------------------------------------------------------------------------------
+def test_round_ste_values_and_gradient():
+    x = (torch.rand(2, 1, 4, 4) * 2 - 0.5).requires_grad_(True)
+    img = S.to_unit_image(x, quantize=True)
+    assert torch.equal(img * 255, torch.round(img * 255))
+    assert float(img.detach().min()) >= 0 and float(img.detach().max()) <= 1
+    y = torch.randn(5).requires_grad_(True)
+    (S.round_ste(y) * torch.arange(5.0)).sum().backward()
+    assert torch.equal(y.grad, torch.arange(5.0))  # d round_ste / dx = identity
+    assert torch.equal(S.round_ste(y), torch.round(y))
+
+
+def test_normalisation_gives_eps_norm_per_sample():
+    g = torch.randn(3, 2, 5, 5) * torch.tensor([0.01, 1.0, 100.0]).view(3, 1, 1, 1)
+    eps = torch.randn(3, 2, 5, 5) * torch.tensor([1.0, 2.0, 0.5]).view(3, 1, 1, 1)
+    out = S.normalize_per_sample(g, eps)
+    assert torch.allclose(out.flatten(1).norm(dim=1), eps.flatten(1).norm(dim=1), rtol=1e-5)
+    cos = torch.nn.functional.cosine_similarity(out.flatten(1), g.flatten(1))
+    assert torch.allclose(cos, torch.ones(3), atol=1e-6)
+
+
+def test_thresholding_clamps_to_mean_pm_tau_std_per_sample():
+    g = torch.randn(2, 1, 8, 8)
+    g[0, 0, 0, 0], g[1, 0, 3, 3] = 50.0, -80.0
+    out = S.threshold_per_sample(g, 2.0)
+    for b in range(2):
+        m, s = g[b].mean(), g[b].std()
+        assert float(out[b].max()) <= float(m + 2 * s) + 1e-6
+        assert float(out[b].min()) >= float(m - 2 * s) - 1e-6
+        inside = (g[b] >= m - 2 * s) & (g[b] <= m + 2 * s)
+        assert torch.equal(out[b][inside], g[b][inside])
+    assert torch.equal(S.threshold_per_sample(g, 0.0), g)
+
+
+def test_ddpm_step_is_method_md_formula_for_consecutive_steps():
+    acp = tiny_scheduler("scaled_linear").alphas_cumprod.double()
+    t = 500
+    a_t, a_prev = float(acp[t]), float(acp[t - 1])
+    beta = 1 - a_t / a_prev
+    z, x0, n = torch.randn(3, 4, 4, dtype=torch.float64).unbind(0)
+    eps2 = S.predict_eps(z, x0, a_t)
+    expected = (z - beta / math.sqrt(1 - a_t) * eps2) / math.sqrt(1 - beta) + math.sqrt(beta) * n
+    got = S.reverse_step(z, x0, a_t, a_prev, GuidanceConfig(update="ddpm"), n)
+    assert torch.allclose(got, expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("update,variance", [("ddpm", "fixed_large"), ("ddim", "fixed_small")])
+def test_strided_step_matches_diffusers_ddpm_scheduler(update, variance):
+    """Strided 'ddpm' = DDPMScheduler(fixed_large) with custom timesteps; 'ddim' η=1 = fixed_small."""
+    from diffusers import DDPMScheduler
+
+    sch = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                        beta_end=0.012, clip_sample=False, variance_type=variance)
+    cfg = GuidanceConfig(steps=10, update=update, eta=1.0)
+    ts = cfg.timesteps(1000)
+    sch.set_timesteps(timesteps=ts)
+    z, eps = torch.randn(2, 1, 1, 4, 4).unbind(0)
+    for i in (0, 4):
+        t, tp = ts[i], ts[i + 1]
+        a_t, a_prev = float(sch.alphas_cumprod[t]), float(sch.alphas_cumprod[tp])
+        ref = sch.step(eps, t, z, generator=torch.Generator().manual_seed(5)).prev_sample
+        n = torch.randn(z.shape, generator=torch.Generator().manual_seed(5))
+        x0 = S.predict_x0(z.double(), eps.double(), a_t)
+        got = S.reverse_step(z.double(), x0, a_t, a_prev, cfg, n.double())
+        assert torch.allclose(got.float(), ref, atol=1e-4)
+
+
+def test_timesteps_strided_and_full():
+    assert GuidanceConfig(steps=1000).timesteps(1000) == list(range(999, -1, -1))
+    ts = GuidanceConfig(steps=50).timesteps(1000)
+    assert len(ts) == 50 and ts[0] == 999 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
+    assert len(set(ts)) == 50
+
+
+def test_presets():
+    p = PRESETS["paper"]
+    assert (p.steps, p.weight, p.tau, p.rounds, p.early_rounds, p.early_steps, p.update) == \
+        (1000, 4.0, 3.0, 8, 1000, 5, "ddpm")
+    assert p.evaluations(1000) == 5 * 1000 + 995 * 8 == 12960
+    assert PRESETS["none"].unguided and PRESETS["none"].evaluations(1000) == 0
+    assert preset("fast", steps=20, weight=None).steps == 20
+    with pytest.raises(UsageError):
+        preset("nope")
+    with pytest.raises(UsageError):
+        preset("fast", rounds=0)
+    with pytest.raises(UsageError):
+        preset("fast", update="euler")
+
+
+# -- the loop -----------------------------------------------------------------------------------------
+def test_recurrence_count(prior, encoder, target):
+    res = S.sample(prior, encoder, target, [0, 1], SMALL)
+    assert res.evaluations.tolist() == [2 * 5 + 8 * 3] * 2 == [SMALL.evaluations(1000)] * 2
+    assert res.best_images.shape == (2, 1, 16, 16)
+    assert len(res.timesteps) == 10
+
+
+def test_best_is_minimum_of_recorded_and_reproduces_when_reencoded(prior, encoder, target, monkeypatch):
+    seen: list[torch.Tensor] = []
+    update = S._Best.update
+
+    def spy(self, idx, d, img, step, t):
+        seen.append(torch.full((2,), math.inf).index_put((idx,), d.detach().float().cpu()))
+        update(self, idx, d, img, step, t)
+
+    monkeypatch.setattr(S._Best, "update", spy)
+    steps: list[torch.Tensor] = []
+    res = S.sample(prior, encoder, target, [3, 4], SMALL, callback=lambda i, n, best: steps.append(best))
+    assert len(seen) == 2 * SMALL.evaluations(1000)  # before and after guidance, every round
+    assert torch.equal(res.best_distance, torch.stack(seen).min(0).values)
+    assert all(bool((b <= a).all()) for a, b in zip(steps, steps[1:]))  # best never gets worse
+    assert bool((res.best_distance <= res.final_distance).all())
+    # what a user gets by saving the PNG and encoding it again:
+    png = torch.round(res.best_images * 255).to(torch.uint8)
+    with torch.no_grad():
+        d = ((encoder(png.float() / 255) - target) ** 2).sum(1)
+    assert torch.allclose(d, res.best_distance, rtol=1e-5, atol=1e-6)
+    assert torch.equal(res.best_images * 255, torch.round(res.best_images * 255))
+
+
+def test_seeds_reproduce_bit_identically(prior, encoder, target):
+    a = S.sample(prior, encoder, target, [7, 8], SMALL)
+    b = S.sample(prior, encoder, target, [7, 8], SMALL)
+    assert torch.equal(a.best_images, b.best_images) and torch.equal(a.final_images, b.final_images)
+    assert torch.equal(a.best_distance, b.best_distance)
+
+
+def test_batch_composition_does_not_change_a_sample(prior, encoder, target):
+    alone = S.sample(prior, encoder, target, [11], SMALL)
+    batch = S.sample(prior, encoder, target, [5, 11, 6], SMALL)
+    assert torch.allclose(batch.final_images[1], alone.final_images[0], atol=1.5 / 255)
+    assert torch.allclose(batch.best_distance[1], alone.best_distance[0], rtol=1e-3)
+    assert int(batch.evaluations[1]) == int(alone.evaluations[0])
+
+
+def test_same_seed_gives_same_initial_noise_across_targets(prior, encoder, target):
+    other = target.flip(0)
+    base = SMALL.baseline()
+    a = S.sample(prior, encoder, torch.stack([target, other]), [9, 9], base)
+    assert torch.equal(a.final_images[0], a.final_images[1])  # unguided: same noise, same image
+    n1 = S.draw_noise([torch.Generator().manual_seed(9)], (1, 4, 4), torch.device("cpu"))
+    n2 = S.draw_noise([torch.Generator().manual_seed(1), torch.Generator().manual_seed(9)], (1, 4, 4),
+                      torch.device("cpu"))
+    assert torch.equal(n1[0], n2[1])
+
+
+def test_guided_beats_unguided(prior, encoder, target):
+    seeds = [0, 1, 2]
+    guided = S.sample(prior, encoder, target, seeds, SMALL)
+    base = S.sample(prior, encoder, target, seeds, SMALL.baseline())
+    assert base.evaluations.sum() == 0
+    assert bool((guided.best_distance < 0.5 * base.final_distance).all()), (guided.best_distance,
+                                                                           base.final_distance)
+
+
+def test_unguided_without_encoder(prior):
+    res = S.sample(prior, None, None, [0], PRESETS["none"].replace(steps=5))
+    assert res.final_images.shape == (1, 1, 16, 16) and torch.isnan(res.final_distance).all()
+    with pytest.raises(UsageError):
+        S.sample(prior, None, None, [0], SMALL)
+
+
+def test_early_stopping_on_distance_and_patience(prior, encoder, target):
+    res = S.sample(prior, encoder, target, [0, 1], SMALL.replace(max_distance=1e9))
+    assert res.stopped_step.tolist() == [0, 0] and res.evaluations.tolist() == [5, 5]
+    res = S.sample(prior, encoder, target, [0], SMALL.replace(stop_patience=1, rounds=1, early_steps=0))
+    assert int(res.evaluations[0]) == int(res.stopped_step[0]) + 1
+    assert torch.isfinite(res.final_distance).all()
+
+
+def test_nan_guard_skips_guidance(prior):
+    """A network whose output ignores the image has ‖g‖ = 0: the normalised gradient is NaN."""
+    from probe.models.encoder import Encoder, EncoderParts, Preprocess
+
+    flat = torch.nn.Linear(1, 4)
+    parts = EncoderParts(model=flat, preprocess=Preprocess(size=16, mean=(0.0,), std=(1.0,), in_chans=1),
+                         embed=lambda m, x: m(torch.ones(x.shape[0], 1)) + 0 * x.sum())
+    enc = Encoder("test:flat", parts)
+    cfg = SMALL.replace(steps=3, early_steps=0, rounds=2)
+    res = S.sample(prior, enc, torch.zeros(4), [0], cfg)
+    assert res.skipped.tolist() == res.evaluations.tolist() == [6]
+    assert torch.isfinite(res.final_images).all()
+
+
+def test_trajectory_frames(prior, encoder, target):
+    res = S.sample(prior, encoder, target, [0], SMALL.replace(rounds=1, early_steps=0), trajectory_every=4)
+    assert [i for i, _ in res.trajectory] == [0, 4, 8, 9]
+    assert res.trajectory[-1][1].shape == (1, 1, 16, 16)
+
+
+def test_bad_inputs(prior, encoder, target):
+    with pytest.raises(UsageError, match="dimensions"):
+        S.sample(prior, encoder, torch.zeros(7), [0], SMALL)
+    bad = target.clone()
+    bad[0] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        S.sample(prior, encoder, bad, [0], SMALL)
+    with pytest.raises(UsageError):
+        S.sample(prior, encoder, torch.stack([target] * 3), [0, 1], SMALL)
+    with pytest.raises(UsageError):
+        S.sample(prior, encoder, target, [], SMALL)
