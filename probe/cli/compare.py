@@ -1,0 +1,191 @@
+"""``probe compare``: which attributes does a feature encode? (thin layer over :mod:`probe.compare`)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from probe.attributes import ATTRIBUTES, Attribute, ModelAttributeOptions, get_attributes, model_attributes
+from probe.cli.console import progress, quiet, say, warn
+from probe.compare import CompareConfig, CompareResult, load_samples
+from probe.compare import compare as run_compare
+from probe.errors import ProbeError, UsageError
+
+DEFAULT_CLASSIFIER = "bundled:fashion-cnn"
+_STYLE = {"encoded": "bold green", "partly": "yellow", "free": "dim", "undefined": "dim italic"}
+
+
+def _fmt(x: float) -> str:
+    return "—" if math.isnan(x) else f"{x:.3f}"
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def _attributes_table() -> Table:
+    table = Table(title="Registered measurements "
+                        "(model-based ones come from --classifier/--clip/--cross-model)")
+    for col in ("name", "group", "kind", "dispersion", "measures"):
+        table.add_column(col)
+    for a in ATTRIBUTES.values():
+        table.add_row(a.name, a.group, a.kind, a.dispersion_name, a.description)
+    return table
+
+
+def _summary_table(result: CompareResult) -> Table:
+    level = int(round(result.config.ci_level * 100))
+    table = Table(title=f"Persistence over {len(result.targets)} targets "
+                        f"(0 = encoded, 1 = free as in the reference: {result.reference_source})")
+    table.add_column("#", justify="right")
+    table.add_column("attribute")
+    table.add_column("group")
+    table.add_column("score", justify="right")
+    table.add_column(f"{level}% CI", justify="right")
+    table.add_column("scored", justify="right")
+    table.add_column("reading")
+    for i, s in enumerate(result.summaries, 1):
+        ci = "—" if math.isnan(s.ci_low) else f"{s.ci_low:.3f}–{s.ci_high:.3f}"
+        n = f"{s.n_targets}/{s.n_targets + s.n_excluded}"
+        reading = s.verdict if s.verdict != "undefined" else "undefined: " + ", ".join(s.excluded_reasons)
+        table.add_row(str(i), s.name, s.group, _fmt(s.mean), ci, n, reading, style=_STYLE.get(s.verdict))
+    return table
+
+
+def _target_table(result: CompareResult, max_targets: int = 10) -> Table:
+    """Attributes down, targets across (attributes outnumber the columns a terminal fits)."""
+    shown = result.targets[:max_targets]
+    more = len(result.targets) - len(shown)
+    note = f" (first {len(shown)}; --targets-csv has all)" if more else ""
+    table = Table(title="Per-target scores" + note)
+    table.add_column("attribute")
+    for t in shown:
+        table.add_column(t.target_id + (f" ({t.label})" if t.label and t.label != t.target_id else ""),
+                         justify="right")
+    for s in result.summaries:
+        table.add_row(s.name, *[_fmt(t.scores[s.name].score) for t in shown])
+    return table
+
+
+def _model_attrs(classifiers: tuple[str, ...], clip: str | None, prompts: tuple[str, ...],
+                 cross_models: tuple[str, ...], cross_model_weights: str | None, device: str | None,
+                 batch_size: int) -> list[Attribute]:
+    """Model-based attributes; the default classifier is skipped with a note when it cannot load."""
+    explicit = [c for c in classifiers if c.lower() != "none"]
+    use_default = not classifiers
+    out: list[Attribute] = []
+    if use_default:
+        try:
+            out += model_attributes(ModelAttributeOptions(classifiers=[DEFAULT_CLASSIFIER], device=device,
+                                                          batch_size=batch_size))
+        except (ProbeError, ImportError, OSError, RuntimeError) as e:
+            say(f"[dim]note: default classifier {DEFAULT_CLASSIFIER} unavailable ({e}); "
+                "no class attribute (use --classifier SPEC)[/dim]")
+    out += model_attributes(ModelAttributeOptions(
+        classifiers=explicit, clip=clip, prompts=list(prompts), cross_models=list(cross_models),
+        cross_model_weights=cross_model_weights, device=device, batch_size=batch_size,
+    ))
+    return out
+
+
+@click.command("compare")
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path), required=False)
+@click.option("--reference", "-r", type=click.Path(path_type=Path),
+              help="Reference images (folder, searched recursively). Default: INPUT/baseline.")
+@click.option("--attribute", "-a", "attribute_names", multiple=True, metavar="NAME[,NAME]",
+              help="Pixel measurements to score (repeatable or comma-separated). Default: all registered.")
+@click.option("--list-attributes", is_flag=True, help="List the registered measurements and exit.")
+@click.option("--image", "image_kind", type=click.Choice(["best", "final"]), default="best",
+              show_default=True,
+              help="Which decoded image of each sample to measure (decode output directories).")
+@click.option("--classifier", "classifiers", multiple=True, metavar="SPEC",
+              help=f"Classifier whose predicted class is an attribute (repeatable; 'none' for no class). "
+                   f"Default: {DEFAULT_CLASSIFIER} when available.")
+@click.option("--clip", "clip_spec", metavar="SPEC", help="CLIP model scoring the --prompt texts.")
+@click.option("--prompt", "prompts", multiple=True, metavar="TEXT",
+              help="Zero-shot attribute prompt for --clip, e.g. 'a red object' (repeatable).")
+@click.option("--cross-model", "cross_models", multiple=True, metavar="SPEC",
+              help="Another model whose features are an attribute (repeatable).")
+@click.option("--cross-model-weights", metavar="PATH|random",
+              help="Local checkpoint (or 'random') for the --cross-model architectures.")
+@click.option("--device", default="auto", show_default=True, help="Device for model-based attributes.")
+@click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Bootstrap resamples for the confidence intervals.")
+@click.option("--ci", "ci_level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95,
+              show_default=True, help="Confidence level.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--allow-unequal", is_flag=True, help="Score groups even when their sample counts differ.")
+@click.option("--per-target", is_flag=True, help="Also print the per-target score table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON instead of tables.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Write the ranked summary as CSV.")
+@click.option("--targets-csv", type=click.Path(path_type=Path), help="Write per-target scores as CSV.")
+@click.option("--chart", "chart_path", type=click.Path(path_type=Path),
+              help="Write the persistence chart (PNG).")
+@click.option("--html", "html_path", type=click.Path(path_type=Path),
+              help="Write a self-contained HTML report (chart, contact sheets, per-target tables).")
+def compare(
+    input_path: Path | None, reference: Path | None, attribute_names: tuple[str, ...], list_attributes: bool,
+    image_kind: str, classifiers: tuple[str, ...], clip_spec: str | None, prompts: tuple[str, ...],
+    cross_models: tuple[str, ...], cross_model_weights: str | None, device: str, n_boot: int, ci_level: float,
+    seed: int, batch_size: int,
+    allow_unequal: bool, per_target: bool, as_json: bool, csv_path: Path | None, targets_csv: Path | None,
+    chart_path: Path | None, html_path: Path | None,
+) -> None:
+    """Rank attributes by how persistently INPUT's decoded samples share them.
+
+    INPUT is a decode/interpolate/perturb output directory (groups = targets of its manifest.jsonl,
+    reference = its unguided baseline samples) or a folder with one sub-folder of images per group
+    (reference = --reference DIR or a 'baseline' sub-folder). A score near 0 means the attribute stays
+    fixed across samples of a target (the feature encodes it); near 1, it varies as freely as in the
+    reference.
+    """
+    out = Console(quiet=quiet())
+    if list_attributes:
+        out.print(_attributes_table())
+        return
+    if input_path is None:
+        raise UsageError("give INPUT: a decode output directory or a folder of image sub-folders")
+    samples = load_samples(input_path, reference, "image" if image_kind == "best" else "final_image",
+                           allow_unequal)
+    config = CompareConfig(n_boot=n_boot, ci_level=ci_level, seed=seed, batch_size=batch_size)
+    attrs = get_attributes(_split(attribute_names) or None)
+    attrs += _model_attrs(classifiers, clip_spec, prompts, cross_models, cross_model_weights,
+                          None if device == "auto" else device, batch_size)
+
+    done = [0]
+    with progress("measuring", samples.n_images) as update:
+        def advance(n: int) -> None:
+            done[0] += n
+            update(done[0])
+
+        result = run_compare(samples, attrs, config, progress=advance)
+
+    if csv_path:
+        csv_path.write_text(result.to_csv(), encoding="utf-8")
+    if targets_csv:
+        targets_csv.write_text(result.to_csv(per_target=True), encoding="utf-8")
+    if chart_path or html_path:
+        from probe.render.report import html_report, persistence_chart
+
+        if chart_path:
+            persistence_chart(result, chart_path)
+        if html_path:
+            html_report(result, samples, html_path)
+
+    for w in result.warnings:
+        warn(w)
+    if as_json:
+        click.echo(result.to_json())
+        return
+    out.print(_summary_table(result))
+    if per_target:
+        out.print(_target_table(result))
+    for label, p in (("summary CSV", csv_path), ("per-target CSV", targets_csv), ("chart", chart_path),
+                     ("report", html_path)):
+        if p:
+            say(f"wrote {label}: {p}")
