@@ -530,7 +530,7 @@ def classifier_attribute(
         return [names[i] if names and i < len(names) else f"class {i}" for i in idx]
 
     return Attribute(
-        name or f"class [{spec}]", "categorical", lambda img: batch([img])[0], group="semantics",
+        name or f"class ({spec})", "categorical", lambda img: batch([img])[0], group="semantics",
         description=f"class predicted by {spec}", batch_fn=batch,
     )
 
@@ -623,7 +623,7 @@ def cross_model_attribute(
         return [np.asarray(f, dtype=np.float64).reshape(-1) for f in _run(enc, images, None, batch_size)]
 
     return Attribute(
-        name or f"features [{spec}]", "vector", lambda img: batch([img])[0], group="cross-model",
+        name or f"features ({spec})", "vector", lambda img: batch([img])[0], group="cross-model",
         description=f"features of {spec}", batch_fn=batch,
     )
 

@@ -156,7 +156,7 @@ def load_decode_dir(
         lines = manifest.read_text(encoding="utf-8").splitlines()
     except OSError as err:
         raise InputError(f"{manifest}: cannot read ({err.strerror or err})") from err
-    by_target: dict[str, list[tuple[int, Path]]] = {}
+    by_target: dict[str, dict[int, Path]] = {}
     meta: dict[str, dict[str, Any]] = {}
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
@@ -171,7 +171,12 @@ def load_decode_dir(
         if not path.is_file():
             raise InputError(f"{manifest}: line {lineno}: image {rec[image_key]} does not exist")
         tid = str(rec["target_id"])
-        by_target.setdefault(tid, []).append((int(rec.get("sample", len(by_target.get(tid, [])))), path))
+        samples = by_target.setdefault(tid, {})
+        try:
+            sample = int(rec.get("sample", len(samples)))
+        except (TypeError, ValueError):
+            raise InputError(f"{manifest}: line {lineno}: 'sample' is not an integer") from None
+        samples[sample] = path  # a resumed run may repeat a record: the last one wins
         if tid not in meta:
             target = rec.get("target") if isinstance(rec.get("target"), dict) else {}
             meta[tid] = {
@@ -187,7 +192,7 @@ def load_decode_dir(
         raise InputError(f"{manifest}: no records")
     groups = [
         SampleGroup(
-            tid, [p for _, p in sorted(items, key=lambda x: x[0])],
+            tid, [items[k] for k in sorted(items)],
             label=None if meta[tid].get("label") is None else str(meta[tid]["label"]), meta=meta[tid],
         )
         for tid, items in by_target.items()

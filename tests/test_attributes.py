@@ -253,7 +253,7 @@ class DoubleEncoder(nn.Module):
 def test_classifier_attribute_with_an_encoder_object():
     enc = DoubleEncoder()
     attr = A.classifier_attribute(enc)
-    assert attr.kind == "categorical" and attr.name == "class [test:double]"
+    assert attr.kind == "categorical" and attr.name == "class (test:double)"
     imgs = [square((1, 0, 0)), square((0, 0, 1)), square((0, 1, 0), size=16)]  # mixed sizes
     assert attr.measure(imgs) == ["reddish", "bluish", "greenish"]
     assert attr.fn(square((0, 0, 1))) == "bluish"
@@ -296,7 +296,7 @@ def test_cross_model_attribute_with_a_registry_model():
     enc = registry.load_encoder("timm:resnet18", weights="random", device="cpu")
     attr = A.cross_model_attribute(enc)
     vals = attr.measure([square((1, 0, 0)), square((1, 0, 0)), square((0, 0, 1), left=20)])
-    assert attr.name == "features [timm:resnet18]"
+    assert attr.name == "features (timm:resnet18)"
     assert vals[0].shape == (512,) and np.all(np.isfinite(vals[0]))
     assert np.allclose(vals[0], vals[1]) and not np.allclose(vals[0], vals[2])
 
@@ -306,6 +306,6 @@ def test_model_attributes_from_specs_go_through_the_registry():
     pytest.importorskip("timm")
     attrs = A.model_attributes(A.ModelAttributeOptions(cross_models=["timm:resnet18"], cross_model_weights="random",
                                                        device="cpu"))
-    assert [a.name for a in attrs] == ["features [timm:resnet18]"]
+    assert [a.name for a in attrs] == ["features (timm:resnet18)"]
     with pytest.raises(UsageError):
         A.model_attributes(A.ModelAttributeOptions(classifiers=["nonsense-spec"], device="cpu"))

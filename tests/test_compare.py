@@ -183,6 +183,14 @@ def test_load_decode_dir(tmp_path):
     assert final.groups[0].paths[0].parent.name == "final"
 
 
+def test_decode_dir_repeated_record_counts_once(tmp_path):
+    out = make_decode_dir(tmp_path)
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    with open(out / "manifest.jsonl", "a") as f:
+        f.write(lines[0] + "\n")  # a resumed run wrote the same sample again
+    assert [len(g.paths) for g in C.load_samples(out).groups] == [4, 4, 4]
+
+
 def test_decode_dir_bad_manifest_line(tmp_path):
     out = make_decode_dir(tmp_path)
     with open(out / "manifest.jsonl", "a") as f:
@@ -382,3 +390,19 @@ def test_cli_exit_codes_through_the_probe_group(tmp_path):
     (tmp_path / "empty").mkdir()
     res = CliRunner().invoke(main.cli, ["compare", str(tmp_path / "empty"), "-r", str(tmp_path / "empty")])
     assert res.exit_code == 3 and "error:" in res.output
+
+
+def test_cli_default_classifier_and_cross_model(tmp_path):
+    """No --classifier: the bundled classifier is used when its weights exist, else a note (never an error);
+    a cross-model attribute's name prints intact (rich markup must not eat it)."""
+    pytest.importorskip("probe.models.registry")
+    pytest.importorskip("timm")
+    from probe.cli.compare import compare
+
+    out = make_decode_dir(tmp_path)
+    res = CliRunner().invoke(compare, [str(out), "-a", "red", "--cross-model", "timm:resnet18",
+                                       "--cross-model-weights", "random", "--device", "cpu", "--bootstrap", "20"],
+                             env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "features (timm:resnet18)" in res.output
+    assert "class (bundled:fashion-cnn)" in res.output or "default classifier" in res.output

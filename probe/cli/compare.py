@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from probe.attributes import ATTRIBUTES, Attribute, ModelAttributeOptions, get_attributes, model_attributes
@@ -33,14 +34,14 @@ def _attributes_table() -> Table:
     for col in ("name", "group", "kind", "dispersion", "measures"):
         table.add_column(col)
     for a in ATTRIBUTES.values():
-        table.add_row(a.name, a.group, a.kind, a.dispersion_name, a.description)
+        table.add_row(escape(a.name), escape(a.group), a.kind, a.dispersion_name, escape(a.description))
     return table
 
 
 def _summary_table(result: CompareResult) -> Table:
     level = int(round(result.config.ci_level * 100))
     table = Table(title=f"Persistence over {len(result.targets)} targets "
-                        f"(0 = encoded, 1 = free as in the reference: {result.reference_source})")
+                        f"(0 = encoded, 1 = free as in the reference: {escape(result.reference_source)})")
     table.add_column("#", justify="right")
     table.add_column("attribute")
     table.add_column("group")
@@ -52,7 +53,8 @@ def _summary_table(result: CompareResult) -> Table:
         ci = "—" if math.isnan(s.ci_low) else f"{s.ci_low:.3f}–{s.ci_high:.3f}"
         n = f"{s.n_targets}/{s.n_targets + s.n_excluded}"
         reading = s.verdict if s.verdict != "undefined" else "undefined: " + ", ".join(s.excluded_reasons)
-        table.add_row(str(i), s.name, s.group, _fmt(s.mean), ci, n, reading, style=_STYLE.get(s.verdict))
+        table.add_row(str(i), escape(s.name), escape(s.group), _fmt(s.mean), ci, n, escape(reading),
+                      style=_STYLE.get(s.verdict))
     return table
 
 
@@ -64,10 +66,10 @@ def _target_table(result: CompareResult, max_targets: int = 10) -> Table:
     table = Table(title="Per-target scores" + note)
     table.add_column("attribute")
     for t in shown:
-        table.add_column(t.target_id + (f" ({t.label})" if t.label and t.label != t.target_id else ""),
+        table.add_column(escape(t.target_id + (f" ({t.label})" if t.label and t.label != t.target_id else "")),
                          justify="right")
     for s in result.summaries:
-        table.add_row(s.name, *[_fmt(t.scores[s.name].score) for t in shown])
+        table.add_row(escape(s.name), *[_fmt(t.scores[s.name].score) for t in shown])
     return table
 
 
@@ -83,7 +85,7 @@ def _model_attrs(classifiers: tuple[str, ...], clip: str | None, prompts: tuple[
             out += model_attributes(ModelAttributeOptions(classifiers=[DEFAULT_CLASSIFIER], device=device,
                                                           batch_size=batch_size))
         except (ProbeError, ImportError, OSError, RuntimeError) as e:
-            say(f"[dim]note: default classifier {DEFAULT_CLASSIFIER} unavailable ({e}); "
+            say(f"[dim]note: default classifier {DEFAULT_CLASSIFIER} unavailable ({escape(str(e))}); "
                 "no class attribute (use --classifier SPEC)[/dim]")
     out += model_attributes(ModelAttributeOptions(
         classifiers=explicit, clip=clip, prompts=list(prompts), cross_models=list(cross_models),
@@ -188,4 +190,4 @@ def compare(
     for label, p in (("summary CSV", csv_path), ("per-target CSV", targets_csv), ("chart", chart_path),
                      ("report", html_path)):
         if p:
-            say(f"wrote {label}: {p}")
+            say(f"wrote {label}: {escape(str(p))}")
