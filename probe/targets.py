@@ -1,0 +1,269 @@
+"""Decode targets: where a feature vector f* comes from, resolved and validated before any sampling.
+
+A target is a plain float32 vector in the encoder's feature space (the requested layers concatenated,
+in ``encoder.layers`` order) plus where it came from, so every decoded image can be traced back:
+
+  * ``hdf5``   a row of a feature store group (``--from F.h5 [--group G] --index 3|0:16|3,5,7`` or
+               ``--path P``); the group must have been made by the same encoder and layer;
+  * ``image``  an image file, encoded now with the encoder;
+  * ``text``   a CLIP text prompt (``encoder.encode_text``);
+  * ``vector`` a raw vector file (.npy [D] or [N, D]; .txt/.csv with one vector per line).
+
+Every check fails before the (slow) decode starts, with one line naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from probe.errors import InputError, UsageError
+from probe.models.encoder import Encoder
+
+KINDS = ("hdf5", "image", "text", "vector")
+
+
+@dataclass
+class Target:
+    """One feature vector to decode and its provenance (written into every manifest record)."""
+
+    id: str
+    vector: np.ndarray
+    kind: str
+    source: str
+    index: int | None = None
+    label: str | int | None = None
+    image_path: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def record(self) -> dict:
+        """The manifest's ``target`` dict."""
+        return {"kind": self.kind, "source": self.source, "index": self.index, "label": self.label,
+                "image_path": self.image_path}
+
+
+# -- helpers ----------------------------------------------------------------------------------------------
+def feature_dim(encoder: Encoder) -> int:
+    """Length of the concatenated feature vector of the encoder's layers (one tiny forward pass)."""
+    with torch.no_grad():
+        x = torch.zeros(1, encoder.in_chans, encoder.input_size, encoder.input_size, device=encoder.device)
+        feats = encoder.forward_resized(x)
+    return sum(int(feats[name].flatten(1).shape[1]) for name in encoder.layers)
+
+
+@torch.no_grad()
+def encode_images01(encoder: Encoder, images: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] in [0, 1] -> concatenated features [B, D] float32 on the CPU."""
+    feats = encoder.features(images.to(encoder.device))
+    return torch.cat([feats[n].float().flatten(1) for n in encoder.layers], 1).cpu()
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    return (s[:limit].rstrip("-.") or "x")
+
+
+def _check_vector(vec: np.ndarray, dim: int, where: str) -> np.ndarray:
+    vec = np.asarray(vec, dtype=np.float32).reshape(-1)
+    if vec.shape[0] != dim:
+        raise UsageError(f"{where}: target has {vec.shape[0]} dimensions but the encoder gives {dim}")
+    if not np.isfinite(vec).all():
+        raise InputError(f"{where}: target contains NaN or infinite values")
+    return vec
+
+
+def parse_indices(text: str, n: int, where: str = "group") -> list[int]:
+    """``3``, ``-1``, ``0:16``, ``::4``, ``3,5,7`` or mixtures (``0:4,9``) -> row indices in [0, n)."""
+    out: list[int] = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        try:
+            if ":" in part:
+                bits = [int(b) if b.strip() else None for b in part.split(":")]
+                if len(bits) > 3:
+                    raise ValueError
+                sl = slice(*bits)
+                if sl.stop is not None and not -n <= sl.stop <= n:
+                    raise UsageError(f"{where}: index range {part} is out of range (the group has {n} rows)")
+                rows = list(range(n))[sl]
+                if not rows:
+                    raise UsageError(f"{where}: index range {part} selects no rows (the group has {n} rows)")
+                out.extend(rows)
+            else:
+                i = int(part)
+                if not -n <= i < n:
+                    raise UsageError(f"{where}: index {i} is out of range (the group has {n} rows)")
+                out.append(i % n)
+        except ValueError:
+            raise UsageError(f"{where}: cannot read index {part!r}; use 3, 0:16 or 3,5,7") from None
+    if not out:
+        raise UsageError(f"{where}: no index given")
+    return out
+
+
+def unique_ids(targets: list[Target]) -> list[Target]:
+    """Make target ids unique (they name output files) by suffixing repeats with -2, -3, ..."""
+    seen: dict[str, int] = {}
+    for t in targets:
+        base = t.id
+        if base in seen:
+            seen[base] += 1
+            t.id = f"{base}-{seen[base]}"
+        else:
+            seen[base] = 1
+    return targets
+
+
+# -- resolvers --------------------------------------------------------------------------------------------
+def _check_group_matches(group, store_path: Path, encoder: Encoder) -> None:
+    attrs = group.attrs
+    if len(encoder.layers) != 1:
+        raise UsageError(f"{store_path}: a store group holds one layer; decode its rows with a single --layer")
+    spec, layer = attrs.get("model_spec"), attrs.get("layer")
+    if spec != encoder.spec:
+        raise UsageError(f"{store_path}: group {group.name} holds features of {spec}, but the decoder's encoder "
+                         f"is {encoder.spec}; pass --encoder {spec}")
+    if layer != encoder.layers[0]:
+        raise UsageError(f"{store_path}: group {group.name} holds layer {layer!r}, but the encoder reads "
+                         f"{encoder.layers[0]!r}; pass --layer {layer}")
+    for key, mine in (("weights", encoder.weights or ""), ("keep_spatial", encoder.keep_spatial),
+                      ("token_pool", encoder.token_pool)):
+        theirs = attrs.get(key)
+        if theirs is not None and theirs != mine and not (key == "weights" and not theirs and not mine):
+            raise UsageError(f"{store_path}: group {group.name} was made with {key}={theirs!r}, "
+                             f"the encoder has {key}={mine!r}")
+
+
+def _pick_group(store, encoder: Encoder, group: str | None):
+    if group is not None:
+        return store.group(group)
+    from probe.store import group_key
+
+    names = store.group_names()
+    mine = group_key(encoder.spec, encoder.layers[0])
+    if mine in names:
+        return store.group(mine)
+    return store.group(None)  # the only group, or a UsageError listing them
+
+
+def from_store(path: str | Path, encoder: Encoder, group: str | None = None, index: str | None = None,
+               paths: Sequence[str] = ()) -> list[Target]:
+    """Rows of a feature store group, chosen by index expression and/or stored path."""
+    from probe.store import FeatureStore
+
+    path = Path(path)
+    dim = feature_dim(encoder)
+    with FeatureStore(path, "r") as st:
+        g = _pick_group(st, encoder, group)
+        _check_group_matches(g, path, encoder)
+        if g.dim != dim:
+            raise UsageError(f"{path}: group {g.name} has {g.dim}-d features but the encoder gives {dim}")
+        n = len(g)
+        if n == 0:
+            raise InputError(f"{path}: group {g.name} is empty")
+        rows: list[int] = []
+        if index is not None:
+            rows += parse_indices(index, n, f"{path}:{g.name}")
+        rows += [g.index_of_path(p) for p in paths]
+        if not rows:
+            raise UsageError(f"{path}: choose rows with --index (3, 0:16, 3,5,7) or --path")
+        vectors = g.rows(rows)
+        stored_paths = g.paths
+        labels = g.labels
+        names = g.attrs.get("label_names")
+        out = []
+        for i, vec in zip(rows, vectors):
+            where = f"{path}:{g.name}[{i}]"
+            label: str | int | None = None
+            if labels is not None and labels[i] >= 0:
+                label = names[int(labels[i])] if isinstance(names, list) and labels[i] < len(names) \
+                    else int(labels[i])
+            src = stored_paths[i]
+            image_path = src if src and not src.startswith("text:") else None
+            out.append(Target(id=f"r{i:05d}", vector=_check_vector(vec, dim, where), kind="hdf5",
+                              source=f"{path}:{g.name}", index=i, label=label, image_path=image_path))
+    return out
+
+
+def from_image(path: str | Path, encoder: Encoder) -> Target:
+    """An image file encoded now, exactly as ``probe extract`` would."""
+    from probe.images import read_image01
+
+    img = read_image01(path)
+    vec = encode_images01(encoder, img.unsqueeze(0))[0].numpy()
+    return Target(id=f"img-{_slug(Path(path).stem)}", vector=_check_vector(vec, vec.shape[0], str(path)),
+                  kind="image", source=str(path), image_path=str(path))
+
+
+def from_text(prompt: str, encoder: Encoder) -> Target:
+    if not encoder.has_text:
+        raise UsageError(f"{encoder.spec} is not a CLIP model, so a text prompt cannot be a target")
+    if encoder.layers != ["embedding"]:
+        raise UsageError("text targets live in the final embedding; drop --layer")
+    with torch.no_grad():
+        vec = encoder.encode_text([prompt])[0].float().cpu().numpy()
+    return Target(id=f"text-{_slug(prompt)}", vector=_check_vector(vec, vec.shape[0], f"text {prompt!r}"),
+                  kind="text", source=f"text:{prompt}", label=prompt)
+
+
+def read_vectors(path: str | Path) -> np.ndarray:
+    """A .npy ([D] or [N, D]) or text file (one vector per line, spaces or commas) -> [N, D] float32."""
+    path = Path(path)
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        else:
+            text = path.read_text()
+            arr = np.array([[float(v) for v in re.split(r"[,\s]+", ln.strip()) if v]
+                            for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")],
+                           dtype=np.float64)
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: file not found") from exc
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable vector file (.npy, or text with one vector per line)") from exc
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[0] == 0 or not np.issubdtype(arr.dtype, np.number):
+        raise InputError(f"{path}: expected a vector [D] or a matrix [N, D] of numbers, got shape {arr.shape}")
+    return arr.astype(np.float32)
+
+
+def from_vectors(path: str | Path, encoder: Encoder, dim: int | None = None) -> list[Target]:
+    dim = feature_dim(encoder) if dim is None else dim
+    arr = read_vectors(path)
+    stem = _slug(Path(path).stem)
+    many = arr.shape[0] > 1
+    return [Target(id=f"vec-{stem}-{i}" if many else f"vec-{stem}", vector=_check_vector(v, dim, str(path)),
+                   kind="vector", source=str(path), index=i if many else None) for i, v in enumerate(arr)]
+
+
+def vector_target(vector: np.ndarray, target_id: str, source: str, dim: int, **extra: object) -> Target:
+    """A computed target (interpolation point, perturbation) with its extra manifest keys."""
+    return Target(id=_slug(target_id, 80), vector=_check_vector(vector, dim, source), kind="vector",
+                  source=source, extra=dict(extra))
+
+
+def resolve_targets(encoder: Encoder, *, store: str | Path | None = None, group: str | None = None,
+                    index: str | None = None, paths: Sequence[str] = (), images: Sequence[str | Path] = (),
+                    texts: Sequence[str] = (), vectors: Sequence[str | Path] = ()) -> list[Target]:
+    """Every target the options name, in order: store rows, images, prompts, vector files."""
+    if (index is not None or paths or group is not None) and store is None:
+        raise UsageError("--index, --path and --group select rows of a store: give it with --from FILE")
+    targets: list[Target] = []
+    if store is not None:
+        targets += from_store(store, encoder, group, index, paths)
+    targets += [from_image(p, encoder) for p in images]
+    targets += [from_text(t, encoder) for t in texts]
+    dim = feature_dim(encoder) if vectors else None
+    for v in vectors:
+        targets += from_vectors(v, encoder, dim)
+    if not targets:
+        raise UsageError("nothing to decode: give --from FILE --index I, --image FILE, --text PROMPT "
+                         "or --vector FILE")
+    return unique_ids(targets)
