@@ -50,7 +50,9 @@ def accuracy(model: FashionCNN, images: np.ndarray, labels: np.ndarray) -> float
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                    help="bf16 autocast for the training forward pass (faster on CPUs with avx512_bf16)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -85,7 +87,9 @@ def main() -> None:
         for s in range(steps_per_epoch):
             idx = perm[s * args.batch_size:(s + 1) * args.batch_size]
             x = augment(to_input(x_train[idx]), gen)
-            loss = F.cross_entropy(model(x), torch.from_numpy(y_train[idx]), label_smoothing=0.05)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), torch.from_numpy(y_train[idx]), label_smoothing=0.05)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -106,7 +110,7 @@ def main() -> None:
         "input_size": 32, "in_chans": 1, "mean": [MEAN], "std": [STD], "interpolation": "bilinear",
         "class_names": list(FASHION_CLASSES),
         "training": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                     "test_accuracy": round(float(acc), 4), "wall_seconds": round(wall),
+                     "bf16": args.bf16, "test_accuracy": round(float(acc), 4), "wall_seconds": round(wall),
                      "hardware": f"CPU, {torch.get_num_threads()} threads"},
     }
     (args.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
