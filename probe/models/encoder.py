@@ -77,7 +77,8 @@ class Preprocess:
                 mode = self.interpolation if self.interpolation in ("bilinear", "bicubic", "nearest") else "bicubic"
                 kw = {"antialias": True, "align_corners": False} if mode != "nearest" else {}
                 x = F.interpolate(x, size=(nh, nw), mode=mode, **kw).clamp(0, 1)
-            top, left = (nh - self.size) // 2, (nw - self.size) // 2
+            # torchvision's CenterCrop rounds the offset (timm/open_clip eval transforms use it)
+            top, left = int(round((nh - self.size) / 2.0)), int(round((nw - self.size) / 2.0))
             x = x[..., top:top + self.size, left:left + self.size]
         return x
 
@@ -132,7 +133,9 @@ class Encoder(nn.Module):
         super().__init__()
         self.spec = spec
         self.weights = weights
-        self.model = parts.model.eval().requires_grad_(False)
+        self.model = parts.model.eval()
+        for p in self.model.parameters():  # not requires_grad_(): ScriptModules do not support it
+            p.requires_grad_(False)
         self.preprocess = parts.preprocess
         self._parts = parts
         self.layers = list(layers) if layers else [EMBEDDING]
