@@ -273,7 +273,7 @@ def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, s
         raise UsageError("guided sampling needs an encoder and a target")
     device = prior.device
     if has_target:
-        target = _check_inputs(prior, encoder, torch.as_tensor(target), seeds).to(device).float()
+        target = _check_inputs(prior, encoder, torch.as_tensor(target), seeds).to(encoder.device).float()
     b = len(seeds)
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
     timesteps = config.timesteps(prior.num_train_timesteps)

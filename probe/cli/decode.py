@@ -1,0 +1,151 @@
+"""``probe decode``: images whose features match a target, with the distance each one reached.
+
+Thin layer: parse options, resolve targets (probe.targets), run probe.decoding, show progress and a
+result table (rich on stderr) or the summary as JSON on stdout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from probe.cli.console import console, emit_json, progress, quiet, say
+from probe.cli.options import load_encoder_from_options
+from probe.decoding import DecodeEvent, DecodeSettings, DecodeSummary, decode_targets
+from probe.diffusion.priors import DEFAULT_PRIOR, load_prior
+from probe.diffusion.schedules import DEFAULT_PRESET, PRESETS, preset
+from probe.models.registry import DEFAULT_ENCODER
+from probe.targets import resolve_targets
+
+SCHEDULE_HELP = "; ".join(
+    f"{name}: {c.steps} steps, K={c.rounds}" + (f" (K={c.early_rounds} on the first {c.early_steps})"
+                                                 if c.early_steps and not c.unguided else "")
+    + (", unguided" if c.unguided else f", w={c.weight:g}, tau={c.tau:g}")
+    for name, c in PRESETS.items())
+
+
+def schedule_options(fn):
+    """--schedule plus one override per GuidanceConfig field (shared with interpolate/perturb)."""
+    opts = [
+        click.option("--schedule", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
+                     help=f"Guidance preset. {SCHEDULE_HELP}."),
+        click.option("--steps", type=int, help="Override: reverse timesteps (strided over 1000; 0 = all)."),
+        click.option("--weight", type=float, help="Override: guidance weight w."),
+        click.option("--tau", type=float, help="Override: gradient threshold tau (0 = off)."),
+        click.option("--rounds", type=int, help="Override: self-recurrence rounds K per step."),
+        click.option("--early-rounds", type=int, help="Override: rounds on the first --early-steps steps."),
+        click.option("--early-steps", type=int, help="Override: how many first steps get --early-rounds."),
+        click.option("--patience", type=int, help="Stop a sample when its best distance has not improved "
+                     "for this many steps (0 = off)."),
+        click.option("--max-distance", type=float, help="Stop a sample once its best distance is below this."),
+        click.option("--update", type=click.Choice(["ddpm", "ddim"]), help="Override: reverse step rule."),
+        click.option("--no-quantize", is_flag=True, default=None,
+                     help="Optimise the float image instead of the 8-bit PNG (not recommended)."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def config_from_options(kw: dict):
+    """Pop the schedule options out of ``kw`` and build the GuidanceConfig."""
+    name = kw.pop("schedule")
+    quantize = False if kw.pop("no_quantize") else None
+    return preset(name, steps=kw.pop("steps"), weight=kw.pop("weight"), tau=kw.pop("tau"),
+                  rounds=kw.pop("rounds"), early_rounds=kw.pop("early_rounds"),
+                  early_steps=kw.pop("early_steps"), stop_patience=kw.pop("patience"),
+                  max_distance=kw.pop("max_distance"), update=kw.pop("update"), quantize=quantize)
+
+
+def result_table(summary: DecodeSummary, limit: int = 40) -> Table:
+    table = Table(title=f"decoded {len(summary.records)} samples -> {summary.out}", show_lines=False)
+    for col in ("target", "s", "best d", "rel", "cos", "best step", "evals", "s/sample"):
+        table.add_column(col, justify="left" if col == "target" else "right")
+    for r in summary.records[:limit]:
+        rel = r.get("relative_distance")
+        table.add_row(r["target_id"], str(r["sample"]), f"{r['best_distance']:.4g}",
+                      "-" if rel is None else f"{rel:.3f}", f"{r['cosine']:.3f}",
+                      f"{r['best_step'] + 1}/{r['steps']}", str(r["evaluations"]), f"{r['seconds']:.2f}")
+    if len(summary.records) > limit:
+        table.caption = f"first {limit} of {len(summary.records)}; all in manifest.jsonl"
+    return table
+
+
+@click.command()
+@click.option("--prior", default=DEFAULT_PRIOR, show_default=True,
+              help="Diffusion prior: bundled:NAME, a local diffusers folder (DDPM or Stable Diffusion), "
+                   "or a Hugging Face hub id.")
+@click.option("-m", "--encoder", "--model", "spec", default=DEFAULT_ENCODER, show_default=True,
+              help="Network whose feature is decoded: bundled:NAME, timm:NAME, open_clip:ARCH/TAG, ...")
+@click.option("--weights", help="Local checkpoint for a timm/open_clip architecture, or 'random'.")
+@click.option("--layer", "layers", multiple=True,
+              help="Layer to match (default: the embedding). Repeat to match several (distances add up).")
+@click.option("--keep-spatial", is_flag=True, help="Match hooked maps whole instead of pooled.")
+@click.option("--token-pool", type=click.Choice(["cls", "mean"]), default="cls", show_default=True)
+@click.option("--from", "store", type=click.Path(dir_okay=False, path_type=Path),
+              help="Feature store (HDF5) holding the target rows.")
+@click.option("--group", help="Group of the store [default: the encoder's group, or the only one].")
+@click.option("--index", help="Rows of the store: 3, 0:16, 3,5,7.")
+@click.option("--path", "paths", multiple=True, help="Row of the store by its stored image path; repeatable.")
+@click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="An image whose feature is the target; repeatable.")
+@click.option("--text", "texts", multiple=True, help="A text prompt as target (CLIP encoders); repeatable.")
+@click.option("--vector", "vectors", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A raw vector file (.npy [D] or [N, D]; .txt one vector per line); repeatable.")
+@click.option("-n", "--samples", default=4, show_default=True, help="Decoded images per target (seeds).")
+@click.option("--seed", default=0, show_default=True, help="Sample s uses seed SEED+s (for every target).")
+@click.option("--batch-size", default=8, show_default=True, help="Chains decoded together.")
+@schedule_options
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder (images/, final/, baseline/, manifest.jsonl, features.h5, contact sheet).")
+@click.option("--overwrite", is_flag=True, help="Replace a previous decode in --out.")
+@click.option("--no-baseline", is_flag=True, help="Skip the unguided baseline samples.")
+@click.option("--save-trajectory", type=int, default=0, show_default=True,
+              help="Also save the predicted image every N steps as a strip per sample (0 = off).")
+@click.option("--device", help="cpu, cuda, cuda:1 ... [default: cuda when present]")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary and all records as JSON on stdout.")
+def decode(prior, spec, weights, layers, keep_spatial, token_pool, store, group, index, paths, images, texts,
+           vectors, samples, seed, batch_size, out, overwrite, no_baseline, save_trajectory, device, as_json,
+           **schedule) -> None:
+    """Decode target features into images with a guided diffusion prior (arXiv 2509.07936).
+
+    Each target is decoded SAMPLES times; every image is saved with the squared feature distance it
+    reached, relative to an unguided sample of the same seed. Targets: store rows (--from F.h5
+    --index 0:8), images (--image), CLIP prompts (--text) or raw vectors (--vector).
+    """
+    config = config_from_options(schedule)
+    settings = DecodeSettings(samples=samples, seed=seed, batch_size=batch_size, config=config,
+                              trajectory_every=save_trajectory, baseline=not no_baseline, overwrite=overwrite)
+    encoder = load_encoder_from_options({"spec": spec, "weights": weights, "layers": list(layers),
+                                         "keep_spatial": keep_spatial, "token_pool": token_pool,
+                                         "device": device})
+    targets = resolve_targets(encoder, store=store, group=group, index=index, paths=paths, images=images,
+                              texts=texts, vectors=vectors)
+    diffusion = load_prior(prior, encoder.device)
+    n_steps = len(config.timesteps(diffusion.num_train_timesteps))
+    say(f"[bold]{encoder.spec}[/] [{'+'.join(encoder.layers)}] <- [bold]{diffusion.spec}[/] on {encoder.device}: "
+        f"{len(targets)} target(s) x {samples} sample(s), schedule {config.name} ({n_steps} steps, "
+        f"{config.evaluations(diffusion.num_train_timesteps)} guided evaluations per sample) -> {out}")
+
+    n_batches = -(-len(targets) * samples // batch_size)
+    base_batches = -(-samples // batch_size) if settings.baseline else 0
+    total = (n_batches + base_batches) * n_steps
+    with progress("decode", total, unit="steps") as update:
+        def on_event(ev: DecodeEvent) -> None:
+            offset = (ev.batch - 1) if ev.phase == "baseline" else base_batches + ev.batch - 1
+            if ev.phase == "baseline":
+                extra = f"unguided baseline {ev.batch}/{ev.n_batches}"
+            else:
+                finite = [d for d in ev.best if d == d and d != float("inf")]
+                best = f" best d {min(finite):.4g}" if finite else ""
+                extra = f"batch {ev.batch}/{ev.n_batches}{best}"
+            update(offset * n_steps + ev.step, extra)
+        summary = decode_targets(diffusion, encoder, targets, out, settings, on_event=on_event)
+    if as_json:
+        emit_json(summary.to_dict())
+    if not quiet():
+        console().print(result_table(summary))
+        say(f"best images in {out / 'images'}, contact sheet {out / 'contact_sheet.png'}, "
+            f"records in {out / 'manifest.jsonl'} ({summary.seconds:.1f} s)")

@@ -1,0 +1,347 @@
+"""The decode pipeline shared by ``probe decode``, ``interpolate``, ``perturb`` and ``map --grid``.
+
+Targets × samples are decoded in batches by the guided sampler; everything is written into one output
+directory (docs/contracts.md, "Decode output directory")::
+
+    OUT/manifest.jsonl                         one JSON record per decoded sample, appended per batch
+    OUT/images/{target_id}_s{sample:02d}.png   best image (smallest distance) — the result
+    OUT/final/{target_id}_s{sample:02d}.png    final sample of the chain
+    OUT/baseline/s{sample:02d}.png             unguided sample of the same prior and seed
+    OUT/features.h5                            the best images' features (FeatureStore, kind=decoded)
+    OUT/contact_sheet.png                      targets × samples with distances, plus the baseline row
+    OUT/trajectory/{target_id}_s{sample:02d}.png   x̂0 every N steps (--save-trajectory N)
+
+The manifest and the feature store are flushed after every batch, so if a later target fails (or the
+run is interrupted) every earlier record stays valid and ``probe compare`` can read it. Sample ``s`` of
+every target uses seed ``seed + s``: the same initial noise for all targets, which is what makes
+interpolation strips and the unguided baseline comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from probe.diffusion.priors import Prior
+from probe.diffusion.sampler import SampleResult, sample
+from probe.diffusion.schedules import PRESETS, GuidanceConfig
+from probe.errors import UsageError
+from probe.images import save_png, sha256_file, to_uint8
+from probe.models.encoder import Encoder
+from probe.targets import Target, encode_images01, feature_dim
+
+OUTPUT_DIRS = ("images", "final", "baseline", "trajectory")
+OUTPUT_FILES = ("manifest.jsonl", "features.h5", "contact_sheet.png")
+
+
+@dataclass
+class DecodeSettings:
+    """Run-level settings (the sampler's own knobs live in ``config``)."""
+
+    samples: int = 4
+    seed: int = 0
+    batch_size: int = 8
+    config: GuidanceConfig = field(default_factory=lambda: PRESETS["fast"])
+    trajectory_every: int = 0
+    baseline: bool = True
+    overwrite: bool = False
+    sheet: bool = True
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise UsageError(f"--samples must be >= 1, not {self.samples}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, not {self.batch_size}")
+        if self.trajectory_every < 0:
+            raise UsageError("--save-trajectory must be >= 0")
+        if self.seed < 0:
+            raise UsageError(f"--seed must be >= 0, not {self.seed}")
+
+    def seed_of(self, sample_index: int) -> int:
+        return self.seed + sample_index
+
+    def to_dict(self) -> dict:
+        return {**self.config.to_dict(), "samples": self.samples, "seed": self.seed,
+                "batch_size": self.batch_size}
+
+
+@dataclass
+class DecodeEvent:
+    """Progress report: ``phase`` is 'baseline' or 'decode'; steps count within the current batch."""
+
+    phase: str
+    batch: int
+    n_batches: int
+    step: int
+    n_steps: int
+    samples_done: int
+    samples_total: int
+    best: list[float]
+
+
+@dataclass
+class DecodeSummary:
+    out: Path
+    records: list[dict]
+    seconds: float
+    n_targets: int
+    samples: int
+    baseline_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        """What ``--json`` prints: aggregate numbers plus every manifest record."""
+        best = [r["best_distance"] for r in self.records]
+        rel = [r["relative_distance"] for r in self.records if r.get("relative_distance") is not None]
+        return {"out": str(self.out), "manifest": str(self.out / "manifest.jsonl"), "targets": self.n_targets,
+                "samples": self.samples, "decoded": len(self.records), "seconds": round(self.seconds, 3),
+                "baseline_seconds": round(self.baseline_seconds, 3),
+                "mean_best_distance": float(np.mean(best)) if best else None,
+                "mean_relative_distance": float(np.mean(rel)) if rel else None,
+                "evaluations": int(sum(r["evaluations"] for r in self.records)),
+                "records": self.records}
+
+
+# -- output directory ----------------------------------------------------------------------------------
+def prepare_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder; with ``overwrite`` clear what a previous run wrote."""
+    if (out / "manifest.jsonl").exists() and not overwrite:
+        raise UsageError(f"{out}: already holds a decode (manifest.jsonl); use --overwrite or another --out")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a folder")
+    if overwrite:
+        for name in OUTPUT_DIRS:
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+        for name in OUTPUT_FILES:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def sample_name(target_id: str, s: int) -> str:
+    return f"{target_id}_s{s:02d}.png"
+
+
+def _layer_dims(encoder: Encoder) -> list[int]:
+    with torch.no_grad():
+        x = torch.zeros(1, encoder.in_chans, encoder.input_size, encoder.input_size, device=encoder.device)
+        feats = encoder.forward_resized(x)
+    return [int(feats[n].flatten(1).shape[1]) for n in encoder.layers]
+
+
+class _FeatureWriter:
+    """Appends decoded images' features to OUT/features.h5, one group per layer, flushed per batch."""
+
+    def __init__(self, path: Path, encoder: Encoder):
+        from probe.store import FeatureStore, group_key
+
+        self.store = FeatureStore(path, "a")
+        self.dims = _layer_dims(encoder)
+        self.groups = [self.store.create_group(group_key(encoder.spec, layer), dim, encoder.record(), layer,
+                                               kind="decoded")
+                       for layer, dim in zip(encoder.layers, self.dims)]
+
+    def append(self, feats: np.ndarray, paths: Sequence[str], hashes: Sequence[str],
+               labels: Sequence[int]) -> None:
+        start = 0
+        for g, d in zip(self.groups, self.dims):
+            g.append(feats[:, start:start + d], paths, hashes, labels)
+            start += d
+        self.store.flush()
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    return float(np.dot(a, b) / (na * nb)) if na > 0 and nb > 0 else 0.0
+
+
+# -- the pipeline --------------------------------------------------------------------------------------
+def run_baseline(prior: Prior, encoder: Encoder, out: Path, settings: DecodeSettings,
+                 on_event: Callable[[DecodeEvent], None] | None = None) -> torch.Tensor:
+    """Unguided samples for seeds seed..seed+S−1 (same timesteps and update rule as the guided run),
+    saved as OUT/baseline/sNN.png; returns their features [S, D] (the reference for relative distance)."""
+    cfg = settings.config.baseline()
+    seeds = [settings.seed_of(s) for s in range(settings.samples)]
+    chunks = [seeds[i:i + settings.batch_size] for i in range(0, len(seeds), settings.batch_size)]
+    feats = []
+    done = 0
+    for bi, chunk in enumerate(chunks):
+        def cb(step: int, total: int, best: torch.Tensor, bi: int = bi, done: int = done) -> None:
+            if on_event is not None:
+                on_event(DecodeEvent("baseline", bi + 1, len(chunks), step, total, done, len(seeds), []))
+        res = sample(prior, None, None, chunk, cfg, callback=cb)
+        for j, img in enumerate(res.final_images):
+            save_png(img, out / "baseline" / f"s{done + j:02d}.png")
+        feats.append(encode_images01(encoder, res.final_images))
+        done += len(chunk)
+    return torch.cat(feats)
+
+
+def _save_trajectory(res: SampleResult, j: int, path: Path) -> None:
+    from probe.render.sheets import image_grid
+    from probe.render.sheets import save_png as save_sheet
+
+    frames = [to_uint8(frames[j]) for _, frames in res.trajectory]
+    captions = [[f"step {i}" for i, _ in res.trajectory]]
+    save_sheet(image_grid([frames], captions=captions), path)
+
+
+def write_contact_sheet(out: Path, records: list[dict], targets: Sequence[Target], samples: int, seed: int,
+                        title: str) -> Path | None:
+    """Targets down, samples across (with the target image first when there is one), the unguided
+    baseline as the last row; every caption gives the distance and the relative distance."""
+    from probe.images import read_image01
+    from probe.render.sheets import image_grid
+    from probe.render.sheets import save_png as save_sheet
+
+    if not records:
+        return None
+    by_target: dict[str, dict[int, dict]] = {}
+    for r in records:
+        by_target.setdefault(r["target_id"], {})[r["sample"]] = r
+    rows = [t for t in targets if t.id in by_target]
+    show_target = any(t.image_path and Path(t.image_path).is_file() for t in rows)
+    cells, captions, labels = [], [], []
+
+    def load(path: Path):
+        try:
+            return to_uint8(read_image01(path))
+        except Exception:  # noqa: BLE001 - a missing picture is drawn as an empty cell
+            return None
+
+    for t in rows:
+        row, caps = [], []
+        if show_target:
+            row.append(load(Path(t.image_path)) if t.image_path else None)
+            caps.append("target")
+        for s in range(samples):
+            r = by_target[t.id].get(s)
+            row.append(load(out / r["image"]) if r else None)
+            if r:
+                rel = r.get("relative_distance")
+                caps.append(f"d={r['best_distance']:.3g}" + (f"\nrel={rel:.2f}" if rel is not None else ""))
+            else:
+                caps.append("")
+        cells.append(row)
+        captions.append(caps)
+        labels.append(t.id if t.label is None else f"{t.id}\n{t.label}")
+    base = [out / "baseline" / f"s{s:02d}.png" for s in range(samples)]
+    if all(p.is_file() for p in base):
+        imgs = [load(p) for p in base]
+        blank = [np.full_like(imgs[0], 255)] if show_target and imgs[0] is not None else [None] * show_target
+        cells.append(blank + imgs)
+        captions.append([""] * show_target + [f"seed {seed + s}" for s in range(samples)])
+        labels.append("unguided")
+    cols = (["target"] if show_target else []) + [f"s{s:02d}" for s in range(samples)]
+    sheet = image_grid(cells, captions=captions, row_labels=labels, col_labels=cols, title=title)
+    return save_sheet(sheet, out / "contact_sheet.png")
+
+
+def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], out: str | Path,
+                   settings: DecodeSettings | None = None,
+                   on_event: Callable[[DecodeEvent], None] | None = None,
+                   extra_record: dict | None = None) -> DecodeSummary:
+    """Decode every target ``settings.samples`` times into ``out`` (see the module docstring)."""
+    settings = settings or DecodeSettings()
+    out = Path(out)
+    targets = list(targets)
+    if not targets:
+        raise UsageError("nothing to decode: no targets")
+    if len({t.id for t in targets}) != len(targets):
+        raise UsageError("target ids must be unique (they name the output files)")
+    if prior.device != encoder.device:
+        raise UsageError(f"the prior is on {prior.device} but the encoder on {encoder.device}; use one --device")
+    dim = feature_dim(encoder)
+    for t in targets:
+        if t.vector.shape != (dim,):
+            raise UsageError(f"{t.source}: target has {t.vector.size} dimensions but {encoder.spec} gives {dim}")
+    prepare_out_dir(out, settings.overwrite)
+    t0 = time.perf_counter()
+
+    base_feats = None
+    base_seconds = 0.0
+    if settings.baseline:
+        base_feats = run_baseline(prior, encoder, out, settings, on_event).numpy()
+        base_seconds = time.perf_counter() - t0
+
+    jobs = [(ti, s) for ti in range(len(targets)) for s in range(settings.samples)]
+    batches = [jobs[i:i + settings.batch_size] for i in range(0, len(jobs), settings.batch_size)]
+    layer = "+".join(encoder.layers)
+    common = {"prior": prior.spec, "encoder": encoder.spec, "layer": layer, "settings": settings.to_dict()}
+    records: list[dict] = []
+    writer = _FeatureWriter(out / "features.h5", encoder)
+    title = f"{encoder.spec} [{layer}] <- {prior.spec} ({settings.config.name})"
+    try:
+        with open(out / "manifest.jsonl", "a", encoding="utf-8") as manifest:
+            for bi, batch in enumerate(batches):
+                vectors = torch.from_numpy(np.stack([targets[ti].vector for ti, _ in batch]))
+                seeds = [settings.seed_of(s) for _, s in batch]
+                done = bi * settings.batch_size
+
+                def cb(step: int, total: int, best: torch.Tensor, bi: int = bi, done: int = done) -> None:
+                    if on_event is not None:
+                        on_event(DecodeEvent("decode", bi + 1, len(batches), step, total, done, len(jobs),
+                                             best.tolist()))
+                tb = time.perf_counter()
+                res = sample(prior, encoder, vectors, seeds, settings.config,
+                             trajectory_every=settings.trajectory_every, callback=cb)
+                batch_records = _write_batch(out, res, batch, targets, encoder, base_feats, settings, common,
+                                             extra_record or {}, writer, time.perf_counter() - tb)
+                for rec in batch_records:
+                    manifest.write(json.dumps(rec) + "\n")
+                manifest.flush()
+                records += batch_records
+    finally:
+        writer.close()
+        if settings.sheet and records:
+            write_contact_sheet(out, records, targets, settings.samples, settings.seed, title)
+    return DecodeSummary(out=out, records=records, seconds=time.perf_counter() - t0, n_targets=len(targets),
+                         samples=settings.samples, baseline_seconds=base_seconds)
+
+
+def _write_batch(out: Path, res: SampleResult, batch: list[tuple[int, int]], targets: Sequence[Target],
+                 encoder: Encoder, base_feats: np.ndarray | None, settings: DecodeSettings, common: dict,
+                 extra: dict, writer: _FeatureWriter, seconds: float) -> list[dict]:
+    """Save one batch's images, then its features, then return its manifest records — in that order,
+    so a record only ever points at files that exist."""
+    rel_paths = []
+    for j, (ti, s) in enumerate(batch):
+        name = sample_name(targets[ti].id, s)
+        save_png(res.best_images[j], out / "images" / name)
+        save_png(res.final_images[j], out / "final" / name)
+        if settings.trajectory_every and res.trajectory:
+            _save_trajectory(res, j, out / "trajectory" / name)
+        rel_paths.append(name)
+    feats = encode_images01(encoder, res.best_images).numpy()
+    labels = [targets[ti].label if isinstance(targets[ti].label, int) else -1 for ti, _ in batch]
+    writer.append(feats, [f"images/{n}" for n in rel_paths],
+                  [sha256_file(out / "images" / n) for n in rel_paths], labels)
+    records = []
+    for j, (ti, s) in enumerate(batch):
+        t = targets[ti]
+        best, final = float(res.best_distance[j]), float(res.final_distance[j])
+        base = float(((base_feats[s] - t.vector) ** 2).sum()) if base_feats is not None else None
+        records.append({
+            "target_id": t.id, "target_index": ti, "sample": s, "seed": settings.seed_of(s),
+            "image": f"images/{rel_paths[j]}", "final_image": f"final/{rel_paths[j]}",
+            "baseline_image": f"baseline/s{s:02d}.png" if base is not None else None,
+            "best_distance": best, "final_distance": final, "baseline_distance": base,
+            "relative_distance": best / base if base else None,
+            "cosine": _cosine(feats[j], t.vector),
+            "best_step": int(res.best_step[j]), "best_timestep": int(res.best_timestep[j]),
+            "stopped_step": int(res.stopped_step[j]), "steps": len(res.timesteps),
+            "evaluations": int(res.evaluations[j]), "skipped_steps": int(res.skipped[j]),
+            "seconds": seconds / len(batch), "batch_seconds": seconds,
+            "trajectory_image": f"trajectory/{rel_paths[j]}" if settings.trajectory_every else None,
+            "target": t.record(), **common, **extra, **t.extra,
+        })
+    return records

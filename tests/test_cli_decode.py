@@ -1,0 +1,55 @@
+"""``probe decode`` end to end through the CLI group, on a tiny saved prior and timm's test network."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tiny_diffusion import save_pixel_prior
+
+FAST = ["--steps", "3", "--rounds", "1", "--early-steps", "0", "--samples", "2", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def prior_dir(tmp_path_factory):
+    return save_pixel_prior(tmp_path_factory.mktemp("prior") / "ddpm")
+
+
+def test_decode_image_target_json(run_cli, prior_dir, tiny_encoder_args, small_images, tmp_path):
+    out = tmp_path / "out"
+    res = run_cli("-q", "decode", "--prior", prior_dir, *tiny_encoder_args, "--image", small_images[0], *FAST,
+                  "--out", out, "--json")
+    assert res.exit_code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["decoded"] == 2 and summary["targets"] == 1
+    rec = summary["records"][0]
+    assert rec["target"]["kind"] == "image" and rec["encoder"] == "timm:test_resnet"
+    assert rec["settings"]["name"] == "fast" and rec["settings"]["steps"] == 3
+    assert rec["evaluations"] == 3
+    assert (out / rec["image"]).is_file() and (out / "baseline" / "s01.png").is_file()
+
+    from probe.compare import load_decode_dir  # the reader of this directory accepts it
+    assert len(load_decode_dir(out).groups) == 1
+
+    again = run_cli("decode", "--prior", prior_dir, *tiny_encoder_args, "--image", small_images[0], *FAST,
+                    "--out", out)
+    assert again.exit_code == 2 and "--overwrite" in again.stderr
+
+
+def test_decode_errors_are_one_line(run_cli, prior_dir, tiny_encoder_args, tmp_path):
+    res = run_cli("decode", "--prior", prior_dir, *tiny_encoder_args, *FAST, "--out", tmp_path / "o")
+    assert res.exit_code == 2 and "nothing to decode" in res.stderr
+    res = run_cli("decode", "--prior", prior_dir, *tiny_encoder_args, "--text", "a cat", *FAST,
+                  "--out", tmp_path / "o")
+    assert res.exit_code == 2 and "not a CLIP model" in res.stderr
+    np.save(tmp_path / "v.npy", np.zeros(5, dtype=np.float32))
+    res = run_cli("decode", "--prior", prior_dir, *tiny_encoder_args, "--vector", tmp_path / "v.npy", *FAST,
+                  "--out", tmp_path / "o")
+    assert res.exit_code == 2 and "v.npy" in res.stderr and "5 dimensions" in res.stderr
+    res = run_cli("decode", "--prior", tmp_path / "no-prior", *tiny_encoder_args, "--image", tmp_path / "v.npy",
+                  *FAST, "--out", tmp_path / "o")
+    assert res.exit_code == 3 and len(res.stderr.strip().splitlines()) == 1
+    res = run_cli("decode", "--prior", prior_dir, *tiny_encoder_args, "--vector", tmp_path / "v.npy",
+                  "--rounds", "0", "--out", tmp_path / "o")
+    assert res.exit_code == 2 and "--rounds" in res.stderr
