@@ -72,3 +72,19 @@ def test_hub_id_offline_is_one_line_input_error(monkeypatch):
     with pytest.raises(InputError, match="Hugging Face hub") as err:
         load_prior("nobody-here/no-such-prior", "cpu")
     assert "\n" not in str(err.value)
+
+
+def test_bundled_prior_resolution(tmp_path, monkeypatch):
+    """bundled:NAME goes through the registry entry: missing weights name the recipe, present ones load."""
+    import dataclasses
+
+    from probe.models import bundled
+
+    entry = bundled.BUNDLED["fashion-ddpm"]
+    monkeypatch.setitem(bundled.BUNDLED, "fashion-ddpm", dataclasses.replace(entry, path=tmp_path / "missing"))
+    with pytest.raises(InputError, match="train_ddpm.py"):
+        load_prior("bundled:fashion-ddpm", "cpu")
+    folder = save_pixel_prior(tmp_path / "fashion-ddpm")
+    monkeypatch.setitem(bundled.BUNDLED, "fashion-ddpm", dataclasses.replace(entry, path=folder))
+    prior = load_prior("bundled:fashion-ddpm", "cpu")
+    assert prior.spec == "bundled:fashion-ddpm" and prior.latent_shape == (1, 16, 16)

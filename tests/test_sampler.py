@@ -237,3 +237,19 @@ def test_bad_inputs(prior, encoder, target):
         S.sample(prior, encoder, torch.stack([target] * 3), [0, 1], SMALL)
     with pytest.raises(UsageError):
         S.sample(prior, encoder, target, [], SMALL)
+
+
+def test_several_layers_add_their_distances(prior):
+    enc = tiny_encoder()
+    two = type(enc)(enc.spec, enc._parts, layers=["embedding", "body.0"])
+    img = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        feats = two.features(img)
+        target = torch.cat([two.features(torch.rand(1, 1, 16, 16))[n].flatten(1) for n in two.layers], 1)[0]
+        both = S.saved_image_distance(two, img, target)
+    d0 = feats["embedding"].shape[1]
+    per_layer = ((feats["embedding"] - target[:d0]) ** 2).sum(1) \
+        + ((feats["body.0"].flatten(1) - target[d0:]) ** 2).sum(1)
+    assert torch.allclose(both, per_layer, rtol=1e-5)
+    res = S.sample(prior, two, target, [0], SMALL.replace(steps=3, early_steps=0, rounds=1))
+    assert torch.isfinite(res.best_distance).all()
