@@ -94,7 +94,7 @@ def read_image01(path: str | Path) -> torch.Tensor:
         raise InputError(f"{path}: not an image file") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{path}: unreadable image ({exc})") from exc
-    return torch.from_numpy(np.ascontiguousarray(arr)).float().div_(255.0)
+    return torch.from_numpy(np.array(arr, copy=True)).float().div_(255.0)
 
 
 def to_uint8(x01: torch.Tensor) -> np.ndarray:
