@@ -85,6 +85,15 @@ def label_names_for(paths: Sequence[Path]) -> list[str]:
     return sorted({p.parent.name for p in paths})
 
 
+def _merge_label_names(group, names: Sequence[str]) -> list[str]:
+    """The group's label names: those already stored keep their index (a resumed or extended run must not
+    renumber rows written before), new folder names are appended."""
+    old = group.attrs.get("label_names") or []
+    merged = list(old) + [n for n in names if n not in old]
+    group._g.attrs["label_names"] = json.dumps(merged)
+    return merged
+
+
 def extract_images(encoder: Encoder, paths: Sequence[Path], store_path: Path, config: ExtractConfig,
                    on_batch: Callable[[int, int], None] | None = None,
                    on_warning: Callable[[str], None] | None = None) -> ExtractSummary:
@@ -123,14 +132,14 @@ def extract_images(encoder: Encoder, paths: Sequence[Path], store_path: Path, co
                         feats = encoder.forward_resized(torch.stack([g[0] for g in good]))
                     if groups is None:
                         groups = [store.create_group(n, feats[layer].shape[1], encoder.record(), layer,
-                                                     dtype=config.dtype, overwrite=first_overwrite)
+                                                     dtype=config.dtype, overwrite=first_overwrite,
+                                                     feature_shape=encoder.layer_shapes.get(layer))
                                   for n, layer in zip(names, encoder.layers)]
                         if label_names is not None:
-                            for g in groups:
-                                g._g.attrs["label_names"] = json.dumps(label_names)
-                    labels = ([label_names.index(Path(p).parent.name) for _, p, _ in good]
-                              if label_names is not None else None)
-                    for g, layer in zip(groups, encoder.layers):
+                            group_labels = [_merge_label_names(g, label_names) for g in groups]
+                    for i, (g, layer) in enumerate(zip(groups, encoder.layers)):
+                        labels = ([group_labels[i].index(Path(p).parent.name) for _, p, _ in good]
+                                  if label_names is not None else None)
                         g.append(feats[layer].float().cpu().numpy(), [p for _, p, _ in good],
                                  [h for _, _, h in good], labels)
                     store.flush()

@@ -145,6 +145,7 @@ class Encoder(nn.Module):
         self.token_pool = token_pool
         self.class_names = parts.class_names
         self._captured: dict[str, object] = {}
+        self.layer_shapes: dict[str, list[int]] = {}  # filled by each forward: see forward_resized
         self._handles = []
         modules = dict(self.model.named_modules())
         for name in self.layers:
@@ -195,6 +196,11 @@ class Encoder(nn.Module):
             else:
                 out[name] = pool_output(self._captured[name], self.keep_spatial, self.token_pool,
                                         self._parts.prefix_tokens)
+            raw = emb if name == EMBEDDING else self._captured.get(name, out[name])
+            while isinstance(raw, (tuple, list)):
+                raw = raw[0]
+            # per-sample shape before flattening (what --keep-spatial rows unflatten to; the store records it)
+            self.layer_shapes[name] = list(raw.shape[1:]) if self.keep_spatial else [out[name].shape[1]]
         self._captured.clear()
         return out
 
