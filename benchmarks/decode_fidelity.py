@@ -1,0 +1,434 @@
+"""How faithfully each guidance preset decodes a feature, and what it costs (issue 4: choose the defaults).
+
+    python benchmarks/decode_fidelity.py                                   # fashion-ddpm + fashion-cnn
+    python benchmarks/decode_fidelity.py --extra fast:steps=25,rounds=2 --extra fast:weight=8
+    python benchmarks/decode_fidelity.py --prior bundled:emoji-ddpm --encoder bundled:efficientnet_lite0
+
+Targets are the encoder's features of N held-out test images (Fashion-MNIST test, class-balanced and
+seeded; or the held-out emoji), one decode per target with seed = target index, so every preset sees the
+same (target, seed) pairs. The gallery is 1,000 other held-out images' features, disjoint from the
+targets. Per preset:
+
+  mean best distance     ‖f(best image) − f*‖², the best image being the decoder's output (saved 8-bit PNG)
+  relative distance      best distance / distance of the unguided sample of the same seed and timesteps
+                         (``config.baseline()``), per sample; mean and median
+  retrieval@1            share of decoded images whose feature is nearer to its own target than to any of
+                         the gallery's features (``probe.metrics.retrieval_rank`` == 0)
+  cosine                 mean cosine between decoded feature and target
+  evaluations / image    guided UNet + encoder forward/backward passes (mean of the sampler's count)
+  wall s / image         guided decode only, at ``--batch-size`` chains per batch on this machine
+  × fewer than paper     the paper preset's evaluations per image over this preset's
+
+The paper preset (~12,960 evaluations per image), and any ``--extra paper:...``, runs on the first
+``--paper-n`` targets only; every other preset is also reported on that same paired subset, with the
+verdict of issue 4's target: retrieval@1 at least the paper's, mean relative distance within 10% of the
+paper's, ≥ 20× fewer evaluations. ``--max-minutes`` shrinks a preset's N when a short calibration run,
+or its first batch, projects a longer run (the output says so).
+Writes a markdown table to stdout and everything (per-sample numbers included) as JSON to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from probe.datasets import emoji, fashion_mnist
+from probe.diffusion.priors import load_prior
+from probe.diffusion.sampler import concat_features, sample
+from probe.diffusion.schedules import PRESETS, GuidanceConfig
+from probe.metrics import retrieval_rank
+from probe.models.registry import load_encoder
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGET_EVAL_RATIO = 20.0
+TARGET_REL_SLACK = 1.10
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Presets from the command line
+# --------------------------------------------------------------------------------------------------------
+def _parse_value(field: dataclasses.Field, raw: str) -> object:
+    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+    if kind == "bool":
+        low = raw.lower()
+        if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise SystemExit(f"--extra: {field.name} takes true/false, not {raw!r}")
+        return low in ("1", "true", "yes", "on")
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    return raw
+
+
+def parse_extra(text: str) -> GuidanceConfig:
+    """``BASE:key=val,key=val`` (BASE a preset name) -> a GuidanceConfig named by the whole string."""
+    base, _, rest = text.partition(":")
+    if base not in PRESETS:
+        raise SystemExit(f"--extra {text!r}: base must be one of {', '.join(PRESETS)}")
+    fields = {f.name: f for f in dataclasses.fields(GuidanceConfig)}
+    overrides: dict[str, object] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or key not in fields or key == "name":
+            raise SystemExit(f"--extra {text!r}: expected key=value with key one of "
+                             f"{', '.join(k for k in fields if k != 'name')}")
+        try:
+            overrides[key] = _parse_value(fields[key], raw.strip())
+        except ValueError as exc:
+            raise SystemExit(f"--extra {text!r}: bad value for {key}: {raw!r}") from exc
+    return PRESETS[base].replace(name=text, **overrides)
+
+
+def configs_from_args(args: argparse.Namespace) -> list[GuidanceConfig]:
+    out: list[GuidanceConfig] = []
+    for name in filter(None, (s.strip() for s in args.presets.split(","))):
+        if name not in PRESETS:
+            raise SystemExit(f"--presets: unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        out.append(PRESETS[name])
+    out += [parse_extra(e) for e in args.extra]
+    names = [c.name for c in out]
+    if len(set(names)) != len(names):
+        raise SystemExit("--presets/--extra: a preset is listed twice")
+    if not out:
+        raise SystemExit("nothing to run: give --presets and/or --extra")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Targets and gallery
+# --------------------------------------------------------------------------------------------------------
+def as_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W] or [N, H, W, 3] -> float [N, C, H, W] in [0, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float() / 255.0
+    return x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
+
+
+def balanced_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Positions into ``labels`` interleaved class by class (each class shuffled), so every prefix is
+    as class-balanced as it can be."""
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    longest = max(len(p) for p in per_class)
+    return np.array([p[k] for k in range(longest) for p in per_class if k < len(p)], dtype=np.int64)
+
+
+def choose_images(data: str, n: int, gallery_size: int, seed: int) -> dict:
+    """Target and gallery images (uint8 arrays) with their provenance, disjoint by construction."""
+    rng = np.random.default_rng(seed)
+    if data == "fashion":
+        x, y = fashion_mnist("test")
+        perm = rng.permutation(len(x))
+        gal_idx = np.sort(perm[:gallery_size])
+        rest = perm[gallery_size:]
+        tgt_idx = rest[balanced_order(y[rest], rng)[:n]]
+        if len(tgt_idx) < n:
+            raise SystemExit(f"only {len(tgt_idx)} test images are left for targets")
+        return {"targets": x[tgt_idx], "target_index": tgt_idx.tolist(), "target_label": y[tgt_idx].tolist(),
+                "gallery": x[gal_idx], "gallery_source": f"{len(gal_idx)} other Fashion-MNIST test images",
+                "target_source": "Fashion-MNIST test (class-balanced, seeded)"}
+    held = emoji("test")
+    if n >= len(held):
+        raise SystemExit(f"--n {n} leaves no held-out emoji for the gallery ({len(held)} in all)")
+    perm = rng.permutation(len(held))
+    tgt_idx, rest = perm[:n], np.sort(perm[n:])
+    gallery = held[rest][:gallery_size]
+    source = f"{len(gallery)} other held-out emoji"
+    if len(gallery) < gallery_size:  # only 379 emoji are held out: fill up with training emoji
+        train = emoji("train")
+        fill = np.sort(rng.permutation(len(train))[:gallery_size - len(gallery)])
+        gallery = np.concatenate([gallery, train[fill]])
+        source += f" + {len(fill)} training emoji (too few held out)"
+    return {"targets": held[tgt_idx], "target_index": tgt_idx.tolist(), "target_label": None,
+            "gallery": gallery, "gallery_source": source, "target_source": "held-out emoji (seeded)"}
+
+
+@torch.no_grad()
+def features(encoder, images01: torch.Tensor, batch: int = 100) -> np.ndarray:
+    """The encoder's (concatenated) features, computed exactly as the sampler's distance computes them."""
+    out = []
+    for i in range(0, len(images01), batch):
+        x = images01[i:i + batch].to(encoder.device)
+        out.append(concat_features(encoder, encoder.resize(x)).float().cpu())
+    return torch.cat(out).numpy()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Running the presets
+# --------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Run:
+    """Per-sample numbers of one preset (index i = target i, seed i)."""
+
+    config: GuidanceConfig
+    best_distance: list[float] = dataclasses.field(default_factory=list)
+    evaluations: list[int] = dataclasses.field(default_factory=list)
+    best_step: list[int] = dataclasses.field(default_factory=list)
+    skipped: list[int] = dataclasses.field(default_factory=list)
+    images: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+    requested: int = 0
+    note: str = ""
+
+    @property
+    def n(self) -> int:
+        return len(self.best_distance)
+
+
+def calibrate(prior, encoder, targets: torch.Tensor, config: GuidanceConfig, batch: int) -> float:
+    """Projected guided seconds per image of ``config``, from a 6-evaluation run of the same batch size
+    (the cost of one evaluation does not depend on the schedule); the faster of two runs, as the first
+    call also pays one-off warm-up costs."""
+    probe = config.replace(name=f"{config.name}/calibration", steps=3, rounds=2, early_steps=0, stop_patience=0,
+                           max_distance=0.0)
+    seconds = min(sample(prior, encoder, targets[:batch], list(range(batch)), probe).seconds for _ in range(2))
+    T = prior.num_train_timesteps
+    return seconds / probe.evaluations(T) * config.evaluations(T) / batch
+
+
+def run_guided(prior, encoder, targets: torch.Tensor, config: GuidanceConfig, n: int, batch: int,
+               max_minutes: float) -> Run:
+    run = Run(config=config, requested=n)
+    budget = max_minutes * 60
+    limit = n
+    if budget > 0 and not config.unguided:
+        est = calibrate(prior, encoder, targets, config, min(batch, n))
+        log(f"  {config.name}: calibration projects {est:.2f} s/image, ~{est * n / 60:.1f} min for {n}")
+        if est * n > budget:
+            limit = max(1, int(budget // est))
+            run.note = (f"N shrunk from {n} to {limit}: a calibration run projected {est:.1f} s/image, "
+                        f"~{est * n / 60:.1f} min for {n} > --max-minutes {max_minutes:g}")
+            log(f"  {config.name}: {run.note}")
+    i = 0
+    while i < limit:
+        seeds = list(range(i, min(limit, i + batch)))
+        ticker = {"last": time.perf_counter()}
+
+        def progress(step: int, total: int, best: torch.Tensor, seeds=seeds, ticker=ticker) -> None:
+            if time.perf_counter() - ticker["last"] > 60:
+                ticker["last"] = time.perf_counter()
+                log(f"  {config.name}: images {seeds[0]}-{seeds[-1]}, step {step}/{total}, "
+                    f"mean best distance {best.mean():.4g}")
+
+        res = sample(prior, encoder, targets[seeds[0]:seeds[-1] + 1], seeds, config, callback=progress)
+        run.best_distance += res.best_distance.tolist()
+        run.evaluations += res.evaluations.tolist()
+        run.best_step += res.best_step.tolist()
+        run.skipped += res.skipped.tolist()
+        run.images.append(res.best_images)
+        run.seconds += res.seconds
+        i += len(seeds)
+        per_image = run.seconds / i
+        log(f"  {config.name}: {i}/{limit} images, {per_image:.2f} s/image")
+        if i == len(seeds) and budget > 0 and i < limit and per_image * limit > budget:
+            new = max(i, int(budget // per_image))
+            run.note = (f"N shrunk from {n} to {new}: the first batch took {per_image:.1f} s/image, "
+                        f"{limit} would take ~{per_image * limit / 60:.1f} min > --max-minutes {max_minutes:g}")
+            limit = new
+            log(f"  {config.name}: {run.note}")
+    return run
+
+
+def run_baseline(prior, encoder, targets: torch.Tensor, config: GuidanceConfig, n: int, batch: int,
+                 cache: dict) -> np.ndarray:
+    """Distances of the unguided samples (same seeds and timesteps) for targets 0..n-1, cached by config."""
+    base = config.baseline()
+    key = json.dumps({k: v for k, v in base.to_dict().items() if k != "name"}, sort_keys=True)
+    have = cache.setdefault(key, [])
+    while len(have) < n:
+        seeds = list(range(len(have), min(n, len(have) + batch)))
+        res = sample(prior, encoder, targets[seeds[0]:seeds[-1] + 1], seeds, base)
+        have += res.final_distance.tolist()
+    return np.asarray(have[:n], dtype=np.float64)
+
+
+def summarize(best: np.ndarray, base: np.ndarray, dec_f: np.ndarray, tgt_f: np.ndarray, gallery: np.ndarray,
+              evals: np.ndarray) -> dict:
+    rel = best / np.maximum(base, 1e-12)
+    ranks = retrieval_rank(dec_f, tgt_f, gallery)
+    cos = (dec_f * tgt_f).sum(1) / np.maximum(np.linalg.norm(dec_f, axis=1) * np.linalg.norm(tgt_f, axis=1), 1e-12)
+    return {"n": int(len(best)), "mean_distance": float(best.mean()), "median_distance": float(np.median(best)),
+            "mean_baseline_distance": float(base.mean()),
+            "mean_relative_distance": float(rel.mean()), "median_relative_distance": float(np.median(rel)),
+            "retrieval_at_1": float((ranks == 0).mean()), "mean_rank": float(ranks.mean()),
+            "mean_cosine": float(cos.mean()), "evaluations_per_image": float(evals.mean())}
+
+
+def verdict(row: dict, paper: dict, ratio: float | None) -> dict:
+    ok_r = row["retrieval_at_1"] >= paper["retrieval_at_1"]
+    ok_d = row["mean_relative_distance"] <= TARGET_REL_SLACK * paper["mean_relative_distance"]
+    ok_e = ratio is not None and ratio >= TARGET_EVAL_RATIO
+    return {"retrieval_at_least_paper": bool(ok_r), "relative_distance_within_10pct": bool(ok_d),
+            "evaluations_20x_fewer": bool(ok_e), "meets_target": bool(ok_r and ok_d and ok_e)}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------------------
+def fmt(x: float | None, nd: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{nd}g}" if abs(x) < 1 else f"{x:.{nd + 1}g}"
+
+
+def table(rows: list[dict], paired: bool = False) -> str:
+    head = ["preset", "N", "evals/img", "× fewer than paper", "wall s/img", "mean dist", "rel. dist mean",
+            "rel. dist median", "retrieval@1", "cosine"]
+    if paired:
+        head.append("meets target")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        m = r["paired"] if paired else r["all"]
+        ratio = r["fewer_than_paper"]
+        cells = [r["name"], str(m["n"]), fmt(m["evaluations_per_image"]), "—" if ratio is None else f"{ratio:.1f}",
+                 fmt(r["wall_seconds_per_image"]), fmt(m["mean_distance"]), f"{m['mean_relative_distance']:.3f}",
+                 f"{m['median_relative_distance']:.3f}", f"{m['retrieval_at_1']:.2f}", f"{m['mean_cosine']:.3f}"]
+        if paired:
+            v = r.get("verdict")
+            cells.append("(reference)" if v is None else ("yes" if v["meets_target"] else "no ("
+                         + ", ".join(k for k, ok in (("r@1", v["retrieval_at_least_paper"]),
+                                                     ("dist", v["relative_distance_within_10pct"]),
+                                                     ("evals", v["evaluations_20x_fewer"])) if not ok) + ")"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n".join(__doc__.splitlines()[1:]))
+    ap.add_argument("--prior", default="bundled:fashion-ddpm", help="any load_prior spec [bundled:fashion-ddpm]")
+    ap.add_argument("--encoder", default="bundled:fashion-cnn", help="any encoder spec [bundled:fashion-cnn]")
+    ap.add_argument("--encoder-weights", default=None, help="--weights for timm:/open_clip: specs (PATH|random)")
+    ap.add_argument("--layers", default=None, help="comma-separated encoder layers [the embedding]")
+    ap.add_argument("--data", choices=("auto", "fashion", "emoji"), default="auto",
+                    help="target images: auto = fashion for 1-channel priors, emoji for 3-channel ones")
+    ap.add_argument("--presets", default="fast,balanced,paper", help="comma-separated preset names")
+    ap.add_argument("--extra", action="append", default=[], metavar="BASE:key=val,...",
+                    help="a custom config: a preset with overrides, e.g. fast:steps=25,rounds=2 (repeatable)")
+    ap.add_argument("--n", type=int, default=32, help="targets per preset [32]")
+    ap.add_argument("--paper-n", type=int, default=8, help="targets for the paper preset (the first ones) [8]")
+    ap.add_argument("--gallery", type=int, default=1000, help="held-out features to retrieve among [1000]")
+    ap.add_argument("--batch-size", type=int, default=8, help="chains per sampler call [8]")
+    ap.add_argument("--max-minutes", type=float, default=30.0,
+                    help="per preset: shrink N when a calibration run or the first batch projects longer "
+                         "than this (0: never) [30]")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the target/gallery choice [0]")
+    ap.add_argument("--device", default=None, help="[cuda if available, else cpu]")
+    ap.add_argument("--out", type=Path, default=RESULTS / "decode_fidelity.json")
+    args = ap.parse_args(argv)
+    if args.n < 1 or args.paper_n < 1 or args.batch_size < 1 or args.gallery < 1:
+        ap.error("--n, --paper-n, --batch-size and --gallery must be >= 1")
+    configs = configs_from_args(args)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    t0 = time.perf_counter()
+
+    prior = load_prior(args.prior, device=device)
+    layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
+    encoder = load_encoder(args.encoder, layers=layers, weights=args.encoder_weights, device=device)
+    data = args.data if args.data != "auto" else ("fashion" if prior.channels == 1 else "emoji")
+    T = prior.num_train_timesteps
+    wants_paper = any(c.name == "paper" for c in configs)
+    n_paper = min(args.paper_n, args.n)
+    n_max = args.n
+    chosen = choose_images(data, n_max, args.gallery, args.seed)
+    targets_img = as_tensor(chosen["targets"])
+    tgt_f = features(encoder, targets_img)
+    gal_f = features(encoder, as_tensor(chosen["gallery"]))
+    targets = torch.from_numpy(tgt_f)
+    log(f"{args.prior} + {args.encoder} on {device} ({torch.get_num_threads()} threads): {len(tgt_f)} targets "
+        f"({chosen['target_source']}), gallery {chosen['gallery_source']}, {tgt_f.shape[1]}-d features")
+
+    paper_evals_analytic = PRESETS["paper"].evaluations(T)
+    runs: dict[str, Run] = {}
+    baselines: dict[str, list[float]] = {}
+    for config in configs:
+        n = n_paper if config.name.split(":")[0] == "paper" else args.n
+        log(f"{config.name}: {n} images, {config.evaluations(T)} evaluations each without early stop")
+        runs[config.name] = run_guided(prior, encoder, targets, config, n, args.batch_size, args.max_minutes)
+
+    paper_run = runs.get("paper")
+    n_pair = paper_run.n if paper_run is not None else None
+    rows = []
+    for name, run in runs.items():
+        base = run_baseline(prior, encoder, targets, run.config, run.n, args.batch_size, baselines)
+        best = np.asarray(run.best_distance, dtype=np.float64)
+        evals = np.asarray(run.evaluations, dtype=np.float64)
+        dec_f = features(encoder, torch.cat(run.images))
+        row = {"name": name, "config": run.config.to_dict(), "requested_n": run.requested, "note": run.note,
+               "analytic_evaluations": run.config.evaluations(T),
+               "wall_seconds_per_image": run.seconds / run.n, "wall_seconds": run.seconds,
+               "all": summarize(best, base, dec_f, tgt_f[:run.n], gal_f, evals),
+               "per_sample": {"target_index": chosen["target_index"][:run.n], "seed": list(range(run.n)),
+                              "best_distance": best.tolist(), "baseline_distance": base.tolist(),
+                              "rank": retrieval_rank(dec_f, tgt_f[:run.n], gal_f).tolist(),
+                              "evaluations": run.evaluations, "best_step": run.best_step,
+                              "skipped_guidance": run.skipped}}
+        if n_pair is not None and run.n >= n_pair:
+            k = n_pair
+            row["paired"] = summarize(best[:k], base[:k], dec_f[:k], tgt_f[:k], gal_f, evals[:k])
+        rows.append(row)
+
+    paper_row = next((r for r in rows if r["name"] == "paper"), None)
+    paper_evals = paper_row["all"]["evaluations_per_image"] if paper_row else float(paper_evals_analytic)
+    for r in rows:
+        e = r["all"]["evaluations_per_image"]
+        r["fewer_than_paper"] = paper_evals / e if e > 0 else None
+        if paper_row is not None and "paired" in r and r["name"] != "paper":
+            r["verdict"] = verdict(r["paired"], paper_row["paired"], r["fewer_than_paper"])
+
+    result = {
+        "prior": args.prior, "encoder": args.encoder, "encoder_weights": args.encoder_weights,
+        "layers": encoder.layers, "data": data, "device": str(device), "torch_threads": torch.get_num_threads(),
+        "batch_size": args.batch_size, "seed": args.seed, "n": args.n, "paper_n": n_pair,
+        "target_source": chosen["target_source"], "target_index": chosen["target_index"],
+        "target_label": chosen["target_label"], "gallery": chosen["gallery_source"],
+        "feature_dim": int(tgt_f.shape[1]),
+        "paper_evaluations_per_image": paper_evals,
+        "paper_evaluations_source": "measured" if paper_row else "analytic (paper preset not run)",
+        "target": {"retrieval_at_1": ">= paper", "mean_relative_distance": f"<= {TARGET_REL_SLACK} x paper",
+                   "evaluations": f">= {TARGET_EVAL_RATIO:g}x fewer than paper"},
+        "presets": rows, "total_seconds": time.perf_counter() - t0,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    print(f"## Decode fidelity: {args.prior} guided by {args.encoder} ({'+'.join(encoder.layers)}, "
+          f"{tgt_f.shape[1]}-d)\n")
+    print(f"{device}, {torch.get_num_threads()} threads, batch {args.batch_size}; targets: "
+          f"{chosen['target_source']}; gallery: {chosen['gallery_source']}; target i decoded with seed i.\n")
+    print(f"All targets (paper: {fmt(paper_evals)} evaluations per image, "
+          f"{result['paper_evaluations_source']}):\n")
+    print(table(rows))
+    if paper_row is not None:
+        print(f"\nPaired subset: the first {n_pair} target(s), the same seeds for every preset. Target for the "
+              f"default: retrieval@1 ≥ paper, mean relative distance ≤ {TARGET_REL_SLACK:g}× paper, "
+              f"≥ {TARGET_EVAL_RATIO:g}× fewer evaluations:\n")
+        print(table([r for r in rows if "paired" in r], paired=True))
+    elif wants_paper:
+        print("\n(paper preset did not finish any image)")
+    notes = [f"- {r['name']}: {r['note']}" for r in rows if r["note"]]
+    skipped = [f"- {r['name']}: guidance skipped (non-finite gradient) on {sum(r['per_sample']['skipped_guidance'])}"
+               " rounds" for r in rows if sum(r["per_sample"]["skipped_guidance"])]
+    if notes or skipped:
+        print("\nNotes:\n" + "\n".join(notes + skipped))
+    print(f"\nJSON: {args.out}  ({result['total_seconds']:.0f} s in all)")
+    return result
+
+
+if __name__ == "__main__":
+    main()
