@@ -29,7 +29,10 @@ def info(store: Path, as_json: bool) -> None:
         a = g["attrs"]
         table.add_row(g["name"], str(g["rows"]), str(g["dim"]), g["dtype"], "yes" if g["labelled"] else "-",
                       str(a.get("model_spec", "")), str(a.get("layer", "")), str(a.get("created", "")))
-    console().print(table)
+    out = console()
+    if not out.is_terminal:  # piped: rich would assume 80 columns and cut names with an ellipsis
+        out.width = 240
+    out.print(table)
 
 
 @click.command()
