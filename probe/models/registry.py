@@ -45,7 +45,18 @@ def parse_spec(spec: str) -> Spec:
     return Spec(family, name)
 
 
+RANDOM_SEED = 0  # --weights random: the same random network in every process, so a rerun resumes correctly
+
+
 def load_parts(spec: str, weights: str | None = None) -> EncoderParts:
+    if weights == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)
+            return _load_parts(spec, weights)
+    return _load_parts(spec, weights)
+
+
+def _load_parts(spec: str, weights: str | None = None) -> EncoderParts:
     s = parse_spec(spec)
     if s.family == "bundled":
         if weights is not None:
