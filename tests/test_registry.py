@@ -348,3 +348,17 @@ def test_torchscript_defaults_errors_and_no_hooks(traced, tmp_path):
 def test_list_layers_of_random_timm_vit_has_blocks():
     rows = {r["name"]: r for r in list_layers("timm:test_vit", "random")}
     assert "blocks.0" in rows and rows["blocks.0"]["shape"].count("x") == 1  # tokens x dim
+
+
+def test_random_weights_are_the_same_in_every_load():
+    """--weights random must give the same network each time, or a resumed extract would mix two networks
+    in one group; loading must not disturb the caller's random stream either."""
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    a = load_encoder("timm:test_vit", weights="random", device="cpu")
+    assert torch.equal(torch.rand(3), expected_next)
+    b = load_encoder("timm:test_vit", weights="random", device="cpu")
+    x = torch.rand(2, 3, 40, 50)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x), atol=0, rtol=0)
