@@ -14,7 +14,8 @@ temporary folder) with the same model, batch size, torch threads and reader proc
 Timing covers the loop over the images only (model loading is shared and excluded). The machine is
 shared with other jobs, so the variants run interleaved (plain, probe, plain, probe, ...) after one
 untimed warm-up of each, and the medians are reported. Prints images/s of both and the ratio
-probe / plain; ``--json`` prints the same as JSON; ``--out`` also writes it to a file.
+probe / plain; ``--json`` prints the same as JSON; it is always written to ``--out``
+(default ``benchmarks/results/extract_throughput.json``).
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each variant (interleaved)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-    ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--out", type=Path, default=RESULTS / "extract_throughput.json", help="JSON written here too")
     args = ap.parse_args(argv)
 
     if args.threads:
