@@ -56,10 +56,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--workdir", type=Path, default=CACHE_DIR / "train" / "fashion-cnn")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     x_train, y_train = fashion_mnist("train")
