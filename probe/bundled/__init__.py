@@ -1,0 +1,1 @@
+"""Weights and model cards of the bundled models (see probe.models.bundled)."""
