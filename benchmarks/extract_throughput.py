@@ -16,8 +16,7 @@ shared with other jobs, so the variants run interleaved (plain, probe, plain, pr
 untimed warm-up of each. Reported: the median images/s of each variant, and as the ratio the median of
 the per-pair ratios (plain time / probe time of each adjacent pair), which a load change between
 repeats moves far less than the ratio of the two medians (also given, with the ratio of the best runs).
-Prints images/s of both and the ratio
-probe / plain; ``--json`` prints the same as JSON; it is always written to ``--out``
+``--json`` prints the result as JSON; it is always written to ``--out``
 (default ``benchmarks/results/extract_throughput.json``).
 """
 
