@@ -26,6 +26,22 @@ COMMANDS = {
 }
 
 
+def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        root = ctx.find_root()
+        root.ensure_object(dict)
+        root.obj["quiet"] = True
+
+
+def _add_quiet_option(command: click.Command) -> None:
+    """``-q`` works after the subcommand too (``probe extract … -q``), the same as before it."""
+    commands = [command, *getattr(command, "commands", {}).values()]
+    for cmd in commands:
+        if not any(p.name == "quiet" for p in cmd.params):
+            cmd.params.append(click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, is_eager=True,
+                                           callback=_set_quiet, help="Print nothing but errors and --json output."))
+
+
 class LazyGroup(click.Group):
     """Click's documented lazy-loading group: import a subcommand's module only when it runs."""
 
@@ -36,7 +52,9 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, attr, _ = COMMANDS[name]
-        return getattr(importlib.import_module(module), attr)
+        command = getattr(importlib.import_module(module), attr)
+        _add_quiet_option(command)
+        return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):
