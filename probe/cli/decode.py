@@ -123,29 +123,34 @@ def decode(prior, spec, weights, layers, keep_spatial, token_pool, store, group,
                                          "device": device})
     targets = resolve_targets(encoder, store=store, group=group, index=index, paths=paths, images=images,
                               texts=texts, vectors=vectors)
-    diffusion = load_prior(prior, encoder.device)
-    n_steps = len(config.timesteps(diffusion.num_train_timesteps))
-    say(f"[bold]{encoder.spec}[/] [{'+'.join(encoder.layers)}] <- [bold]{diffusion.spec}[/] on {encoder.device}: "
-        f"{len(targets)} target(s) x {samples} sample(s), schedule {config.name} ({n_steps} steps, "
-        f"{config.evaluations(diffusion.num_train_timesteps)} guided evaluations per sample) -> {out}")
-
-    n_batches = -(-len(targets) * samples // batch_size)
-    base_batches = -(-samples // batch_size) if settings.baseline else 0
-    total = (n_batches + base_batches) * n_steps
-    with progress("decode", total, unit="steps") as update:
-        def on_event(ev: DecodeEvent) -> None:
-            offset = (ev.batch - 1) if ev.phase == "baseline" else base_batches + ev.batch - 1
-            if ev.phase == "baseline":
-                extra = f"unguided baseline {ev.batch}/{ev.n_batches}"
-            else:
-                finite = [d for d in ev.best if d == d and d != float("inf")]
-                best = f" best d {min(finite):.4g}" if finite else ""
-                extra = f"batch {ev.batch}/{ev.n_batches}{best}"
-            update(offset * n_steps + ev.step, extra)
-        summary = decode_targets(diffusion, encoder, targets, out, settings, on_event=on_event)
+    summary = decode_with_progress(prior, encoder, targets, out, settings)
     if as_json:
         emit_json(summary.to_dict())
     if not quiet():
         console().print(result_table(summary))
         say(f"best images in {out / 'images'}, contact sheet {out / 'contact_sheet.png'}, "
             f"records in {out / 'manifest.jsonl'} ({summary.seconds:.1f} s)")
+
+
+def decode_with_progress(prior_spec: str, encoder, targets, out: Path, settings: DecodeSettings,
+                         what: str = "decode") -> DecodeSummary:
+    """decode_targets with the header line and the step progress bar (shared by decode and the walks)."""
+    diffusion = load_prior(prior_spec, encoder.device)
+    config = settings.config
+    n_steps = len(config.timesteps(diffusion.num_train_timesteps))
+    samples, batch_size = settings.samples, settings.batch_size
+    say(f"[bold]{encoder.spec}[/] [{'+'.join(encoder.layers)}] <- [bold]{diffusion.spec}[/] on {encoder.device}: "
+        f"{what}: {len(targets)} target(s) x {samples} sample(s), schedule {config.name} ({n_steps} steps, "
+        f"{config.evaluations(diffusion.num_train_timesteps)} guided evaluations per sample) -> {out}")
+    n_batches = -(-len(targets) * samples // batch_size)
+    base_batches = -(-samples // batch_size) if settings.baseline else 0
+    with progress(what, (n_batches + base_batches) * n_steps, unit="steps") as update:
+        def on_event(ev: DecodeEvent) -> None:
+            offset = (ev.batch - 1) if ev.phase == "baseline" else base_batches + ev.batch - 1
+            if ev.phase == "baseline":
+                extra = f"unguided baseline {ev.batch}/{ev.n_batches}"
+            else:
+                finite = [d for d in ev.best if d == d and d != float("inf")]
+                extra = f"batch {ev.batch}/{ev.n_batches}" + (f" best d {min(finite):.4g}" if finite else "")
+            update(offset * n_steps + ev.step, extra)
+        return decode_targets(diffusion, encoder, targets, out, settings, on_event=on_event)

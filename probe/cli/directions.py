@@ -14,11 +14,11 @@ import click
 import numpy as np
 
 from probe import walks
-from probe.cli.console import console, emit_json, progress, quiet, say, warn
-from probe.cli.decode import config_from_options, result_table, schedule_options
+from probe.cli.console import console, emit_json, quiet, say, warn
+from probe.cli.decode import config_from_options, decode_with_progress, result_table, schedule_options
 from probe.cli.options import load_encoder_from_options
-from probe.decoding import DecodeEvent, DecodeSettings, DecodeSummary, decode_targets, prepare_out_dir
-from probe.diffusion.priors import DEFAULT_PRIOR, load_prior
+from probe.decoding import DecodeSettings, DecodeSummary, prepare_out_dir
+from probe.diffusion.priors import DEFAULT_PRIOR
 from probe.errors import UsageError
 from probe.models.registry import DEFAULT_ENCODER
 
@@ -81,29 +81,6 @@ def _settings(kw: dict) -> DecodeSettings:
                           config=config, baseline=not kw.pop("no_baseline"), overwrite=kw.pop("overwrite"))
 
 
-def _decode(prior_spec: str, encoder, targets, out: Path, settings: DecodeSettings, what: str) -> DecodeSummary:
-    """decode_targets with the header line and progress of ``probe decode``."""
-    diffusion = load_prior(prior_spec, encoder.device)
-    config = settings.config
-    n_steps = len(config.timesteps(diffusion.num_train_timesteps))
-    samples, batch_size = settings.samples, settings.batch_size
-    say(f"[bold]{encoder.spec}[/] [{'+'.join(encoder.layers)}] <- [bold]{diffusion.spec}[/] on {encoder.device}: "
-        f"{what}: {len(targets)} target(s) x {samples} sample(s), schedule {config.name} ({n_steps} steps, "
-        f"{config.evaluations(diffusion.num_train_timesteps)} guided evaluations per sample) -> {out}")
-    n_batches = -(-len(targets) * samples // batch_size)
-    base_batches = -(-samples // batch_size) if settings.baseline else 0
-    with progress(what, (n_batches + base_batches) * n_steps, unit="steps") as update:
-        def on_event(ev: DecodeEvent) -> None:
-            offset = (ev.batch - 1) if ev.phase == "baseline" else base_batches + ev.batch - 1
-            if ev.phase == "baseline":
-                extra = f"unguided baseline {ev.batch}/{ev.n_batches}"
-            else:
-                finite = [d for d in ev.best if d == d and d != float("inf")]
-                extra = f"batch {ev.batch}/{ev.n_batches}" + (f" best d {min(finite):.4g}" if finite else "")
-            update(offset * n_steps + ev.step, extra)
-        return decode_targets(diffusion, encoder, targets, out, settings, on_event=on_event)
-
-
 def _show(summary: DecodeSummary) -> None:
     if not quiet():
         console().print(result_table(summary))
@@ -140,7 +117,7 @@ def interpolate(a, b, group, points, path_kind, as_json, **kw) -> None:
     ta = walks.parse_endpoint(a, encoder, group, "A")
     tb = walks.parse_endpoint(b, encoder, group, "B")
     targets = walks.path_targets(ta, tb, points, path_kind)
-    summary = _decode(prior, encoder, targets, out, settings, f"{path_kind} path")
+    summary = decode_with_progress(prior, encoder, targets, out, settings, f"{path_kind} path")
     report = walks.path_report(out, ta, tb, targets, summary.records, settings.samples, encoder.spec,
                                encoder.layers)
     if as_json:
@@ -203,7 +180,8 @@ def perturb(target, store, group, kind, components, pairs, scales, as_json, **kw
     if dirs.metadata.get("source") == "pca":
         say(f"PCA of {fs.source} ({fs.features.shape[0]} rows): "
             + ("cached fit" if dirs.metadata.get("cached") else "fitted and cached" if fs.cache else "fitted"))
-    summary = _decode(prior, encoder, targets, out, settings, f"{len(dirs)} direction(s) x {len(scale_list)} scales")
+    summary = decode_with_progress(prior, encoder, targets, out, settings,
+                                   f"{len(dirs)} direction(s) x {len(scale_list)} scales")
     report = walks.perturb_report(out, base, dirs, scale_list, targets, summary.records, settings.samples,
                                   encoder.spec, encoder.layers)
     if as_json:
@@ -271,7 +249,7 @@ def map_(file, group, method, max_rows, thumbnails, overlays, grid_spec, as_json
             targets = walks.grid_targets(fmap, *grid)
     out.mkdir(parents=True, exist_ok=True)
     if grid is not None:
-        decode_summary = _decode(prior, encoder, targets, out, settings, f"{grid[0]}x{grid[1]} map grid")
+        decode_summary = decode_with_progress(prior, encoder, targets, out, settings, f"{grid[0]}x{grid[1]} map grid")
         walks.grid_sheets(out, targets, decode_summary.records, grid[0], grid[1], settings.samples,
                           f"{method} map of {fs.source}: {grid[0]}×{grid[1]} grid")
         cells = {(r["target_id"], r["sample"]): r for r in decode_summary.records}

@@ -1,0 +1,238 @@
+"""Issue 5's quality check: do interpolation paths and principal-component walks decode sensibly?
+
+    python benchmarks/walk_quality.py                      # fashion-ddpm + fashion-cnn, fast preset
+    python benchmarks/walk_quality.py --pairs 0-9,1-7 --points 9 --samples 4
+
+Runs the real commands through the CLI on the bundled models:
+
+interpolation  For each class pair (A, B), the Fashion-MNIST test image of A (and of B) whose fashion-cnn
+               embedding is nearest its class mean among correctly classified images is extracted, and
+               ``probe interpolate`` decodes the linear path between the two embeddings (``--points``
+               points, ``--samples`` strips with shared seeds). Each decoded image is classified by
+               fashion-cnn. A strip *switches once and monotonically* when its predicted classes read
+               A…A B…B: it starts at A, ends at B, only A and B occur and the class changes exactly once.
+               Also reported: Spearman correlation of P(B) with the path position, and the decoder's
+               distances along the path against its distances at the endpoints (real features: the
+               decoder's usual range).
+perturb        PCA of 1,000 test embeddings (cached in the store by ``probe perturb``), then
+               ``probe perturb mean --components 1`` over ``--scales``. Every scalar attribute of
+               ``probe.attributes`` is measured on the decoded images; per sample, the Spearman
+               correlation of the attribute with the scale, averaged over samples. The attribute with
+               the largest mean |ρ| is the one PC1 changes monotonically.
+
+Writes ``benchmarks/results/walk_quality.json`` and copies strip/grid PNGs to ``docs/figures/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from PIL import Image
+from scipy.stats import spearmanr
+
+from probe.attributes import get_attributes
+from probe.datasets import FASHION_CLASSES, fashion_mnist
+from probe.models.registry import load_encoder
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+FIGURES = ROOT / "docs" / "figures"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run(*args: str) -> str:
+    out = subprocess.run(["probe", *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"probe {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
+    return out.stdout
+
+
+def slug(c: int) -> str:
+    return f"{c}-{FASHION_CLASSES[c].replace('/', '-').replace(' ', '-').lower()}"
+
+
+def embed(cnn, images: np.ndarray, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings, predicted classes) of uint8 [N, H, W] images."""
+    feats, preds = [], []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(images[i:i + batch]).float()[:, None] / 255.0
+            feats.append(cnn(x).numpy())
+            preds.append(cnn.classify(x).softmax(1).numpy())
+    return np.concatenate(feats), np.concatenate(preds)
+
+
+def read_manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines() if line.strip()]
+
+
+def classify_files(cnn, out: Path, rels: list[str]) -> np.ndarray:
+    imgs = np.stack([np.asarray(Image.open(out / r).convert("L")) for r in rels])
+    return embed(cnn, imgs)[1]
+
+
+def switches_once(seq: list[int], a: int, b: int) -> bool:
+    changes = sum(1 for x, y in zip(seq, seq[1:]) if x != y)
+    return seq[0] == a and seq[-1] == b and set(seq) <= {a, b} and changes == 1
+
+
+def interpolation(args, cnn, x: np.ndarray, y: np.ndarray, exemplars: dict[int, int], work: Path) -> dict:
+    img_dir = work / "exemplars"
+    for c, i in exemplars.items():
+        (img_dir / slug(c)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(x[i]).save(img_dir / slug(c) / f"test{i:05d}.png")
+    store = work / "exemplars.h5"
+    run("extract", str(img_dir), "-o", str(store), "--labels", "parent", "--overwrite", "-q")
+    with h5py.File(store, "r") as f:  # rows by class folder (extract's order is its own)
+        names = []
+        f.visit(lambda n: names.append(n) if n.endswith("/paths") else None)
+        paths = [p.decode() if isinstance(p, bytes) else str(p) for p in f[names[0]][()]]
+    rows = {int(Path(p).parent.name.split("-")[0]): r for r, p in enumerate(paths)}
+
+    pairs, strips_ok, strips_all, per_pair = [], 0, 0, []
+    for token in args.pairs.split(","):
+        a, b = (int(v) for v in token.split("-"))
+        pairs.append((a, b))
+    for a, b in pairs:
+        out = work / f"interpolate-{a}-{b}"
+        t0 = time.perf_counter()
+        run("interpolate", f"{store}:{rows[a]}", f"{store}:{rows[b]}", "-k", str(args.points), "-n",
+            str(args.samples), "--schedule", args.schedule, "--batch-size", str(args.batch_size), "-o", str(out),
+            "--overwrite", "-q", "--json")
+        seconds = time.perf_counter() - t0
+        summary = json.loads((out / "path.json").read_text())
+        records = {(r["target"]["id"], r["sample"]): r for r in read_manifest(out)}
+        ok, rhos, seqs = [], [], []
+        for s in range(args.samples):
+            rels = [records[(p["target_id"], s)]["image"] for p in summary["points"]]
+            probs = classify_files(cnn, out, rels)
+            seq = [int(v) for v in probs.argmax(1)]
+            seqs.append(seq)
+            ok.append(switches_once(seq, a, b))
+            rhos.append(float(spearmanr(summary["positions"], probs[:, b]).statistic))
+        best = np.array(summary["best_distance"], dtype=float)  # [samples, points]
+        ends = np.concatenate([best[:, 0], best[:, -1]])
+        inner = best[:, 1:-1].ravel()
+        per_pair.append({
+            "a": FASHION_CLASSES[a], "b": FASHION_CLASSES[b], "distance_a_b": summary["distance_a_b"],
+            "predicted_classes": [[FASHION_CLASSES[c] for c in seq] for seq in seqs],
+            "switches_once": ok, "share_switching_once": float(np.mean(ok)),
+            "spearman_p_b_vs_t": rhos, "median_distance_endpoints": float(np.median(ends)),
+            "median_distance_interior": float(np.median(inner)),
+            "max_distance_interior": float(inner.max()),
+            "interior_over_endpoint_median": float(np.median(inner) / np.median(ends)),
+            "seconds": round(seconds, 1), "out": str(out),
+        })
+        strips_ok += sum(ok)
+        strips_all += len(ok)
+        log(f"{FASHION_CLASSES[a]} → {FASHION_CLASSES[b]}: {sum(ok)}/{len(ok)} strips switch once; "
+            f"ρ(P(B), t) = {np.mean(rhos):.2f}; interior/endpoint "
+            f"distance {per_pair[-1]['interior_over_endpoint_median']:.2f}")
+    return {"pairs": per_pair, "share_switching_once": strips_ok / max(1, strips_all),
+            "mean_spearman_p_b_vs_t": float(np.mean([np.mean(p["spearman_p_b_vs_t"]) for p in per_pair])),
+            "median_interior_over_endpoint": float(np.median([p["interior_over_endpoint_median"]
+                                                              for p in per_pair]))}
+
+
+def perturbation(args, x: np.ndarray, work: Path) -> dict:
+    rng = np.random.default_rng(1)
+    img_dir = work / "set"
+    idx = rng.choice(len(x), args.set_size, replace=False)
+    img_dir.mkdir(parents=True, exist_ok=True)
+    for i in idx:
+        Image.fromarray(x[i]).save(img_dir / f"test{i:05d}.png")
+    store = work / "set.h5"
+    run("extract", str(img_dir), "-o", str(store), "--overwrite", "-q")
+    out = work / "perturb-pc1"
+    scales = [float(s) for s in args.scales.split(",")]
+    t0 = time.perf_counter()
+    run("perturb", "mean", "--from", str(store), "--components", "1", "--scales", args.scales, "-n",
+        str(args.samples), "--schedule", args.schedule, "--batch-size", str(args.batch_size), "-o", str(out),
+        "--overwrite", "-q", "--json")
+    seconds = time.perf_counter() - t0
+    summary = json.loads((out / "perturb.json").read_text())
+    cells = summary["cells"]
+    scalar = [a for a in get_attributes() if a.kind == "continuous"]
+    by_attr: dict[str, list[float]] = {a.name: [] for a in scalar}
+    for s in range(args.samples):
+        rows = sorted((c for c in cells if c["sample"] == s), key=lambda c: c["scale"])
+        imgs = [np.asarray(Image.open(out / c["image"]).convert("RGB")) / 255.0 for c in rows]
+        for a in scalar:
+            vals = [float(v) for v in a.measure(imgs)]
+            rho = spearmanr([c["scale"] for c in rows], vals).statistic
+            by_attr[a.name].append(0.0 if not np.isfinite(rho) else float(rho))
+    ranked = sorted(({"attribute": k, "mean_spearman": float(np.mean(v)),
+                      "all_samples_same_sign": bool(np.all(np.sign(v) == np.sign(np.mean(v)))),
+                      "per_sample": v} for k, v in by_attr.items()), key=lambda r: -abs(r["mean_spearman"]))
+    top = ranked[0]
+    log(f"PC1 ({summary['directions'][0].get('explained_variance_ratio', float('nan')):.1%} of variance): "
+        f"{top['attribute']} ρ = {top['mean_spearman']:.2f}")
+    return {"scales": scales, "set_size": args.set_size, "direction": summary["directions"][0],
+            "attributes_by_monotonicity": ranked, "seconds": round(seconds, 1), "out": str(out)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("runs/walk_quality"))
+    ap.add_argument("--pairs", default="0-9,1-7,5-8,2-6", help="class pairs A-B (Fashion-MNIST class numbers)")
+    ap.add_argument("--points", type=int, default=9)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--scales", default="-3,-2,-1,0,1,2,3")
+    ap.add_argument("--set-size", type=int, default=1000)
+    ap.add_argument("--schedule", default="fast")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--skip", choices=["interpolate", "perturb"], action="append", default=[])
+    args = ap.parse_args(argv)
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    cnn = load_encoder("bundled:fashion-cnn", device="cpu")
+    x, y = fashion_mnist("test")
+    feats, probs = embed(cnn, x)
+    exemplars = {}
+    for c in range(10):
+        good = np.where((y == c) & (probs.argmax(1) == c))[0]
+        centre = feats[good].mean(0)
+        exemplars[c] = int(good[np.argmin(((feats[good] - centre) ** 2).sum(1))])
+
+    result: dict = {"prior": "bundled:fashion-ddpm", "encoder": "bundled:fashion-cnn", "schedule": args.schedule,
+                    "points": args.points, "samples": args.samples}
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    if "interpolate" not in args.skip:
+        result["interpolation"] = interpolation(args, cnn, x, y, exemplars, work)
+        first = result["interpolation"]["pairs"][0]
+        shutil.copy(Path(first["out"]) / "strip.png", FIGURES / "interpolate-strip.png")
+        shutil.copy(Path(first["out"]) / "distances.png", FIGURES / "interpolate-distances.png")
+    if "perturb" not in args.skip:
+        result["perturb"] = perturbation(args, x, work)
+        shutil.copy(Path(result["perturb"]["out"]) / "grid.png", FIGURES / "perturb-pc1.png")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "walk_quality.json").write_text(json.dumps(result, indent=2) + "\n")
+    if "interpolation" in result:
+        print("| pair | strips switching once | mean ρ(P(B), t) | interior / endpoint distance |")
+        print("|---|---|---|---|")
+        for p in result["interpolation"]["pairs"]:
+            print(f"| {p['a']} → {p['b']} | {sum(p['switches_once'])}/{len(p['switches_once'])} | "
+                  f"{np.mean(p['spearman_p_b_vs_t']):.2f} | {p['interior_over_endpoint_median']:.2f} |")
+    if "perturb" in result:
+        print("\n| attribute (PC1 perturb) | mean Spearman ρ with scale | same sign in every sample |")
+        print("|---|---|---|")
+        for r in result["perturb"]["attributes_by_monotonicity"][:6]:
+            print(f"| {r['attribute']} | {r['mean_spearman']:+.2f} | {r['all_samples_same_sign']} |")
+    return result
+
+
+if __name__ == "__main__":
+    main()
