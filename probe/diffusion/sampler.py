@@ -51,13 +51,20 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
-def to_unit_image(x: torch.Tensor, quantize: bool) -> torch.Tensor:
+def to_unit_image(x: torch.Tensor, quantize: bool, clamp: str = "straight-through") -> torch.Tensor:
     """Prior output in [−1, 1] -> [0, 1] image, clamped like a saved PNG, optionally on the 8-bit grid.
 
-    The clamp is a hard one: pixels already saturated get no gradient, as in the saved file they
-    cannot get any darker or brighter.
+    The forward value is always the saved PNG's. ``clamp`` picks the backward pass of the clamp:
+    "straight-through" (default) passes the gradient of saturated pixels on as if unclamped, as the
+    paper's code (which never clamps) does; "hard" gives them none. At the first, noisiest steps x̂0 is
+    far outside [−1, 1] almost everywhere, so a hard clamp zeroes the whole gradient and wastes the
+    early-step emphasis rounds (measured in benchmarks/decode_fidelity.py).
     """
-    x01 = ((x + 1) / 2).clamp(0, 1)
+    x01 = (x + 1) / 2
+    if clamp == "hard":
+        x01 = x01.clamp(0, 1)
+    else:
+        x01 = x01 + (x01.clamp(0, 1) - x01).detach()
     return round_ste(x01 * 255) / 255 if quantize else x01
 
 
@@ -232,7 +239,7 @@ def _guided_round(prior: Prior, encoder: Encoder, z: torch.Tensor, t: int, a_t: 
         z = z.detach().requires_grad_(True)
         eps = prior.eps(z, t)                                                    # 1
         x0 = predict_x0(z, eps, a_t)                                            # 2
-        img = to_unit_image(prior.decode(x0), config.quantize)                  # 3 (+ [0,1], 8-bit STE)
+        img = to_unit_image(prior.decode(x0), config.quantize, config.clamp)    # 3 (+ [0,1], 8-bit STE)
         feats = concat_features(encoder, network_input(encoder, img, config.quantize))
         loss = squared_distance(feats, target)                                  # 4
         (grad_loss,) = torch.autograd.grad(loss.sum(), z)                       # chains are independent

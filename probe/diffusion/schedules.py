@@ -16,6 +16,7 @@ import numpy as np
 from probe.errors import UsageError
 
 UPDATES = ("ddpm", "ddim")
+CLAMPS = ("straight-through", "hard")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class GuidanceConfig:
         (early step emphasis); early_steps = 0 turns it off.
       quantize: 8-bit straight-through rounding before and after resizing, so the optimised distance is
         the one a saved PNG gives.
+      clamp: backward pass of the [0, 1] clamp of x̂0 — "straight-through" (saturated pixels still pass
+        their gradient on, as in the paper's unclamped code) or "hard" (they get none).
       stop_patience: stop a sample once its best distance has not improved for this many timesteps (0 off).
       max_distance: stop a sample once its best distance is below this (0 off).
       update: 'ddpm' — the paper's ancestral step, posterior mean with σ² = β (β of the strided chain,
@@ -50,6 +53,7 @@ class GuidanceConfig:
     early_rounds: int = 1000
     early_steps: int = 5
     quantize: bool = True
+    clamp: str = "straight-through"
     stop_patience: int = 0
     max_distance: float = 0.0
     update: str = "ddpm"
@@ -71,6 +75,8 @@ class GuidanceConfig:
             raise UsageError(f"--weight must be a finite number, not {self.weight}")
         if self.update not in UPDATES:
             raise UsageError(f"update rule must be one of {', '.join(UPDATES)}, not {self.update!r}")
+        if self.clamp not in CLAMPS:
+            raise UsageError(f"clamp must be one of {', '.join(CLAMPS)}, not {self.clamp!r}")
         if not 0.0 <= self.eta <= 1.0:
             raise UsageError(f"eta must be in [0, 1], not {self.eta}")
 
