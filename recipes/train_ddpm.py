@@ -60,7 +60,7 @@ def save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def export(ema: UNet2DModel, name: str, step: int, wall: float, args: argparse.Namespace) -> Path:
+def export(ema: UNet2DModel, name: str, step: int, wall: float, args: argparse.Namespace, threads: int) -> Path:
     out = args.out or BUNDLED / name
     ema.save_pretrained(out / "unet")
     build_scheduler().save_pretrained(out / "scheduler")
@@ -71,7 +71,7 @@ def export(ema: UNet2DModel, name: str, step: int, wall: float, args: argparse.N
         {"dataset": args.dataset, "steps": step, "batch_size": args.batch_size, "lr": args.lr,
          "ema_decay": args.ema, "seed": args.seed, "wall_seconds": round(wall),
          "params": sum(p.numel() for p in ema.parameters()),
-         "hardware": f"CPU, {torch.get_num_threads()} threads, bf16 autocast={args.bf16}"}, indent=2) + "\n")
+         "hardware": f"CPU, {threads} torch thread(s), bf16 autocast={args.bf16}"}, indent=2) + "\n")
     print(f"exported EMA weights at step {step} to {out}")
     return out
 
@@ -105,6 +105,7 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     sched = build_scheduler()
     step, wall = 0, 0.0
+    threads = torch.get_num_threads()  # what training runs with (a resumed run keeps its recorded count)
     ckpt = workdir / "ckpt.pt"
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
@@ -113,9 +114,10 @@ def main() -> None:
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
         step, wall = state["step"], state["wall"]
+        threads = state.get("threads", threads)
         print(f"resumed {spec['name']} at step {step} ({wall / 3600:.2f} h trained)")
     if args.export:
-        export(ema, spec["name"], step, wall, args)
+        export(ema, spec["name"], step, wall, args, threads)
         return
 
     data = load_data(args.dataset)
@@ -151,10 +153,11 @@ def main() -> None:
             t0 = time.time()
             log.flush()
             save_atomic({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                         "gen": gen.get_state(), "step": step, "wall": wall}, ckpt)
+                         "gen": gen.get_state(), "step": step, "wall": wall,
+                         "threads": torch.get_num_threads()}, ckpt)
             recent = np.loadtxt(workdir / "log.csv", delimiter=",")[-args.ckpt_every:, 1].mean()
             print(f"step {step} loss {recent:.4f} wall {wall / 3600:.2f} h", flush=True)
-    export(ema, spec["name"], step, wall, args)
+    export(ema, spec["name"], step, wall, args, threads)
 
 
 if __name__ == "__main__":
