@@ -113,7 +113,7 @@ def interpolation(args, cnn, x: np.ndarray, y: np.ndarray, exemplars: dict[int, 
             "--overwrite", "-q", "--json")
         seconds = time.perf_counter() - t0
         summary = json.loads((out / "path.json").read_text())
-        records = {(r["target"]["id"], r["sample"]): r for r in read_manifest(out)}
+        records = {(r["target_id"], r["sample"]): r for r in read_manifest(out)}
         ok, rhos, seqs = [], [], []
         for s in range(args.samples):
             rels = [records[(p["target_id"], s)]["image"] for p in summary["points"]]
@@ -123,6 +123,8 @@ def interpolation(args, cnn, x: np.ndarray, y: np.ndarray, exemplars: dict[int, 
             ok.append(switches_once(seq, a, b))
             rhos.append(float(spearmanr(summary["positions"], probs[:, b]).statistic))
         best = np.array(summary["best_distance"], dtype=float)  # [samples, points]
+        rel = np.array([[records[(p["target_id"], s)]["relative_distance"] for p in summary["points"]]
+                        for s in range(args.samples)], dtype=float)
         ends = np.concatenate([best[:, 0], best[:, -1]])
         inner = best[:, 1:-1].ravel()
         per_pair.append({
@@ -132,6 +134,8 @@ def interpolation(args, cnn, x: np.ndarray, y: np.ndarray, exemplars: dict[int, 
             "spearman_p_b_vs_t": rhos, "median_distance_endpoints": float(np.median(ends)),
             "median_distance_interior": float(np.median(inner)),
             "max_distance_interior": float(inner.max()),
+            "median_relative_distance_endpoints": float(np.median(np.concatenate([rel[:, 0], rel[:, -1]]))),
+            "median_relative_distance_interior": float(np.median(rel[:, 1:-1])),
             "interior_over_endpoint_median": float(np.median(inner) / np.median(ends)),
             "seconds": round(seconds, 1), "out": str(out),
         })
@@ -171,7 +175,7 @@ def perturbation(args, x: np.ndarray, work: Path) -> dict:
         imgs = [np.asarray(Image.open(out / c["image"]).convert("RGB")) / 255.0 for c in rows]
         for a in scalar:
             vals = [float(v) for v in a.measure(imgs)]
-            rho = spearmanr([c["scale"] for c in rows], vals).statistic
+            rho = np.nan if np.ptp(vals) == 0 else spearmanr([c["scale"] for c in rows], vals).statistic
             by_attr[a.name].append(0.0 if not np.isfinite(rho) else float(rho))
     ranked = sorted(({"attribute": k, "mean_spearman": float(np.mean(v)),
                       "all_samples_same_sign": bool(np.all(np.sign(v) == np.sign(np.mean(v)))),
@@ -221,11 +225,13 @@ def main(argv: list[str] | None = None) -> dict:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "walk_quality.json").write_text(json.dumps(result, indent=2) + "\n")
     if "interpolation" in result:
-        print("| pair | strips switching once | mean ρ(P(B), t) | interior / endpoint distance |")
-        print("|---|---|---|---|")
+        print("| pair | strips switching once | mean ρ(P(B), t) | interior / endpoint distance | "
+              "relative distance endpoints, interior |")
+        print("|---|---|---|---|---|")
         for p in result["interpolation"]["pairs"]:
             print(f"| {p['a']} → {p['b']} | {sum(p['switches_once'])}/{len(p['switches_once'])} | "
-                  f"{np.mean(p['spearman_p_b_vs_t']):.2f} | {p['interior_over_endpoint_median']:.2f} |")
+                  f"{np.mean(p['spearman_p_b_vs_t']):.2f} | {p['interior_over_endpoint_median']:.2f} | "
+                  f"{p['median_relative_distance_endpoints']:.3f}, {p['median_relative_distance_interior']:.3f} |")
     if "perturb" in result:
         print("\n| attribute (PC1 perturb) | mean Spearman ρ with scale | same sign in every sample |")
         print("|---|---|---|")
