@@ -68,7 +68,7 @@ def main() -> None:
                         for r in records])[:, None] / 255.0
     with torch.no_grad():
         pred = cnn.classify(imgs).argmax(1).numpy()
-    true = np.array([r["target"]["label"] for r in records])
+    true = np.array([int(str(r["target"]["label"]).split("-")[0]) for r in records])  # folder "<class>-<name>"
     rows = [{k: a.get(k) for k in ("name", "mean", "ci_low", "ci_high", "verdict")} for a in result["attributes"]]
     summary = {
         "targets": n, "samples": args.samples, "schedule": args.schedule, "decode_seconds": round(decode_s, 1),
