@@ -79,7 +79,7 @@ def emoji_dir(fetch: bool = True) -> Path:
 def emoji(split: str = "train", size: int = 32) -> np.ndarray:
     """Colour emoji as ``uint8`` ``[N, size, size, 3]``, alpha composited on white.
 
-    Split is deterministic: every 10th file in sorted order is held out as ``test`` (379 images).
+    Split is deterministic: every 10th file in sorted order is held out as ``test`` (378 images).
     """
     from PIL import Image
 
