@@ -223,7 +223,7 @@ def path_report(out: str | Path, a: Target, b: Target, targets: Sequence[Target]
                 continue
             da[s][i], db[s][i], best[s][i] = _sqdist(f, a.vector), _sqdist(f, b.vector), r["best_distance"]
             row.append(_load_cell(out, r["image"]))
-            cap.append(f"d={best[s][i]:.3g}\nA {da[s][i]:.2g} B {db[s][i]:.2g}")
+            cap.append(f"d={best[s][i]:.3g}\nA {da[s][i]:.3g} B {db[s][i]:.3g}")
         if img_b is not None:
             row.append(img_b)
             cap.append("B")
@@ -441,7 +441,7 @@ def perturb_report(out: str | Path, base: Target, dirs: Directions, scales: Sequ
                 f = feats.get(r["image"]) if r else None
                 d_base = _sqdist(f, base.vector) if f is not None else nan
                 row.append(_load_cell(out, r["image"]) if r else None)
-                cap.append(f"d={r['best_distance']:.3g}\nΔbase {d_base:.2g}" if r else "")
+                cap.append(f"d={r['best_distance']:.3g}\nΔbase {d_base:.3g}" if r else "")
                 table.append({"direction": dirs.names[k], "scale": float(scale), "sample": s,
                               "target_id": t.id, "image": r["image"] if r else None,
                               "best_distance": r["best_distance"] if r else None,
