@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from probe.datasets import FASHION_CLASSES, fashion_mnist
+from probe.datasets import fashion_mnist, fashion_slug
 from probe.models.registry import load_encoder
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -48,7 +48,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for c in range(10):
         for i in rng.choice(np.where(y == c)[0], args.per_class, replace=False):
-            d = img_dir / f"{c}-{FASHION_CLASSES[c].replace('/', '-').replace(' ', '-').lower()}"
+            d = img_dir / f"{c}-{fashion_slug(c)}"
             d.mkdir(parents=True, exist_ok=True)
             Image.fromarray(x[i]).save(d / f"test{i:05d}.png")
     store = work / "features.h5"

@@ -33,15 +33,15 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from PIL import Image
 from scipy.stats import spearmanr
 
 from probe.attributes import get_attributes
-from probe.datasets import FASHION_CLASSES, fashion_mnist
+from probe.datasets import FASHION_CLASSES, fashion_mnist, fashion_slug
 from probe.models.registry import load_encoder
+from probe.store import FeatureStore
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -60,7 +60,7 @@ def run(*args: str) -> str:
 
 
 def slug(c: int) -> str:
-    return f"{c}-{FASHION_CLASSES[c].replace('/', '-').replace(' ', '-').lower()}"
+    return f"{c}-{fashion_slug(c)}"
 
 
 def embed(cnn, images: np.ndarray, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
@@ -88,23 +88,19 @@ def switches_once(seq: list[int], a: int, b: int) -> bool:
     return seq[0] == a and seq[-1] == b and set(seq) <= {a, b} and changes == 1
 
 
-def interpolation(args, cnn, x: np.ndarray, y: np.ndarray, exemplars: dict[int, int], work: Path) -> dict:
+def interpolation(args, cnn, x: np.ndarray, exemplars: dict[int, int], work: Path) -> dict:
     img_dir = work / "exemplars"
     for c, i in exemplars.items():
         (img_dir / slug(c)).mkdir(parents=True, exist_ok=True)
         Image.fromarray(x[i]).save(img_dir / slug(c) / f"test{i:05d}.png")
     store = work / "exemplars.h5"
     run("extract", str(img_dir), "-o", str(store), "--labels", "parent", "--overwrite", "-q")
-    with h5py.File(store, "r") as f:  # rows by class folder (extract's order is its own)
-        names = []
-        f.visit(lambda n: names.append(n) if n.endswith("/paths") else None)
-        paths = [p.decode() if isinstance(p, bytes) else str(p) for p in f[names[0]][()]]
+    with FeatureStore(store) as fs:  # rows by class folder (extract's order is its own)
+        paths = fs.group().paths
     rows = {int(Path(p).parent.name.split("-")[0]): r for r, p in enumerate(paths)}
 
-    pairs, strips_ok, strips_all, per_pair = [], 0, 0, []
-    for token in args.pairs.split(","):
-        a, b = (int(v) for v in token.split("-"))
-        pairs.append((a, b))
+    pairs = [tuple(int(v) for v in token.split("-")) for token in args.pairs.split(",")]
+    strips_ok, strips_all, per_pair = 0, 0, []
     for a, b in pairs:
         out = work / f"interpolate-{a}-{b}"
         t0 = time.perf_counter()
@@ -215,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "points": args.points, "samples": args.samples}
     FIGURES.mkdir(parents=True, exist_ok=True)
     if "interpolate" not in args.skip:
-        result["interpolation"] = interpolation(args, cnn, x, y, exemplars, work)
+        result["interpolation"] = interpolation(args, cnn, x, exemplars, work)
         first = result["interpolation"]["pairs"][0]
         shutil.copy(Path(first["out"]) / "strip.png", FIGURES / "interpolate-strip.png")
         shutil.copy(Path(first["out"]) / "distances.png", FIGURES / "interpolate-distances.png")

@@ -21,6 +21,11 @@ FASHION_CLASSES = (
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 EMOJI_PACKAGE = "emoji-datasource-google@16.0.0"
+
+
+def fashion_slug(c: int) -> str:
+    """Folder-safe name of Fashion-MNIST class ``c`` ("T-shirt/top" -> "t-shirt-top"), as examples/fashion uses."""
+    return FASHION_CLASSES[c].replace("/", "-").replace(" ", "-").lower()
 CACHE_DIR = Path(os.environ.get("PROBE_CACHE", Path.home() / ".cache" / "probe"))
 
 

@@ -105,8 +105,8 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     sched = build_scheduler()
     step, wall = 0, 0.0
-    threads = torch.get_num_threads()  # what training runs with (a resumed run keeps its recorded count)
     ckpt = workdir / "ckpt.pt"
+    trained_threads = None
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         model.load_state_dict(state["model"])
@@ -114,10 +114,10 @@ def main() -> None:
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
         step, wall = state["step"], state["wall"]
-        threads = state.get("threads", threads)
+        trained_threads = state.get("threads")
         print(f"resumed {spec['name']} at step {step} ({wall / 3600:.2f} h trained)")
-    if args.export:
-        export(ema, spec["name"], step, wall, args, threads)
+    if args.export:  # record the thread count training ran with (from the checkpoint), not this process's
+        export(ema, spec["name"], step, wall, args, trained_threads or torch.get_num_threads())
         return
 
     data = load_data(args.dataset)
@@ -157,7 +157,7 @@ def main() -> None:
                          "threads": torch.get_num_threads()}, ckpt)
             recent = np.loadtxt(workdir / "log.csv", delimiter=",")[-args.ckpt_every:, 1].mean()
             print(f"step {step} loss {recent:.4f} wall {wall / 3600:.2f} h", flush=True)
-    export(ema, spec["name"], step, wall, args, threads)
+    export(ema, spec["name"], step, wall, args, torch.get_num_threads())
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from probe.datasets import FASHION_CLASSES
+from probe.datasets import FASHION_CLASSES, fashion_slug
 from probe.diffusion.priors import load_prior
 from probe.diffusion.sampler import sample
 from probe.diffusion.schedules import preset
@@ -29,10 +29,9 @@ def cnn():
 @pytest.fixture(scope="module")
 def fashion_examples() -> tuple[torch.Tensor, list[int]]:
     files = sorted((EXAMPLES / "fashion").glob("*/*.png"))
-    names = [f.parent.name for f in files]
     x = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("L"), dtype=np.float32)) for f in files])
-    labels = [next(i for i, c in enumerate(FASHION_CLASSES) if n == (c.lower().replace("/", "-")
-                                                                          .replace(" ", "-"))) for n in names]
+    by_slug = {fashion_slug(c): c for c in range(len(FASHION_CLASSES))}
+    labels = [by_slug[f.parent.name] for f in files]
     return x[:, None] / 255.0, labels
 
 
