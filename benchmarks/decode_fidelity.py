@@ -23,7 +23,9 @@ The paper preset (~12,960 evaluations per image), and any ``--extra paper:...``,
 ``--paper-n`` targets only; every other preset is also reported on that same paired subset, with the
 verdict of issue 4's target: retrieval@1 at least the paper's, mean relative distance within 10% of the
 paper's, ≥ 20× fewer evaluations. ``--max-minutes`` shrinks a preset's N when a short calibration run,
-or its first batch, projects a longer run (the output says so).
+or its first batch, projects a longer run (the output says so). ``--paper-from JSON`` reuses the paper
+row of an earlier run with the same prior weights, encoder, targets and gallery (checked), so that
+exploring presets does not pay the paper's cost again: on a 2-core CPU it is about 6 minutes per image.
 Writes a markdown table to stdout and everything (per-sample numbers included) as JSON to ``--out``.
 """
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import sys
@@ -100,6 +103,8 @@ def configs_from_args(args: argparse.Namespace) -> list[GuidanceConfig]:
             raise SystemExit(f"--presets: unknown preset {name!r}; choose from {', '.join(PRESETS)}")
         out.append(PRESETS[name])
     out += [parse_extra(e) for e in args.extra]
+    # the paper preset runs last, so that a --max-minutes budget shrinks it rather than the cheap presets
+    out.sort(key=lambda c: c.name.split(":")[0] == "paper")
     names = [c.name for c in out]
     if len(set(names)) != len(names):
         raise SystemExit("--presets/--extra: a preset is listed twice")
@@ -153,6 +158,38 @@ def choose_images(data: str, n: int, gallery_size: int, seed: int) -> dict:
         source += f" + {len(fill)} training emoji (too few held out)"
     return {"targets": held[tgt_idx], "target_index": tgt_idx.tolist(), "target_label": None,
             "gallery": gallery, "gallery_source": source, "target_source": "held-out emoji (seeded)"}
+
+
+def prior_fingerprint(prior) -> str:
+    """sha256 over the prior's weights (UNet, and VAE if any): names a prior independently of its path."""
+    h = hashlib.sha256()
+    for module in (prior.unet, prior.vae):
+        if module is None:
+            continue
+        for name, tensor in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_paper_row(path: Path, expect: dict, target_index: list[int]) -> dict:
+    """The paper row of an earlier run, after checking that it decoded the same targets the same way."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--paper-from {path}: cannot read it ({exc})") from exc
+    row = next((r for r in old.get("presets", []) if r.get("name") == "paper"), None)
+    if row is None:
+        raise SystemExit(f"--paper-from {path}: it holds no paper row")
+    for key, want in expect.items():
+        if old.get(key) != want:
+            raise SystemExit(f"--paper-from {path}: {key} differs ({old.get(key)!r} there, {want!r} here)")
+    n = row["all"]["n"]
+    if old.get("target_index", [])[:n] != target_index[:n]:
+        raise SystemExit(f"--paper-from {path}: its targets are not this run's first {n}")
+    row = dict(row, note=" ".join(filter(None, [row.get("note"), f"reused from {path}"])))
+    row.setdefault("paired", row["all"])
+    return row
 
 
 @torch.no_grad()
@@ -329,6 +366,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "than this (0: never) [30]")
     ap.add_argument("--seed", type=int, default=0, help="seed of the target/gallery choice [0]")
     ap.add_argument("--device", default=None, help="[cuda if available, else cpu]")
+    ap.add_argument("--paper-from", type=Path, default=None,
+                    help="reuse the paper row of this earlier decode_fidelity JSON (same prior/encoder/targets)")
     ap.add_argument("--out", type=Path, default=RESULTS / "decode_fidelity.json")
     args = ap.parse_args(argv)
     if args.n < 1 or args.paper_n < 1 or args.batch_size < 1 or args.gallery < 1:
@@ -353,59 +392,84 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"{args.prior} + {args.encoder} on {device} ({torch.get_num_threads()} threads): {len(tgt_f)} targets "
         f"({chosen['target_source']}), gallery {chosen['gallery_source']}, {tgt_f.shape[1]}-d features")
 
+    fingerprint = prior_fingerprint(prior)
+    reused = load_paper_row(args.paper_from, {
+        "prior_sha256": fingerprint, "encoder": args.encoder, "encoder_weights": args.encoder_weights,
+        "layers": encoder.layers, "data": data, "seed": args.seed, "gallery": chosen["gallery_source"]},
+        chosen["target_index"]) if args.paper_from else None
+    if reused is not None and wants_paper:
+        raise SystemExit("give either the paper preset or --paper-from, not both")
     paper_evals_analytic = PRESETS["paper"].evaluations(T)
     runs: dict[str, Run] = {}
     baselines: dict[str, list[float]] = {}
+    decoded: dict[str, np.ndarray] = {}
+
+    def report() -> dict:
+        """Rows and verdicts of the presets run so far, written to --out (after every preset, so a run
+        cut short by a time limit still leaves the finished presets' numbers)."""
+        paper_run = runs.get("paper")
+        n_pair = paper_run.n if paper_run is not None else (reused["all"]["n"] if reused else None)
+        rows = [reused] if reused is not None else []
+        for name, run in runs.items():
+            base = run_baseline(prior, encoder, targets, run.config, run.n, args.batch_size, baselines)
+            best = np.asarray(run.best_distance, dtype=np.float64)
+            evals = np.asarray(run.evaluations, dtype=np.float64)
+            if name not in decoded:
+                decoded[name] = features(encoder, torch.cat(run.images))
+            dec_f = decoded[name]
+            row = {"name": name, "config": run.config.to_dict(), "requested_n": run.requested, "note": run.note,
+                   "analytic_evaluations": run.config.evaluations(T),
+                   "wall_seconds_per_image": run.seconds / run.n, "wall_seconds": run.seconds,
+                   "all": summarize(best, base, dec_f, tgt_f[:run.n], gal_f, evals),
+                   "per_sample": {"target_index": chosen["target_index"][:run.n], "seed": list(range(run.n)),
+                                  "best_distance": best.tolist(), "baseline_distance": base.tolist(),
+                                  "rank": retrieval_rank(dec_f, tgt_f[:run.n], gal_f).tolist(),
+                                  "evaluations": run.evaluations, "best_step": run.best_step,
+                                  "skipped_guidance": run.skipped}}
+            if n_pair is not None and run.n >= n_pair:
+                k = n_pair
+                row["paired"] = summarize(best[:k], base[:k], dec_f[:k], tgt_f[:k], gal_f, evals[:k])
+            rows.append(row)
+
+        paper_row = next((r for r in rows if r["name"] == "paper"), None)
+        paper_evals = paper_row["all"]["evaluations_per_image"] if paper_row else float(paper_evals_analytic)
+        for r in rows:
+            e = r["all"]["evaluations_per_image"]
+            r["fewer_than_paper"] = paper_evals / e if e > 0 else None
+            if paper_row is not None and "paired" in r and r["name"] != "paper":
+                r["verdict"] = verdict(r["paired"], paper_row["paired"], r["fewer_than_paper"])
+
+        result = {
+            "prior": args.prior, "prior_sha256": fingerprint, "encoder": args.encoder,
+            "encoder_weights": args.encoder_weights,
+            "layers": encoder.layers, "data": data, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "cpu",
+            "torch_threads": torch.get_num_threads(),
+            "batch_size": args.batch_size, "seed": args.seed, "n": args.n, "paper_n": n_pair,
+            "target_source": chosen["target_source"], "target_index": chosen["target_index"],
+            "target_label": chosen["target_label"], "gallery": chosen["gallery_source"],
+            "feature_dim": int(tgt_f.shape[1]),
+            "paper_evaluations_per_image": paper_evals,
+            "paper_evaluations_source": ("analytic (paper preset not run)" if paper_row is None else
+                                         f"measured, reused from {args.paper_from}" if reused else "measured"),
+            "target": {"retrieval_at_1": ">= paper", "mean_relative_distance": f"<= {TARGET_REL_SLACK} x paper",
+                       "evaluations": f">= {TARGET_EVAL_RATIO:g}x fewer than paper"},
+            "complete": len(runs) == len(configs),
+            "presets": rows, "total_seconds": time.perf_counter() - t0,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
     for config in configs:
         n = n_paper if config.name.split(":")[0] == "paper" else args.n
         log(f"{config.name}: {n} images, {config.evaluations(T)} evaluations each without early stop")
         runs[config.name] = run_guided(prior, encoder, targets, config, n, args.batch_size, args.max_minutes)
-
-    paper_run = runs.get("paper")
-    n_pair = paper_run.n if paper_run is not None else None
-    rows = []
-    for name, run in runs.items():
-        base = run_baseline(prior, encoder, targets, run.config, run.n, args.batch_size, baselines)
-        best = np.asarray(run.best_distance, dtype=np.float64)
-        evals = np.asarray(run.evaluations, dtype=np.float64)
-        dec_f = features(encoder, torch.cat(run.images))
-        row = {"name": name, "config": run.config.to_dict(), "requested_n": run.requested, "note": run.note,
-               "analytic_evaluations": run.config.evaluations(T),
-               "wall_seconds_per_image": run.seconds / run.n, "wall_seconds": run.seconds,
-               "all": summarize(best, base, dec_f, tgt_f[:run.n], gal_f, evals),
-               "per_sample": {"target_index": chosen["target_index"][:run.n], "seed": list(range(run.n)),
-                              "best_distance": best.tolist(), "baseline_distance": base.tolist(),
-                              "rank": retrieval_rank(dec_f, tgt_f[:run.n], gal_f).tolist(),
-                              "evaluations": run.evaluations, "best_step": run.best_step,
-                              "skipped_guidance": run.skipped}}
-        if n_pair is not None and run.n >= n_pair:
-            k = n_pair
-            row["paired"] = summarize(best[:k], base[:k], dec_f[:k], tgt_f[:k], gal_f, evals[:k])
-        rows.append(row)
-
+        result = report()
+    rows = result["presets"]
     paper_row = next((r for r in rows if r["name"] == "paper"), None)
-    paper_evals = paper_row["all"]["evaluations_per_image"] if paper_row else float(paper_evals_analytic)
-    for r in rows:
-        e = r["all"]["evaluations_per_image"]
-        r["fewer_than_paper"] = paper_evals / e if e > 0 else None
-        if paper_row is not None and "paired" in r and r["name"] != "paper":
-            r["verdict"] = verdict(r["paired"], paper_row["paired"], r["fewer_than_paper"])
-
-    result = {
-        "prior": args.prior, "encoder": args.encoder, "encoder_weights": args.encoder_weights,
-        "layers": encoder.layers, "data": data, "device": str(device), "torch_threads": torch.get_num_threads(),
-        "batch_size": args.batch_size, "seed": args.seed, "n": args.n, "paper_n": n_pair,
-        "target_source": chosen["target_source"], "target_index": chosen["target_index"],
-        "target_label": chosen["target_label"], "gallery": chosen["gallery_source"],
-        "feature_dim": int(tgt_f.shape[1]),
-        "paper_evaluations_per_image": paper_evals,
-        "paper_evaluations_source": "measured" if paper_row else "analytic (paper preset not run)",
-        "target": {"retrieval_at_1": ">= paper", "mean_relative_distance": f"<= {TARGET_REL_SLACK} x paper",
-                   "evaluations": f">= {TARGET_EVAL_RATIO:g}x fewer than paper"},
-        "presets": rows, "total_seconds": time.perf_counter() - t0,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    paper_evals = result["paper_evaluations_per_image"]
+    n_pair = result["paper_n"]
 
     print(f"## Decode fidelity: {args.prior} guided by {args.encoder} ({'+'.join(encoder.layers)}, "
           f"{tgt_f.shape[1]}-d)\n")

@@ -31,7 +31,7 @@ import torch
 
 from probe.diffusion.priors import Prior
 from probe.diffusion.sampler import SampleResult, sample
-from probe.diffusion.schedules import PRESETS, GuidanceConfig
+from probe.diffusion.schedules import DEFAULT_PRESET, PRESETS, GuidanceConfig
 from probe.errors import UsageError
 from probe.images import save_png, sha256_file, to_uint8
 from probe.models.encoder import Encoder
@@ -48,7 +48,7 @@ class DecodeSettings:
     samples: int = 4
     seed: int = 0
     batch_size: int = 8
-    config: GuidanceConfig = field(default_factory=lambda: PRESETS["fast"])
+    config: GuidanceConfig = field(default_factory=lambda: PRESETS[DEFAULT_PRESET])
     trajectory_every: int = 0
     baseline: bool = True
     overwrite: bool = False

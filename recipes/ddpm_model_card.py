@@ -24,6 +24,10 @@ DATA = {
 }
 
 
+def wall_time(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.2f} h"
+
+
 def fmt_quality(q: dict) -> list[str]:
     rows = []
     if "class_share" in q:
@@ -75,11 +79,11 @@ def main() -> None:
         "| noise schedule | 1000 steps, `squaredcos_cap_v2`, ε-prediction, `clip_sample` |",
         f"| training | {train['steps']:,} steps, batch {train['batch_size']}, AdamW lr {train['lr']:g} "
         f"(warm-up 500 steps), EMA {train['ema_decay']} (the EMA weights ship), bf16 autocast, seed {train['seed']} |",
-        f"| recipe | `python recipes/train_ddpm.py --dataset {dataset}` (checkpoints under "
-        f"~/.cache/probe/train/{args.name}/, resumed automatically; loss per step in log.csv there), then "
-        f"`--export` |",
-        f"| hardware, wall time | {train['hardware']}; {train['wall_seconds'] / 3600:.2f} h of training "
-        "(on a shared 2-core machine, beside a second training run) |",
+        f"| recipe | `{train.get('command', f'python recipes/train_ddpm.py --dataset {dataset}')}` "
+        f"(checkpoints under ~/.cache/probe/train/{args.name}/, resumed automatically; loss per step in "
+        "log.csv there), then `--export` |",
+        f"| hardware, wall time | {train['hardware']}; {wall_time(train['wall_seconds'])} of training"
+        + (" (a shared 2-core machine)" if train["hardware"].startswith("CPU") else "") + " |",
         f"| weights | `unet/diffusion_pytorch_model.safetensors` ({size:.1f} MB) |",
         "| licence | MIT (weights); data as above |",
     ]
@@ -89,10 +93,10 @@ def main() -> None:
                   f"--steps {quality['steps']}` ({quality['n']} unguided samples, {quality['steps']} strided "
                   "steps); raw numbers in " f"`benchmarks/results/{qfile.name}`.", "",
                   "![unguided samples](samples.png)"]
-    lines += ["", "Limitations: trained for a short time on CPU; samples are blurry and some are not clearly any "
-              "class. Decoded images inherit this: they show what the feature encodes as far as this prior can "
-              "draw it. Users with a GPU can continue training with the same recipe (it resumes) or point "
-              "`--prior` at any diffusers DDPM checkpoint."]
+    lines += ["", f"Limitations: a 2.7M-parameter model trained for {wall_time(train['wall_seconds'])}; samples "
+              "are small and some are not clearly any class. Decoded images inherit this: they show what the "
+              "feature encodes as far as this prior can draw it. Training longer with the same recipe (it "
+              "resumes) or pointing `--prior` at any diffusers DDPM checkpoint gives a stronger prior."]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {folder / 'MODEL_CARD.md'}")
 

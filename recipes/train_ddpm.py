@@ -2,6 +2,11 @@
 
     python recipes/train_ddpm.py --dataset fashion            # trains, resuming if a checkpoint exists
     python recipes/train_ddpm.py --dataset fashion --export   # writes the EMA weights into probe/bundled/
+    python recipes/train_ddpm.py --dataset fashion --device cuda --batch-size 256 --max-minutes 6
+
+On a GPU the step is bound by kernel launches, not arithmetic, so a larger batch costs almost nothing;
+``--max-minutes`` stops (checkpointing and exporting) once a wall-clock budget is spent, which is how a
+run fits a lent machine's time.
 
 Long training spans sessions: the state (model, EMA, optimiser, RNG, step) is written atomically every
 ``--ckpt-every`` steps under ~/.cache/probe/train/<name>/ and picked up on the next start; each step's loss
@@ -14,7 +19,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -60,7 +67,28 @@ def save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def export(ema: UNet2DModel, name: str, step: int, wall: float, args: argparse.Namespace, threads: int) -> Path:
+def training_command(argv: list[str]) -> str:
+    """This run's command line for the model card, without where it exports to (--out)."""
+    kept, skip = [], False
+    for a in argv:
+        if skip or a.startswith("--out="):
+            skip = False
+            continue
+        if a == "--out":
+            skip = True
+            continue
+        kept.append(a)
+    return " ".join(["python recipes/train_ddpm.py", *kept])
+
+
+def hardware(args: argparse.Namespace, device: torch.device, threads: int) -> str:
+    if device.type == "cuda":
+        return f"GPU ({torch.cuda.get_device_name(device)}), bf16 autocast={args.bf16}"
+    return f"CPU, {threads} torch thread(s), bf16 autocast={args.bf16}"
+
+
+def export(ema: UNet2DModel, name: str, step: int, wall: float, args: argparse.Namespace, where: str,
+           command: str) -> Path:
     out = args.out or BUNDLED / name
     ema.save_pretrained(out / "unet")
     build_scheduler().save_pretrained(out / "scheduler")
@@ -71,7 +99,7 @@ def export(ema: UNet2DModel, name: str, step: int, wall: float, args: argparse.N
         {"dataset": args.dataset, "steps": step, "batch_size": args.batch_size, "lr": args.lr,
          "ema_decay": args.ema, "seed": args.seed, "wall_seconds": round(wall),
          "params": sum(p.numel() for p in ema.parameters()),
-         "hardware": f"CPU, {threads} torch thread(s), bf16 autocast={args.bf16}"}, indent=2) + "\n")
+         "hardware": where, "command": command}, indent=2) + "\n")
     print(f"exported EMA weights at step {step} to {out}")
     return out
 
@@ -86,6 +114,9 @@ def main() -> None:
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... [cpu]")
+    ap.add_argument("--max-minutes", type=float, default=0.0,
+                    help="stop after this much wall-clock training in this run, then export (0: no limit)")
     ap.add_argument("--ckpt-every", type=int, default=200)
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                     help="bf16 autocast (about 1.4x faster on CPUs with avx512_bf16)")
@@ -95,45 +126,55 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    device = torch.device(args.device)
     spec = DATASETS[args.dataset]
     workdir = CACHE_DIR / "train" / spec["name"]
     workdir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    model = build_unet(spec["channels"])
+    model = build_unet(spec["channels"]).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, fused=device.type == "cuda")
     sched = build_scheduler()
     step, wall = 0, 0.0
     ckpt = workdir / "ckpt.pt"
-    trained_threads = None
+    trained_threads, trained_on, trained_by = None, None, None
+    command = training_command(sys.argv[1:])
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=False, map_location=device)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
+        gen.set_state(state["gen"].cpu())
         step, wall = state["step"], state["wall"]
         trained_threads = state.get("threads")
+        trained_on, trained_by = state.get("hardware"), state.get("command")
         print(f"resumed {spec['name']} at step {step} ({wall / 3600:.2f} h trained)")
-    if args.export:  # record the thread count training ran with (from the checkpoint), not this process's
-        export(ema, spec["name"], step, wall, args, trained_threads or torch.get_num_threads())
+    if args.export:  # record the hardware training ran on (from the checkpoint), not this process's
+        export(ema, spec["name"], step, wall, args,
+               trained_on or hardware(args, device, trained_threads or torch.get_num_threads()),
+               trained_by or command)
         return
 
-    data = load_data(args.dataset)
-    acp = sched.alphas_cumprod
+    where = hardware(args, device, torch.get_num_threads())
+    data = load_data(args.dataset).to(device)
+    acp = sched.alphas_cumprod.to(device)
+    budget_end = time.time() + args.max_minutes * 60 if args.max_minutes > 0 else math.inf
     log = open(workdir / "log.csv", "a")
+    losses: list[torch.Tensor] = []  # kept on the device until a checkpoint: no sync per step
     t0 = time.time()
-    while step < args.max_steps:
+    stop = False
+    while step < args.max_steps and not stop:
+        # every random draw comes from the one CPU generator, so a run is the same on any device
         idx = torch.randint(0, len(data), (args.batch_size,), generator=gen)
-        x0 = data[idx]
-        flip = torch.rand(args.batch_size, generator=gen) < 0.5
+        x0 = data[idx.to(device)]
+        flip = (torch.rand(args.batch_size, generator=gen) < 0.5).to(device)
         x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, 1000, (args.batch_size,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        t = torch.randint(0, 1000, (args.batch_size,), generator=gen).to(device)
         a = acp[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             pred = model(xt, t).sample
         loss = F.mse_loss(pred.float(), noise)
         for g in opt.param_groups:
@@ -145,19 +186,22 @@ def main() -> None:
         step += 1
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
-        log.write(f"{step},{loss.item():.5f}\n")
-        if step % args.ckpt_every == 0 or step == args.max_steps:
+            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+        losses.append(loss.detach())
+        stop = time.time() >= budget_end
+        if step % args.ckpt_every == 0 or step == args.max_steps or stop:
             wall += time.time() - t0
             t0 = time.time()
+            first = step - len(losses) + 1
+            log.writelines(f"{first + k},{v:.5f}\n" for k, v in enumerate(torch.stack(losses).tolist()))
             log.flush()
+            losses.clear()
             save_atomic({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                          "gen": gen.get_state(), "step": step, "wall": wall,
-                         "threads": torch.get_num_threads()}, ckpt)
+                         "threads": torch.get_num_threads(), "hardware": where, "command": command}, ckpt)
             recent = np.loadtxt(workdir / "log.csv", delimiter=",")[-args.ckpt_every:, 1].mean()
             print(f"step {step} loss {recent:.4f} wall {wall / 3600:.2f} h", flush=True)
-    export(ema, spec["name"], step, wall, args, torch.get_num_threads())
+    export(ema, spec["name"], step, wall, args, where, command)
 
 
 if __name__ == "__main__":

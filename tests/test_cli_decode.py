@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from tiny_diffusion import save_pixel_prior
 
-FAST = ["--steps", "3", "--rounds", "1", "--early-steps", "0", "--samples", "2", "--device", "cpu"]
+FAST = ["--steps", "3", "--rounds", "1", "--early-steps", "0", "--late-steps", "0", "--samples", "2",
+        "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,8 @@ def test_decode_image_target_json(run_cli, prior_dir, tiny_encoder_args, small_i
     assert summary["decoded"] == 2 and summary["targets"] == 1
     rec = summary["records"][0]
     assert rec["target"]["kind"] == "image" and rec["encoder"] == "timm:test_resnet"
-    assert rec["settings"]["name"] == "fast" and rec["settings"]["steps"] == 3
+    assert rec["settings"]["name"] == "balanced" and rec["settings"]["steps"] == 3  # the default preset
+    assert rec["settings"]["spacing"] == "quadratic" and rec["settings"]["late_steps"] == 0
     assert rec["evaluations"] == 3
     assert (out / rec["image"]).is_file() and (out / "baseline" / "s01.png").is_file()
 

@@ -120,6 +120,25 @@ def test_timesteps_strided_and_full():
     assert len(set(ts)) == 50
 
 
+def test_quadratic_spacing_is_denser_near_zero_and_distinct():
+    ts = GuidanceConfig(steps=50, spacing="quadratic").timesteps(1000)
+    assert len(ts) == len(set(ts)) == 50 and ts[0] == 999 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
+    assert ts[-2] - ts[-1] < 3 and ts[0] - ts[1] > 30       # small strides at the end, large at the start
+    assert ts[25] == round(999 * (24 / 49) ** 2)
+    with pytest.raises(UsageError):
+        GuidanceConfig(spacing="cosine")
+
+
+def test_late_emphasis_rounds_and_evaluation_count():
+    cfg = GuidanceConfig(steps=10, rounds=2, early_rounds=5, early_steps=1, late_rounds=7, late_steps=3)
+    assert [cfg.rounds_at(i, 10) for i in range(10)] == [5] + [2] * 6 + [7] * 3
+    assert cfg.evaluations(1000) == 5 + 12 + 21
+    assert cfg.baseline().evaluations(1000) == 0 and cfg.baseline().late_steps == 0
+    assert GuidanceConfig(steps=10, rounds=2, early_steps=0, late_steps=3).evaluations(1000) == 20  # rounds 0: off
+    with pytest.raises(UsageError):
+        GuidanceConfig(late_steps=-1)
+
+
 def test_presets():
     p = PRESETS["paper"]
     assert (p.steps, p.weight, p.tau, p.rounds, p.early_rounds, p.early_steps, p.update) == \
@@ -139,6 +158,8 @@ def test_presets():
 def test_recurrence_count(prior, encoder, target):
     res = S.sample(prior, encoder, target, [0, 1], SMALL)
     assert res.evaluations.tolist() == [2 * 5 + 8 * 3] * 2 == [SMALL.evaluations(1000)] * 2
+    late = SMALL.replace(late_rounds=4, late_steps=2)
+    assert S.sample(prior, encoder, target, [0], late).evaluations.tolist() == [2 * 5 + 6 * 3 + 2 * 4]
     assert res.best_images.shape == (2, 1, 16, 16)
     assert len(res.timesteps) == 10
 

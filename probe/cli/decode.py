@@ -20,8 +20,9 @@ from probe.models.registry import DEFAULT_ENCODER
 from probe.targets import resolve_targets
 
 SCHEDULE_HELP = "; ".join(
-    f"{name}: {c.steps} steps, K={c.rounds}" + (f" (K={c.early_rounds} on the first {c.early_steps})"
-                                                 if c.early_steps and not c.unguided else "")
+    f"{name}: {c.steps} {'' if c.spacing == 'linear' else c.spacing + ' '}steps, K={c.rounds}"
+    + (f" (K={c.early_rounds} on the first {c.early_steps})" if c.early_steps and not c.unguided else "")
+    + (f" (K={c.late_rounds} on the last {c.late_steps})" if c.late_steps and c.late_rounds else "")
     + (", unguided" if c.unguided else f", w={c.weight:g}, tau={c.tau:g}")
     for name, c in PRESETS.items())
 
@@ -37,6 +38,10 @@ def schedule_options(fn):
         click.option("--rounds", type=int, help="Override: self-recurrence rounds K per step."),
         click.option("--early-rounds", type=int, help="Override: rounds on the first --early-steps steps."),
         click.option("--early-steps", type=int, help="Override: how many first steps get --early-rounds."),
+        click.option("--late-rounds", type=int, help="Override: rounds on the last --late-steps steps."),
+        click.option("--late-steps", type=int, help="Override: how many last steps get --late-rounds."),
+        click.option("--spacing", type=click.Choice(["linear", "quadratic"]),
+                     help="Override: timestep spacing (quadratic: denser near t = 0)."),
         click.option("--patience", type=int, help="Stop a sample when its best distance has not improved "
                      "for this many steps (0 = off)."),
         click.option("--max-distance", type=float, help="Stop a sample once its best distance is below this."),
@@ -55,7 +60,8 @@ def config_from_options(kw: dict):
     quantize = False if kw.pop("no_quantize") else None
     return preset(name, steps=kw.pop("steps"), weight=kw.pop("weight"), tau=kw.pop("tau"),
                   rounds=kw.pop("rounds"), early_rounds=kw.pop("early_rounds"),
-                  early_steps=kw.pop("early_steps"), stop_patience=kw.pop("patience"),
+                  early_steps=kw.pop("early_steps"), late_rounds=kw.pop("late_rounds"),
+                  late_steps=kw.pop("late_steps"), spacing=kw.pop("spacing"), stop_patience=kw.pop("patience"),
                   max_distance=kw.pop("max_distance"), update=kw.pop("update"), quantize=quantize)
 
 

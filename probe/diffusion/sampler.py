@@ -315,7 +315,7 @@ def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, s
         a_prev = 1.0 if last else float(acp[t_prev])
         gens = [generators[j] for j in idx.tolist()]
         z_t = z[idx]
-        rounds = config.rounds_at(i)
+        rounds = config.rounds_at(i, n_steps)
         keep_frame = bool(trajectory_every) and (i % trajectory_every == 0 or last)
         for k in range(rounds):
             if guided:
