@@ -6,6 +6,7 @@ result table (rich on stderr) or the summary as JSON on stdout.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import click
@@ -150,13 +151,15 @@ def decode_with_progress(prior_spec: str, encoder, targets, out: Path, settings:
         f"{config.evaluations(diffusion.num_train_timesteps)} guided evaluations per sample) -> {out}")
     n_batches = -(-len(targets) * samples // batch_size)
     base_batches = -(-samples // batch_size) if settings.baseline else 0
-    with progress(what, (n_batches + base_batches) * n_steps, unit="steps") as update:
+    # progress in guided evaluations, not steps: late-step emphasis puts most of the work in the last steps
+    work = list(itertools.accumulate(config.rounds_at(i, n_steps) for i in range(n_steps)))
+    per_batch = work[-1]
+    with progress(what, base_batches * n_steps + n_batches * per_batch, unit="evals") as update:
         def on_event(ev: DecodeEvent) -> None:
-            offset = (ev.batch - 1) if ev.phase == "baseline" else base_batches + ev.batch - 1
-            if ev.phase == "baseline":
-                extra = f"unguided baseline {ev.batch}/{ev.n_batches}"
-            else:
-                finite = [d for d in ev.best if d == d and d != float("inf")]
-                extra = f"batch {ev.batch}/{ev.n_batches}" + (f" best d {min(finite):.4g}" if finite else "")
-            update(offset * n_steps + ev.step, extra)
+            if ev.phase == "baseline":  # an unguided step counted as one evaluation
+                update((ev.batch - 1) * n_steps + ev.step, f"unguided baseline {ev.batch}/{ev.n_batches}")
+                return
+            finite = [d for d in ev.best if d == d and d != float("inf")]
+            extra = f"batch {ev.batch}/{ev.n_batches}" + (f" best d {min(finite):.4g}" if finite else "")
+            update(base_batches * n_steps + (ev.batch - 1) * per_batch + work[ev.step - 1], extra)
         return decode_targets(diffusion, encoder, targets, out, settings, on_event=on_event)
