@@ -172,24 +172,53 @@ def prior_fingerprint(prior) -> str:
     return h.hexdigest()
 
 
-def load_paper_row(path: Path, expect: dict, target_index: list[int]) -> dict:
-    """The paper row of an earlier run, after checking that it decoded the same targets the same way."""
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"--paper-from {path}: cannot read it ({exc})") from exc
-    row = next((r for r in old.get("presets", []) if r.get("name") == "paper"), None)
-    if row is None:
-        raise SystemExit(f"--paper-from {path}: it holds no paper row")
-    for key, want in expect.items():
-        if old.get(key) != want:
-            raise SystemExit(f"--paper-from {path}: {key} differs ({old.get(key)!r} there, {want!r} here)")
-    n = row["all"]["n"]
-    if old.get("target_index", [])[:n] != target_index[:n]:
-        raise SystemExit(f"--paper-from {path}: its targets are not this run's first {n}")
-    row = dict(row, note=" ".join(filter(None, [row.get("note"), f"reused from {path}"])))
-    row.setdefault("paired", row["all"])
-    return row
+PER_SAMPLE_KEYS = ("target_index", "seed", "best_distance", "baseline_distance", "rank", "evaluations",
+                   "best_step", "skipped_guidance")
+
+
+def load_paper_rows(paths: list[Path], expect: dict, target_index: list[int]) -> dict:
+    """The paper rows of earlier runs, checked to have decoded these targets the same way, merged into
+    one row over targets 0..k−1 (the shards of --paper-start must together cover a prefix)."""
+    per: dict[int, dict] = {}
+    cos_sum, seconds = 0.0, 0.0
+    notes = []
+    for path in paths:
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"--paper-from {path}: cannot read it ({exc})") from exc
+        row = next((r for r in old.get("presets", []) if r.get("name") == "paper"), None)
+        if row is None:
+            raise SystemExit(f"--paper-from {path}: it holds no paper row")
+        for key, want in expect.items():
+            if old.get(key) != want:
+                raise SystemExit(f"--paper-from {path}: {key} differs ({old.get(key)!r} there, {want!r} here)")
+        ps = row["per_sample"]
+        for j, seed in enumerate(ps["seed"]):
+            if seed >= len(target_index) or ps["target_index"][j] != target_index[seed]:
+                raise SystemExit(f"--paper-from {path}: its target {seed} is not this run's")
+            if seed in per:
+                raise SystemExit(f"--paper-from {path}: target {seed} is also in an earlier file")
+            per[seed] = {k: ps[k][j] for k in PER_SAMPLE_KEYS}
+        cos_sum += row["all"]["mean_cosine"] * row["all"]["n"]  # a mean over the union, from the parts' means
+        seconds += row["wall_seconds"]
+        notes.append(f"{path} ({len(ps['seed'])} targets, {row['wall_seconds_per_image']:.0f} s/image)")
+    k = len(per)
+    if sorted(per) != list(range(k)):
+        raise SystemExit(f"--paper-from: the files cover targets {sorted(per)}, not 0..{k - 1}")
+    merged = {key: [per[i][key] for i in range(k)] for key in PER_SAMPLE_KEYS}
+    best = np.asarray(merged["best_distance"], dtype=np.float64)
+    base = np.asarray(merged["baseline_distance"], dtype=np.float64)
+    rel, ranks = best / np.maximum(base, 1e-12), np.asarray(merged["rank"])
+    summary = {"n": k, "mean_distance": float(best.mean()), "median_distance": float(np.median(best)),
+               "mean_baseline_distance": float(base.mean()),
+               "mean_relative_distance": float(rel.mean()), "median_relative_distance": float(np.median(rel)),
+               "retrieval_at_1": float((ranks == 0).mean()), "mean_rank": float(ranks.mean()),
+               "mean_cosine": cos_sum / k, "evaluations_per_image": float(np.mean(merged["evaluations"]))}
+    return {"name": "paper", "config": PRESETS["paper"].to_dict(), "requested_n": k,
+            "note": "reused from " + "; ".join(notes), "analytic_evaluations": PRESETS["paper"].evaluations(1000),
+            "wall_seconds_per_image": seconds / k, "wall_seconds": seconds,
+            "all": summary, "paired": summary, "per_sample": merged}
 
 
 @torch.no_grad()
@@ -217,6 +246,7 @@ class Run:
     images: list[torch.Tensor] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
     requested: int = 0
+    start: int = 0
     note: str = ""
 
     @property
@@ -236,8 +266,9 @@ def calibrate(prior, encoder, targets: torch.Tensor, config: GuidanceConfig, bat
 
 
 def run_guided(prior, encoder, targets: torch.Tensor, config: GuidanceConfig, n: int, batch: int,
-               max_minutes: float) -> Run:
-    run = Run(config=config, requested=n)
+               max_minutes: float, start: int = 0) -> Run:
+    """Decode targets start .. start+n−1, target i with seed i."""
+    run = Run(config=config, requested=n, start=start)
     budget = max_minutes * 60
     limit = n
     if budget > 0 and not config.unguided:
@@ -250,7 +281,7 @@ def run_guided(prior, encoder, targets: torch.Tensor, config: GuidanceConfig, n:
             log(f"  {config.name}: {run.note}")
     i = 0
     while i < limit:
-        seeds = list(range(i, min(limit, i + batch)))
+        seeds = list(range(start + i, start + min(limit, i + batch)))
         ticker = {"last": time.perf_counter()}
 
         def progress(step: int, total: int, best: torch.Tensor, seeds=seeds, ticker=ticker) -> None:
@@ -359,6 +390,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="a custom config: a preset with overrides, e.g. fast:steps=25,rounds=2 (repeatable)")
     ap.add_argument("--n", type=int, default=32, help="targets per preset [32]")
     ap.add_argument("--paper-n", type=int, default=8, help="targets for the paper preset (the first ones) [8]")
+    ap.add_argument("--paper-start", type=int, default=0,
+                    help="the paper preset decodes targets START..START+paper-n−1 (to spread it over several "
+                         "processes; merge with --paper-from) [0]")
     ap.add_argument("--gallery", type=int, default=1000, help="held-out features to retrieve among [1000]")
     ap.add_argument("--batch-size", type=int, default=8, help="chains per sampler call [8]")
     ap.add_argument("--max-minutes", type=float, default=30.0,
@@ -366,8 +400,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "than this (0: never) [30]")
     ap.add_argument("--seed", type=int, default=0, help="seed of the target/gallery choice [0]")
     ap.add_argument("--device", default=None, help="[cuda if available, else cpu]")
-    ap.add_argument("--paper-from", type=Path, default=None,
-                    help="reuse the paper row of this earlier decode_fidelity JSON (same prior/encoder/targets)")
+    ap.add_argument("--paper-from", type=Path, nargs="+", default=None,
+                    help="reuse the paper rows of these earlier decode_fidelity JSONs (same prior/encoder/targets)")
     ap.add_argument("--out", type=Path, default=RESULTS / "decode_fidelity.json")
     args = ap.parse_args(argv)
     if args.n < 1 or args.paper_n < 1 or args.batch_size < 1 or args.gallery < 1:
@@ -382,8 +416,8 @@ def main(argv: list[str] | None = None) -> dict:
     data = args.data if args.data != "auto" else ("fashion" if prior.channels == 1 else "emoji")
     T = prior.num_train_timesteps
     wants_paper = any(c.name == "paper" for c in configs)
-    n_paper = min(args.paper_n, args.n)
-    n_max = args.n
+    n_paper = args.paper_n
+    n_max = max(args.n, args.paper_start + args.paper_n)
     chosen = choose_images(data, n_max, args.gallery, args.seed)
     targets_img = as_tensor(chosen["targets"])
     tgt_f = features(encoder, targets_img)
@@ -393,7 +427,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"({chosen['target_source']}), gallery {chosen['gallery_source']}, {tgt_f.shape[1]}-d features")
 
     fingerprint = prior_fingerprint(prior)
-    reused = load_paper_row(args.paper_from, {
+    reused = load_paper_rows(args.paper_from, {
         "prior_sha256": fingerprint, "encoder": args.encoder, "encoder_weights": args.encoder_weights,
         "layers": encoder.layers, "data": data, "seed": args.seed, "gallery": chosen["gallery_source"]},
         chosen["target_index"]) if args.paper_from else None
@@ -407,11 +441,14 @@ def main(argv: list[str] | None = None) -> dict:
     def report() -> dict:
         """Rows and verdicts of the presets run so far, written to --out (after every preset, so a run
         cut short by a time limit still leaves the finished presets' numbers)."""
-        paper_run = runs.get("paper")
-        n_pair = paper_run.n if paper_run is not None else (reused["all"]["n"] if reused else None)
+        paper_run = runs.get("paper")  # the paired subset: the targets the paper preset decoded
+        pair = (paper_run.start, paper_run.start + paper_run.n) if paper_run is not None else \
+            ((0, reused["all"]["n"]) if reused else None)
+        n_pair = pair[1] - pair[0] if pair else None
         rows = [reused] if reused is not None else []
         for name, run in runs.items():
-            base = run_baseline(prior, encoder, targets, run.config, run.n, args.batch_size, baselines)
+            lo, hi = run.start, run.start + run.n
+            base = run_baseline(prior, encoder, targets, run.config, hi, args.batch_size, baselines)[lo:]
             best = np.asarray(run.best_distance, dtype=np.float64)
             evals = np.asarray(run.evaluations, dtype=np.float64)
             if name not in decoded:
@@ -420,15 +457,16 @@ def main(argv: list[str] | None = None) -> dict:
             row = {"name": name, "config": run.config.to_dict(), "requested_n": run.requested, "note": run.note,
                    "analytic_evaluations": run.config.evaluations(T),
                    "wall_seconds_per_image": run.seconds / run.n, "wall_seconds": run.seconds,
-                   "all": summarize(best, base, dec_f, tgt_f[:run.n], gal_f, evals),
-                   "per_sample": {"target_index": chosen["target_index"][:run.n], "seed": list(range(run.n)),
+                   "all": summarize(best, base, dec_f, tgt_f[lo:hi], gal_f, evals),
+                   "per_sample": {"target_index": chosen["target_index"][lo:hi], "seed": list(range(lo, hi)),
                                   "best_distance": best.tolist(), "baseline_distance": base.tolist(),
-                                  "rank": retrieval_rank(dec_f, tgt_f[:run.n], gal_f).tolist(),
+                                  "rank": retrieval_rank(dec_f, tgt_f[lo:hi], gal_f).tolist(),
                                   "evaluations": run.evaluations, "best_step": run.best_step,
                                   "skipped_guidance": run.skipped}}
-            if n_pair is not None and run.n >= n_pair:
-                k = n_pair
-                row["paired"] = summarize(best[:k], base[:k], dec_f[:k], tgt_f[:k], gal_f, evals[:k])
+            if pair is not None and lo <= pair[0] and pair[1] <= hi:
+                a, b = pair[0] - lo, pair[1] - lo
+                row["paired"] = summarize(best[a:b], base[a:b], dec_f[a:b], tgt_f[pair[0]:pair[1]], gal_f,
+                                          evals[a:b])
             rows.append(row)
 
         paper_row = next((r for r in rows if r["name"] == "paper"), None)
@@ -446,12 +484,13 @@ def main(argv: list[str] | None = None) -> dict:
             "device_name": torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "cpu",
             "torch_threads": torch.get_num_threads(),
             "batch_size": args.batch_size, "seed": args.seed, "n": args.n, "paper_n": n_pair,
+            "paper_targets": f"{pair[0]}:{pair[1]}" if pair else None,
             "target_source": chosen["target_source"], "target_index": chosen["target_index"],
             "target_label": chosen["target_label"], "gallery": chosen["gallery_source"],
             "feature_dim": int(tgt_f.shape[1]),
             "paper_evaluations_per_image": paper_evals,
             "paper_evaluations_source": ("analytic (paper preset not run)" if paper_row is None else
-                                         f"measured, reused from {args.paper_from}" if reused else "measured"),
+                                         "measured in earlier runs (--paper-from)" if reused else "measured"),
             "target": {"retrieval_at_1": ">= paper", "mean_relative_distance": f"<= {TARGET_REL_SLACK} x paper",
                        "evaluations": f">= {TARGET_EVAL_RATIO:g}x fewer than paper"},
             "complete": len(runs) == len(configs),
@@ -462,9 +501,11 @@ def main(argv: list[str] | None = None) -> dict:
         return result
 
     for config in configs:
-        n = n_paper if config.name.split(":")[0] == "paper" else args.n
+        is_paper = config.name.split(":")[0] == "paper"
+        n, start = (n_paper, args.paper_start) if is_paper else (args.n, 0)
         log(f"{config.name}: {n} images, {config.evaluations(T)} evaluations each without early stop")
-        runs[config.name] = run_guided(prior, encoder, targets, config, n, args.batch_size, args.max_minutes)
+        runs[config.name] = run_guided(prior, encoder, targets, config, n, args.batch_size, args.max_minutes,
+                                       start)
         result = report()
     rows = result["presets"]
     paper_row = next((r for r in rows if r["name"] == "paper"), None)
