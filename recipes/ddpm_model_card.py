@@ -81,7 +81,7 @@ def main() -> None:
         f"(warm-up 500 steps), EMA {train['ema_decay']} (the EMA weights ship), bf16 autocast, seed {train['seed']} |",
         f"| recipe | `{train.get('command', f'python recipes/train_ddpm.py --dataset {dataset}')}` "
         f"(checkpoints under ~/.cache/probe/train/{args.name}/, resumed automatically; loss per step in "
-        "log.csv there), then `--export` |",
+        f"log.csv there, and for the shipped weights in `recipes/logs/{args.name}-loss.csv.gz`) |",
         f"| hardware, wall time | {train['hardware']}; {wall_time(train['wall_seconds'])} of training"
         + (" (a shared 2-core machine)" if train["hardware"].startswith("CPU") else "") + " |",
         f"| weights | `unet/diffusion_pytorch_model.safetensors` ({size:.1f} MB) |",
