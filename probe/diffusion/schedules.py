@@ -25,8 +25,8 @@ class GuidanceConfig:
     """How one guided decode runs.
 
     Fields:
-      steps: number of reverse timesteps, strided evenly over the prior's training steps (descending
-        from T-1 to 0); 0 or >= T means every training step (the paper's 1000).
+      steps: number of reverse timesteps, strided over the prior's training steps as ``spacing`` says
+        (descending from T-1 to 0); 0 or >= T means every training step (the paper's 1000).
       weight: guidance weight w in ε' = ε − w·g.
       tau: gradient thresholding — clamp g to mean ± τ·std per sample; 0 turns it off.
       rounds: self-recurrence rounds K per timestep.
