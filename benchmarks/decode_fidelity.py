@@ -207,18 +207,13 @@ def load_paper_rows(paths: list[Path], expect: dict, target_index: list[int]) ->
     if sorted(per) != list(range(k)):
         raise SystemExit(f"--paper-from: the files cover targets {sorted(per)}, not 0..{k - 1}")
     merged = {key: [per[i][key] for i in range(k)] for key in PER_SAMPLE_KEYS}
-    best = np.asarray(merged["best_distance"], dtype=np.float64)
-    base = np.asarray(merged["baseline_distance"], dtype=np.float64)
-    rel, ranks = best / np.maximum(base, 1e-12), np.asarray(merged["rank"])
-    summary = {"n": k, "mean_distance": float(best.mean()), "median_distance": float(np.median(best)),
-               "mean_baseline_distance": float(base.mean()),
-               "mean_relative_distance": float(rel.mean()), "median_relative_distance": float(np.median(rel)),
-               "retrieval_at_1": float((ranks == 0).mean()), "mean_rank": float(ranks.mean()),
-               "mean_cosine": cos_sum / k, "evaluations_per_image": float(np.mean(merged["evaluations"]))}
+    figures = summary(np.asarray(merged["best_distance"], dtype=np.float64),
+                      np.asarray(merged["baseline_distance"], dtype=np.float64), np.asarray(merged["rank"]),
+                      cos_sum / k, np.asarray(merged["evaluations"], dtype=np.float64))
     return {"name": "paper", "config": PRESETS["paper"].to_dict(), "requested_n": k,
             "note": "reused from " + "; ".join(notes), "analytic_evaluations": PRESETS["paper"].evaluations(1000),
             "wall_seconds_per_image": seconds / k, "wall_seconds": seconds,
-            "all": summary, "paired": summary, "per_sample": merged}
+            "all": figures, "paired": figures, "per_sample": merged}
 
 
 @torch.no_grad()
@@ -322,16 +317,19 @@ def run_baseline(prior, encoder, targets: torch.Tensor, config: GuidanceConfig, 
     return np.asarray(have[:n], dtype=np.float64)
 
 
-def summarize(best: np.ndarray, base: np.ndarray, dec_f: np.ndarray, tgt_f: np.ndarray, gallery: np.ndarray,
-              evals: np.ndarray) -> dict:
+def cosines(dec_f: np.ndarray, tgt_f: np.ndarray) -> np.ndarray:
+    return (dec_f * tgt_f).sum(1) / np.maximum(np.linalg.norm(dec_f, axis=1) * np.linalg.norm(tgt_f, axis=1), 1e-12)
+
+
+def summary(best: np.ndarray, base: np.ndarray, ranks: np.ndarray, cosine: np.ndarray | float,
+            evals: np.ndarray) -> dict:
+    """A preset's figures from its per-sample numbers (``cosine`` per sample, or already a mean)."""
     rel = best / np.maximum(base, 1e-12)
-    ranks = retrieval_rank(dec_f, tgt_f, gallery)
-    cos = (dec_f * tgt_f).sum(1) / np.maximum(np.linalg.norm(dec_f, axis=1) * np.linalg.norm(tgt_f, axis=1), 1e-12)
     return {"n": int(len(best)), "mean_distance": float(best.mean()), "median_distance": float(np.median(best)),
             "mean_baseline_distance": float(base.mean()),
             "mean_relative_distance": float(rel.mean()), "median_relative_distance": float(np.median(rel)),
             "retrieval_at_1": float((ranks == 0).mean()), "mean_rank": float(ranks.mean()),
-            "mean_cosine": float(cos.mean()), "evaluations_per_image": float(evals.mean())}
+            "mean_cosine": float(np.mean(cosine)), "evaluations_per_image": float(np.mean(evals))}
 
 
 def judge(result: dict) -> None:
@@ -496,19 +494,19 @@ def main(argv: list[str] | None = None) -> dict:
             if name not in decoded:
                 decoded[name] = features(encoder, torch.cat(run.images))
             dec_f = decoded[name]
+            ranks, cos = retrieval_rank(dec_f, tgt_f[lo:hi], gal_f), cosines(dec_f, tgt_f[lo:hi])
             row = {"name": name, "config": run.config.to_dict(), "requested_n": run.requested, "note": run.note,
                    "analytic_evaluations": run.config.evaluations(T),
                    "wall_seconds_per_image": run.seconds / run.n, "wall_seconds": run.seconds,
-                   "all": summarize(best, base, dec_f, tgt_f[lo:hi], gal_f, evals),
+                   "all": summary(best, base, ranks, cos, evals),
                    "per_sample": {"target_index": chosen["target_index"][lo:hi], "seed": list(range(lo, hi)),
                                   "best_distance": best.tolist(), "baseline_distance": base.tolist(),
-                                  "rank": retrieval_rank(dec_f, tgt_f[lo:hi], gal_f).tolist(),
+                                  "rank": ranks.tolist(),
                                   "evaluations": run.evaluations, "best_step": run.best_step,
                                   "skipped_guidance": run.skipped}}
             if pair is not None and lo <= pair[0] and pair[1] <= hi:
                 a, b = pair[0] - lo, pair[1] - lo
-                row["paired"] = summarize(best[a:b], base[a:b], dec_f[a:b], tgt_f[pair[0]:pair[1]], gal_f,
-                                          evals[a:b])
+                row["paired"] = summary(best[a:b], base[a:b], ranks[a:b], cos[a:b], evals[a:b])
             rows.append(row)
 
         paper_row = next((r for r in rows if r["name"] == "paper"), None)
