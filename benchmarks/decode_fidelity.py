@@ -304,17 +304,19 @@ def run_guided(prior, encoder, targets: torch.Tensor, config: GuidanceConfig, n:
     return run
 
 
-def run_baseline(prior, encoder, targets: torch.Tensor, config: GuidanceConfig, n: int, batch: int,
+def run_baseline(prior, encoder, targets: torch.Tensor, config: GuidanceConfig, lo: int, hi: int, batch: int,
                  cache: dict) -> np.ndarray:
-    """Distances of the unguided samples (same seeds and timesteps) for targets 0..n-1, cached by config."""
+    """Distances of the unguided samples (same seeds and timesteps) for targets lo..hi−1, cached by config
+    and seed (a preset over more targets reuses what a shorter one computed)."""
     base = config.baseline()
     key = json.dumps({k: v for k, v in base.to_dict().items() if k != "name"}, sort_keys=True)
-    have = cache.setdefault(key, [])
-    while len(have) < n:
-        seeds = list(range(len(have), min(n, len(have) + batch)))
-        res = sample(prior, encoder, targets[seeds[0]:seeds[-1] + 1], seeds, base)
-        have += res.final_distance.tolist()
-    return np.asarray(have[:n], dtype=np.float64)
+    have: dict[int, float] = cache.setdefault(key, {})
+    missing = [i for i in range(lo, hi) if i not in have]
+    for j in range(0, len(missing), batch):
+        seeds = missing[j:j + batch]
+        res = sample(prior, encoder, targets[seeds], seeds, base)
+        have.update(zip(seeds, res.final_distance.tolist()))
+    return np.asarray([have[i] for i in range(lo, hi)], dtype=np.float64)
 
 
 def cosines(dec_f: np.ndarray, tgt_f: np.ndarray) -> np.ndarray:
@@ -475,7 +477,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("give either the paper preset or --paper-from, not both")
     paper_evals_analytic = PRESETS["paper"].evaluations(T)
     runs: dict[str, Run] = {}
-    baselines: dict[str, list[float]] = {}
+    baselines: dict[str, dict[int, float]] = {}
     decoded: dict[str, np.ndarray] = {}
 
     def report() -> dict:
@@ -488,7 +490,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows = [reused] if reused is not None else []
         for name, run in runs.items():
             lo, hi = run.start, run.start + run.n
-            base = run_baseline(prior, encoder, targets, run.config, hi, args.batch_size, baselines)[lo:]
+            base = run_baseline(prior, encoder, targets, run.config, lo, hi, args.batch_size, baselines)
             best = np.asarray(run.best_distance, dtype=np.float64)
             evals = np.asarray(run.evaluations, dtype=np.float64)
             if name not in decoded:
