@@ -257,22 +257,23 @@ def load_samples(
 
 
 def load_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Read an image as float32 ``H×W×3`` in ``[0, 1]``, resized to ``size`` = (width, height)."""
-    from PIL import Image, UnidentifiedImageError
+    """Read an image as float32 ``H×W×3`` in ``[0, 1]``, resized to ``size`` = (width, height).
 
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                im = Image.fromarray(np.clip(arr / (65535.0 if arr.max() > 255 else 255.0) * 255, 0, 255)
-                                     .astype(np.uint8), mode="L")
-            im = im.convert("RGB")
-            if size is not None and im.size != size:
-                im = im.resize(size, Image.Resampling.LANCZOS)
-            return np.asarray(im, dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise InputError(f"{path}: unreadable image ({err})") from err
+    Decoding is probe's one reader (``probe.images.read_image_array``: 16-bit, float, CMYK, palette
+    and EXIF orientation read as a viewer shows them); only the resize is done here.
+    """
+    from PIL import Image
+
+    from probe.images import read_image_array
+
+    arr = read_image_array(path)
+    if arr.shape[0] == 1:
+        arr = np.repeat(arr, 3, axis=0)
+    hwc = arr.transpose(1, 2, 0)
+    if size is not None and (hwc.shape[1], hwc.shape[0]) != tuple(size):
+        im = Image.fromarray(np.round(np.clip(hwc, 0, 1) * 255).astype(np.uint8))
+        return np.asarray(im.resize(size, Image.Resampling.LANCZOS), dtype=np.float32) / 255.0
+    return np.ascontiguousarray(hwc, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------------

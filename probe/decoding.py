@@ -199,7 +199,7 @@ def write_contact_sheet(out: Path, records: list[dict], targets: Sequence[Target
                         title: str) -> Path | None:
     """Targets down, samples across (with the target image first when there is one), the unguided
     baseline as the last row; every caption gives the distance and the relative distance."""
-    from probe.images import read_image01
+    from probe.images import fs_path, read_image01
     from probe.render.sheets import image_grid
     from probe.render.sheets import save_png as save_sheet
 
@@ -209,7 +209,7 @@ def write_contact_sheet(out: Path, records: list[dict], targets: Sequence[Target
     for r in records:
         by_target.setdefault(r["target_id"], {})[r["sample"]] = r
     rows = [t for t in targets if t.id in by_target]
-    show_target = any(t.image_path and Path(t.image_path).is_file() for t in rows)
+    show_target = any(t.image_path and fs_path(t.image_path).is_file() for t in rows)
     cells, captions, labels = [], [], []
 
     def load(path: Path):
@@ -221,7 +221,7 @@ def write_contact_sheet(out: Path, records: list[dict], targets: Sequence[Target
     for t in rows:
         row, caps = [], []
         if show_target:
-            row.append(load(Path(t.image_path)) if t.image_path else None)
+            row.append(load(fs_path(t.image_path)) if t.image_path else None)
             caps.append("target")
         for s in range(samples):
             r = by_target[t.id].get(s)

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from probe.errors import InputError
-from probe.images import read_image01, sha256_file, sha256_text
+from probe.images import DEFAULT_MAX_PIXELS, path_text, read_image01, sha256_file, sha256_text
 from probe.models.encoder import Encoder
 from probe.store import FeatureStore, existing_hashes, group_key
 
@@ -30,6 +30,7 @@ class ExtractConfig:
     dtype: str = "float32"
     overwrite: bool = False
     labels: str | None = None  # "parent": the parent folder's name is the label
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # larger images are skipped with a warning (0/None: no limit)
 
 
 @dataclass
@@ -54,27 +55,30 @@ class ExtractSummary:
 class _ImageFiles(Dataset):
     """Each item: (resized tensor or None, path, sha256, error or None)."""
 
-    def __init__(self, paths: Sequence[Path], encoder: Encoder, skip: set[str]):
+    def __init__(self, paths: Sequence[Path], encoder: Encoder, skip: set[str],
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.paths = list(paths)
         self.preprocess = encoder.preprocess
         self.skip = skip
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         path = self.paths[i]
+        name = path_text(path)  # storable text whatever bytes the file name has
         try:
             digest = sha256_file(path)
         except OSError as exc:
-            return None, str(path), "", f"cannot read file ({exc.strerror})"
+            return None, name, "", f"cannot read file ({exc.strerror})"
         if digest in self.skip:
-            return None, str(path), digest, None
+            return None, name, digest, None
         try:
-            x = self.preprocess.resize(read_image01(path)[None])[0]
+            x = self.preprocess.resize(read_image01(path, self.max_pixels)[None])[0]
         except InputError as exc:
-            return None, str(path), digest, str(exc).split(": ", 1)[-1]
-        return x, str(path), digest, None
+            return None, name, digest, str(exc).removeprefix(name + ": ")
+        return x, name, digest, None
 
 
 def _collate(items):
@@ -82,7 +86,7 @@ def _collate(items):
 
 
 def label_names_for(paths: Sequence[Path]) -> list[str]:
-    return sorted({p.parent.name for p in paths})
+    return sorted({Path(path_text(p)).parent.name for p in paths})
 
 
 def _merge_label_names(group, names: Sequence[str]) -> list[str]:
@@ -109,7 +113,7 @@ def extract_images(encoder: Encoder, paths: Sequence[Path], store_path: Path, co
         have = existing_hashes(store_path, names)
         skip = set.intersection(*have.values()) if have else set()
     label_names = label_names_for(paths) if config.labels == "parent" else None
-    loader = DataLoader(_ImageFiles(paths, encoder, skip), batch_size=config.batch_size,
+    loader = DataLoader(_ImageFiles(paths, encoder, skip, config.max_pixels), batch_size=config.batch_size,
                         num_workers=config.workers, collate_fn=_collate,
                         persistent_workers=False, prefetch_factor=4 if config.workers else None)
     start = time.perf_counter()

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import io
+import os
+import re
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from probe.errors import InputError
 
@@ -43,7 +47,28 @@ def _expand(item: str) -> Iterator[Path]:
         matches = sorted(glob.glob(item, recursive=True))
         yield from (Path(m) for m in matches if Path(m).is_file())
     else:
-        raise InputError(f"{item}: no such file, directory or glob match")
+        raise InputError(f"{path_text(item)}: no such file, directory or glob match")
+
+
+def read_list_file(list_file: str) -> list[str]:
+    """Entries of a list file (``-`` = stdin): one path per line, ``#`` comments and blank lines skipped.
+
+    Read as bytes and decoded like file names (``os.fsdecode``), so any name a folder can hold can be
+    listed; a binary file (NUL bytes) is refused instead of yielding thousands of garbage "paths".
+    """
+    if list_file == "-":
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    else:
+        try:
+            data = Path(list_file).read_bytes()
+        except IsADirectoryError as exc:
+            raise InputError(f"{list_file}: is a directory, not a list file") from exc
+        except OSError as exc:
+            raise InputError(f"{list_file}: cannot read list file ({exc.strerror})") from exc
+    if b"\0" in data:
+        raise InputError(f"{list_file}: not a text list of paths (binary content)")
+    lines = [os.fsdecode(ln.strip()) for ln in data.splitlines()]
+    return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
 def collect_inputs(items: Iterable[str], list_file: str | None = None) -> list[Path]:
@@ -53,14 +78,7 @@ def collect_inputs(items: Iterable[str], list_file: str | None = None) -> list[P
     """
     entries = list(items)
     if list_file is not None:
-        if list_file == "-":
-            lines = sys.stdin.read().splitlines()
-        else:
-            try:
-                lines = Path(list_file).read_text().splitlines()
-            except OSError as exc:
-                raise InputError(f"{list_file}: cannot read list file ({exc.strerror})") from exc
-        entries += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        entries += read_list_file(list_file)
     seen: set[Path] = set()
     out: list[Path] = []
     for item in entries:
@@ -72,29 +90,171 @@ def collect_inputs(items: Iterable[str], list_file: str | None = None) -> list[P
     return out
 
 
-def read_image01(path: str | Path) -> torch.Tensor:
-    """Decode an image file to a float tensor [C, H, W] in [0, 1] (C = 1 for grey, else 3).
+class ImageTooLarge(InputError):
+    """An image over the pixel limit: skipped (with a warning) by extraction, refused elsewhere."""
 
-    Raises InputError naming the file when it is missing, truncated or not an image.
+
+DEFAULT_MAX_PIXELS = 90_000_000  # about PIL's own bomb threshold; a 90 MP RGB image is ~1 GB as float32
+
+
+def path_text(path: str | Path) -> str:
+    """A file name as storable, printable text (UTF-8 always works, whatever bytes the name has).
+
+    File names on POSIX are bytes; Python gives undecodable bytes to ``str`` as lone surrogates, which
+    h5py, JSON and most terminals refuse. Those bytes are written as ``\\xNN`` escapes instead
+    (``fs_path`` turns them back into the real file name), so a row is never stored with an empty path.
     """
+    return os.fsencode(os.fspath(path)).decode("utf-8", "backslashreplace")
+
+
+_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
+
+
+def fs_path(text: str | Path) -> Path:
+    """The file a ``path_text`` names: the text itself when such a file exists, else with ``\\xNN``
+    escapes turned back into raw bytes (the file name was not UTF-8)."""
+    p = Path(text)
+    if p.exists() or "\\x" not in str(text):
+        return p
+    raw = _ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), os.fsencode(str(text)))
+    return Path(os.fsdecode(raw))
+
+
+def _grey_scale(arr: np.ndarray, mode: str, path: object) -> np.ndarray:
+    """One-channel integer or float pixels -> float32 in [0, 1], as an image viewer scales them.
+
+    16-bit modes use their full range (65535 = white), never a clipping 8-bit conversion. Float images
+    in [0, 1] are taken as they are, in [0, 255] divided by 255, anything else stretched min-max.
+    """
+    if mode.startswith("I;16"):
+        return arr.astype(np.float32) / 65535.0
+    a = arr.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise InputError(f"{path}: image has NaN or infinite pixel values")
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if mode == "F" and lo >= 0.0 and hi <= 1.0:
+        return a.astype(np.float32)
+    if lo >= 0.0 and hi <= 255.0:
+        return (a / 255.0).astype(np.float32)
+    if mode == "I" and lo >= 0.0 and hi <= 65535.0:
+        return (a / 65535.0).astype(np.float32)
+    return ((a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)).astype(np.float32)
+
+
+def _to_srgb(im: Image.Image) -> Image.Image:
+    """CMYK (and other colour spaces) to RGB, through the embedded ICC profile when there is one."""
+    icc = im.info.get("icc_profile")
+    if icc and im.mode in ("CMYK", "RGB", "LAB"):
+        try:
+            from PIL import ImageCms
+
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except Exception:  # noqa: BLE001 - a broken profile: fall back to PIL's plain conversion
+            pass
+    return im.convert("RGB")
+
+
+def _over_white(im: Image.Image) -> Image.Image:
+    rgba = im.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba)
+
+
+def _decode(im: Image.Image, path: object) -> np.ndarray:
+    """A PIL image (first frame) -> float32 [C, H, W] in [0, 1], C = 1 (grey) or 3."""
+    mode = im.mode
+    if mode in ("1", "L"):
+        return np.asarray(im.convert("L"), dtype=np.float32)[None] / 255.0
+    if mode.startswith("I") or mode == "F":
+        return _grey_scale(np.asarray(im), mode, path)[None]
+    if mode in ("LA", "La"):
+        return np.asarray(_over_white(im).convert("L"), dtype=np.float32)[None] / 255.0
+    if mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in im.info):
+        rgb = _over_white(im).convert("RGB")
+    elif mode in ("RGB", "CMYK", "LAB"):
+        rgb = _to_srgb(im)
+    else:  # P without transparency, YCbCr, HSV, RGBX ...
+        rgb = im.convert("RGB")
+    return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
+
+
+def _read_tiff_fallback(path: str | Path, max_pixels: int | None) -> np.ndarray:
+    """TIFFs that PIL cannot open (float or 16-bit RGB): through tifffile, scaled like a viewer."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("L", "I;16", "I", "F", "1"):
-                arr = np.asarray(im.convert("L"), dtype=np.uint8)[None]
-            else:
-                if im.mode in ("RGBA", "LA", "P"):
-                    im = im.convert("RGBA")
-                    white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                    im = Image.alpha_composite(white, im)
-                arr = np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+        import tifffile
+    except ImportError as exc:
+        raise InputError(f"{path_text(path)}: TIFF kind PIL cannot read; install tifffile to read it") from exc
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            shape = page.shape
+            _check_pixels(path, int(np.prod(shape[:2])) if len(shape) >= 2 else 0, max_pixels)
+            arr = page.asarray()
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is the file's fault
+        raise InputError(f"{path_text(path)}: unreadable image ({type(exc).__name__}: {exc})") from exc
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
+        raise InputError(f"{path_text(path)}: unsupported TIFF layout {tuple(arr.shape)}")
+    if arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    if np.issubdtype(arr.dtype, np.integer):
+        full = float(np.iinfo(arr.dtype).max)
+        out = arr.astype(np.float32) / full
+    else:
+        out = _grey_scale(arr, "F", path_text(path))
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+def _check_pixels(path: str | Path, pixels: int, max_pixels: int | None) -> None:
+    if max_pixels and pixels > max_pixels:
+        raise ImageTooLarge(f"{path_text(path)}: image too large ({pixels:,} pixels > limit {max_pixels:,}; "
+                            "raise it with --max-pixels)")
+
+
+def read_image_array(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file to float32 [C, H, W] in [0, 1] (C = 1 for grey, else 3), as a viewer shows it.
+
+    The one image reader of probe: EXIF orientation applied; 16-bit and float pixels scaled from their
+    full range (not clipped to 8 bits); palette and alpha composited over white; CMYK through its ICC
+    profile. Images over ``max_pixels`` (None/0 = no limit) raise ImageTooLarge before any pixel is
+    decoded, so a decompression bomb costs nothing. Raises InputError naming the file otherwise.
+    """
+    name = path_text(path)
+    old_limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = None  # our own limit below replaces PIL's, so it can be raised
+            with Image.open(path) as im:
+                _check_pixels(path, im.size[0] * im.size[1], max_pixels)
+                im.seek(0)
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                arr = _decode(im, name)
     except FileNotFoundError as exc:
-        raise InputError(f"{path}: file not found") from exc
+        raise InputError(f"{name}: file not found") from exc
+    except IsADirectoryError as exc:
+        raise InputError(f"{name}: is a directory, not an image file") from exc
     except UnidentifiedImageError as exc:
-        raise InputError(f"{path}: not an image file") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{path}: unreadable image ({exc})") from exc
-    return torch.from_numpy(np.array(arr, copy=True)).float().div_(255.0)
+        if Path(path).suffix.lower() in (".tif", ".tiff"):
+            return _read_tiff_fallback(path, max_pixels)
+        raise InputError(f"{name}: not an image file") from exc
+    except InputError:
+        raise
+    except (OSError, SyntaxError, ValueError, TypeError, EOFError, MemoryError) as exc:
+        raise InputError(f"{name}: unreadable image ({exc})") from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def read_image01(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """``read_image_array`` as a torch tensor [C, H, W] in [0, 1]."""
+    return torch.from_numpy(read_image_array(path, max_pixels))
 
 
 def to_uint8(x01: torch.Tensor) -> np.ndarray:

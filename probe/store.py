@@ -109,8 +109,11 @@ class StoreGroup:
         return out
 
     def index_of_path(self, path: str) -> int:
+        from probe.images import path_text
+
         paths = self.paths
-        for candidate in (path, str(Path(path).resolve())):
+        path = path_text(path)
+        for candidate in (path, path_text(Path(path).resolve())):
             if candidate in paths:
                 return paths.index(candidate)
         names = [i for i, p in enumerate(paths) if Path(p).name == Path(path).name]

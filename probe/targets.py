@@ -193,12 +193,13 @@ def from_store(path: str | Path, encoder: Encoder, group: str | None = None, ind
 
 def from_image(path: str | Path, encoder: Encoder) -> Target:
     """An image file encoded now, exactly as ``probe extract`` would."""
-    from probe.images import read_image01
+    from probe.images import path_text, read_image01
 
     img = read_image01(path)
     vec = encode_images01(encoder, img.unsqueeze(0))[0].numpy()
-    return Target(id=f"img-{_slug(Path(path).stem)}", vector=_check_vector(vec, vec.shape[0], str(path)),
-                  kind="image", source=str(path), image_path=str(path))
+    name = path_text(path)
+    return Target(id=f"img-{_slug(Path(name).stem)}", vector=_check_vector(vec, vec.shape[0], name),
+                  kind="image", source=name, image_path=name)
 
 
 def from_text(prompt: str, encoder: Encoder) -> Target:

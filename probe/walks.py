@@ -154,11 +154,11 @@ def _load_cell(out: Path, rel: str | None) -> np.ndarray | None:
 
 
 def _source_image(t: Target) -> np.ndarray | None:
-    from probe.images import read_image01, to_uint8
+    from probe.images import fs_path, read_image01, to_uint8
 
-    if t.image_path and Path(t.image_path).is_file():
+    if t.image_path and fs_path(t.image_path).is_file():
         try:
-            return to_uint8(read_image01(t.image_path))
+            return to_uint8(read_image01(fs_path(t.image_path)))
         except InputError:
             return None
     return None
@@ -549,7 +549,7 @@ def read_overlay(decode_dir: str | Path, attrs: dict, dim: int) -> tuple[np.ndar
 
 def thumbnails_for(fs: FeatureSet, n: int, seed: int) -> dict[int, np.ndarray]:
     """Up to ``n`` source images of the set's rows whose paths are readable, chosen with ``seed``."""
-    from probe.images import read_image01, to_uint8
+    from probe.images import fs_path, read_image01, to_uint8
 
     if n <= 0:
         return {}
@@ -557,9 +557,9 @@ def thumbnails_for(fs: FeatureSet, n: int, seed: int) -> dict[int, np.ndarray]:
     out: dict[int, np.ndarray] = {}
     for i in order:
         p = fs.paths[int(i)]
-        if p and not p.startswith("text:") and Path(p).is_file():
+        if p and not p.startswith("text:") and fs_path(p).is_file():
             try:
-                out[int(i)] = to_uint8(read_image01(p))
+                out[int(i)] = to_uint8(read_image01(fs_path(p)))
             except InputError:
                 continue
             if len(out) >= n:

@@ -180,10 +180,10 @@ def test_keyboard_interrupt_keeps_finished_batches(run_cli, monkeypatch, tmp_pat
 
     read = E.read_image01
 
-    def interrupted(path):
+    def interrupted(path, *args):
         if Path(path).name == "img05.png":
             raise KeyboardInterrupt
-        return read(path)
+        return read(path, *args)
     monkeypatch.setattr(E, "read_image01", interrupted)
     store = tmp_path / "f.h5"
     r = run_cli("extract", *small_images[:8], "-o", store, *tiny_encoder_args, "--batch-size", "2",

@@ -12,7 +12,7 @@ from probe.cli.console import console, emit_json, progress, say, warn
 from probe.cli.options import encoder_options, load_encoder_from_options
 from probe.errors import InputError, UsageError
 from probe.extraction import ExtractConfig, extract_images, extract_text
-from probe.images import collect_inputs
+from probe.images import DEFAULT_MAX_PIXELS, collect_inputs
 
 
 @click.command()
@@ -28,9 +28,11 @@ from probe.images import collect_inputs
 @click.option("--float16", "half", is_flag=True, help="Store features as float16 (half the size).")
 @click.option("--labels", type=click.Choice(["parent"]), help="Store each image's parent folder as its label.")
 @click.option("--overwrite", is_flag=True, help="Replace the group(s) instead of resuming.")
+@click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Skip (with a warning) images with more pixels than this, e.g. decompression bombs; 0 = no limit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-def extract(inputs, store, list_file, texts, text_file, batch_size, workers, half, labels, overwrite, as_json,
-            enc_opts) -> None:
+def extract(inputs, store, list_file, texts, text_file, batch_size, workers, half, labels, overwrite, max_pixels,
+            as_json, enc_opts) -> None:
     """Extract features of INPUTS (files, folders, globs) into an HDF5 store.
 
     A rerun skips images already stored (by content hash), so an interrupted run resumes.
@@ -46,7 +48,7 @@ def extract(inputs, store, list_file, texts, text_file, batch_size, workers, hal
         workers = min(4, max(0, (torch.get_num_threads() or 1) - 1))
     encoder = load_encoder_from_options(enc_opts)
     config = ExtractConfig(batch_size=batch_size, workers=workers, dtype="float16" if half else "float32",
-                           overwrite=overwrite, labels=labels)
+                           overwrite=overwrite, labels=labels, max_pixels=max_pixels or None)
     say(f"[bold]{encoder.spec}[/] layers {', '.join(encoder.layers)} on {encoder.device}; "
         f"{len(paths)} images, {len(prompts)} prompts -> {store}")
     results = []
