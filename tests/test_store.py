@@ -229,10 +229,10 @@ _CHILD = """
 import sys, time
 import probe.extraction as E
 read = E.read_image01
-def slow(path):
+def slow(path, *args):
     if "img06" in str(path):
         time.sleep(600)
-    return read(path)
+    return read(path, *args)
 E.read_image01 = slow
 from probe.cli.main import cli
 cli(sys.argv[1:], prog_name="probe")
