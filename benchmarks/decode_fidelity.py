@@ -64,6 +64,10 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------------------------------------
 def _parse_value(field: dataclasses.Field, raw: str) -> object:
     kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+    if kind.endswith("| None"):
+        if raw.lower() == "none":
+            return None
+        kind = kind.split("|")[0].strip()
     if kind == "bool":
         low = raw.lower()
         if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):

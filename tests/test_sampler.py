@@ -288,3 +288,63 @@ def test_several_layers_add_their_distances(prior):
     assert torch.allclose(both, per_layer, rtol=1e-5)
     res = S.sample(prior, two, target, [0], SMALL.replace(steps=3, early_steps=0, rounds=1))
     assert torch.isfinite(res.best_distance).all()
+
+
+# -- naturalness levers (issue 10) ---------------------------------------------------------------------
+def test_weight_schedule_free_steps_and_evaluations():
+    cfg = GuidanceConfig(steps=10, rounds=2, early_rounds=5, early_steps=1, late_rounds=7, late_steps=3,
+                         free_steps=2, weight=4.0, weight_end=1.0)
+    assert [cfg.rounds_at(i, 10) for i in range(10)] == [5] + [2] * 4 + [7] * 3 + [1] * 2
+    assert [cfg.guided_at(i, 10) for i in range(10)] == [True] * 8 + [False] * 2
+    assert cfg.evaluations(1000) == 5 + 8 + 21
+    assert cfg.weight_at(0, 10) == 4.0 and cfg.weight_at(7, 10) == 1.0 and cfg.weight_at(9, 10) == 1.0
+    assert cfg.weight_at(3, 10) == pytest.approx(4.0 - 3.0 * 3 / 7)
+    assert GuidanceConfig(weight=3.0).weight_at(5, 10) == 3.0
+    for bad in ({"free_steps": -1}, {"eot_samples": 0}, {"eot_shift": -1}, {"grad_blur": -0.5},
+                {"weight_end": float("nan")}):
+        with pytest.raises(UsageError):
+            GuidanceConfig(**bad)
+
+
+def test_shift_flip_moves_and_mirrors_with_replicated_edges():
+    img = torch.arange(16.0).view(1, 1, 4, 4).repeat(3, 1, 1, 1)
+    shifts = torch.tensor([[0, 0], [1, 0], [0, -1]])
+    out = S.shift_flip(img, shifts, torch.tensor([False, False, True]))
+    assert torch.equal(out[0], img[0])
+    assert torch.equal(out[1, 0, 1:], img[1, 0, :3]) and torch.equal(out[1, 0, 0], img[1, 0, 0])  # down by 1
+    moved_left = torch.cat([img[2, 0, :, 1:], img[2, 0, :, 3:]], dim=1)
+    assert torch.equal(out[2, 0], moved_left.flip(-1))
+    x = img.clone().requires_grad_(True)
+    S.shift_flip(x, shifts, torch.tensor([True, False, False])).sum().backward()
+    assert float(x.grad.sum()) == 48.0  # every output pixel comes from exactly one input pixel
+
+
+def test_draw_transforms_are_per_chain_and_reproducible():
+    cfg = GuidanceConfig(eot_shift=2, eot_flip=True, eot_samples=3)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (5, 6)]  # noqa: E731
+    a, b = S.draw_transforms(gens(), cfg), S.draw_transforms(gens(), cfg)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert a[0].shape == (6, 2) and a[1].shape == (6,) and int(a[0].abs().max()) <= 2
+    solo = S.draw_transforms([torch.Generator().manual_seed(6)], cfg)
+    assert torch.equal(solo[0], a[0][3:]) and torch.equal(solo[1], a[1][3:])  # chain 6 alone draws the same
+
+
+def test_gaussian_blur_keeps_constants_and_removes_high_frequencies():
+    const = torch.full((2, 3, 8, 8), 2.5)
+    assert torch.allclose(S.gaussian_blur(const, 1.0), const)
+    stripes = (torch.arange(8.0) % 2).view(1, 1, 1, 8).expand(1, 1, 8, 8) - 0.5
+    blurred = S.gaussian_blur(stripes, 1.0)
+    assert float(blurred.abs().max()) < 0.1 * float(stripes.abs().max())
+    assert torch.equal(S.gaussian_blur(stripes, 0.0), stripes)
+
+
+def test_eot_and_free_steps_decode_reports_saved_distances(prior, encoder, target):
+    cfg = SMALL.replace(eot_shift=2, eot_flip=True, eot_samples=2, grad_blur=0.5, free_steps=2, weight_end=1.0)
+    a = S.sample(prior, encoder, target, [0, 1], cfg)
+    b = S.sample(prior, encoder, target, [0, 1], cfg)
+    assert torch.equal(a.best_images, b.best_images)                       # reproducible
+    assert a.evaluations.tolist() == [cfg.evaluations(1000)] * 2 == [2 * 5 + 6 * 3] * 2
+    again = S.saved_image_distance(encoder, a.best_images, target.expand(2, -1))
+    assert torch.allclose(again, a.best_distance, rtol=1e-5)               # the untransformed image's distance
+    base = S.sample(prior, encoder, target, [0, 1], SMALL.baseline())
+    assert float(a.best_distance.mean()) < float(base.final_distance.mean())

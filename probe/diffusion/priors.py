@@ -120,6 +120,14 @@ class Prior:
         x = self.vae.decode((z0 / self.scaling_factor + self.shift_factor).to(self.dtype)).sample
         return x.float()
 
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The diffusion variable z0 of an image x in [−1, 1] (the inverse of :meth:`decode`): the image
+        itself for pixel priors, the VAE posterior mean (scaled as the UNet expects) for latent ones."""
+        if self.vae is None:
+            return x
+        latent = self.vae.encode(x.to(self.dtype)).latent_dist.mean
+        return ((latent - self.shift_factor) * self.scaling_factor).float()
+
     def describe(self) -> dict:
         return {"spec": self.spec, "latent": self.is_latent, "latent_shape": list(self.latent_shape),
                 "channels": self.channels, "image_size": self.image_size,

@@ -41,6 +41,7 @@ from probe.errors import InputError, UsageError
 from probe.models.encoder import Encoder
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
+EOT_SEED_OFFSET = 1_000_003  # a chain's transformation draws: its own generator, apart from its noise
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -231,30 +232,84 @@ def _check_inputs(prior: Prior, encoder: Encoder, target: torch.Tensor, seeds: S
     return target
 
 
+def shift_flip(img: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Each image moved by its integer (dy, dx) with edge pixels replicated, then mirrored left-right where
+    ``flips`` is set; differentiable (a crop of a padded copy)."""
+    m = int(shifts.abs().max()) if shifts.numel() else 0
+    if m == 0 and not bool(flips.any()):
+        return img
+    h, w = img.shape[-2:]
+    padded = torch.nn.functional.pad(img, (m, m, m, m), mode="replicate") if m else img
+    out = torch.stack([padded[j, :, m - int(dy):m - int(dy) + h, m - int(dx):m - int(dx) + w]
+                       for j, (dy, dx) in enumerate(shifts.tolist())])
+    return torch.where(flips.view(-1, 1, 1, 1).to(out.device), out.flip(-1), out)
+
+
+def draw_transforms(generators: Sequence[torch.Generator], config: GuidanceConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """``config.eot_samples`` random (shift, flip) per chain, from each chain's own EOT generator:
+    shifts [B·E, 2] and flips [B·E], ordered chain-major (chain j owns rows j·E … j·E+E−1)."""
+    e, m = config.eot_samples, config.eot_shift
+    shifts, flips = [], []
+    for g in generators:
+        shifts.append(torch.randint(-m, m + 1, (e, 2), generator=g) if m else torch.zeros(e, 2, dtype=torch.long))
+        flips.append(torch.rand(e, generator=g) < 0.5 if config.eot_flip else torch.zeros(e, dtype=torch.bool))
+    return torch.cat(shifts), torch.cat(flips)
+
+
+def gaussian_blur(g: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Depthwise Gaussian blur over the last two dims (σ in pixels; reflect padding; σ = 0: unchanged)."""
+    if sigma <= 0:
+        return g
+    r = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-r, r + 1, dtype=g.dtype, device=g.device)
+    k = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    k = k / k.sum()
+    c = g.shape[1]
+    r_eff = min(r, g.shape[-1] - 1, g.shape[-2] - 1)
+    if r_eff < r:  # reflect padding needs the pad to be smaller than the image
+        k, r = k[r - r_eff:r + r_eff + 1] / k[r - r_eff:r + r_eff + 1].sum(), r_eff
+    out = torch.nn.functional.pad(g, (r, r, r, r), mode="reflect")
+    out = torch.nn.functional.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return torch.nn.functional.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
 def _guided_round(prior: Prior, encoder: Encoder, z: torch.Tensor, t: int, a_t: float, target: torch.Tensor,
-                  config: GuidanceConfig, loss_is_saved_distance: bool):
+                  config: GuidanceConfig, loss_is_saved_distance: bool, weight: float | None = None,
+                  eot_generators: Sequence[torch.Generator] | None = None):
     """Steps 1–8 for a batch of chains: returns ε', the pre-guidance 8-bit image and its distance,
-    and a mask of chains whose gradient was not finite (their guidance is skipped)."""
+    and a mask of chains whose gradient was not finite (their guidance is skipped).
+
+    With expectation over transformations (``config.eot_*``) the loss is the mean over random shifted /
+    mirrored copies of the image, and the reported distance is still that of the untransformed image."""
+    weight = config.weight if weight is None else weight
+    eot = config.eot_shift > 0 or config.eot_flip
     with torch.enable_grad():
         z = z.detach().requires_grad_(True)
         eps = prior.eps(z, t)                                                    # 1
         x0 = predict_x0(z, eps, a_t)                                            # 2
         img = to_unit_image(prior.decode(x0), config.quantize, config.clamp)    # 3 (+ [0,1], 8-bit STE)
-        feats = concat_features(encoder, network_input(encoder, img, config.quantize))
-        loss = squared_distance(feats, target)                                  # 4
+        if eot:
+            e = config.eot_samples
+            shifts, flips = draw_transforms(eot_generators, config)
+            seen = shift_flip(img.repeat_interleave(e, dim=0), shifts, flips)
+            feats = concat_features(encoder, network_input(encoder, seen, config.quantize))
+            loss = squared_distance(feats, target.repeat_interleave(e, dim=0)).view(-1, e).mean(dim=1)
+        else:
+            feats = concat_features(encoder, network_input(encoder, img, config.quantize))
+            loss = squared_distance(feats, target)                              # 4
         (grad_loss,) = torch.autograd.grad(loss.sum(), z)                       # chains are independent
     img = img.detach()
-    if loss_is_saved_distance:
+    if loss_is_saved_distance and not eot:
         distance = loss.detach()
     else:
         distance = saved_image_distance(encoder, torch.round(img * 255) / 255, target)
     eps = eps.detach()
-    g = -grad_loss                                                               # 5: ∂(−L)/∂z_t
+    g = gaussian_blur(-grad_loss, config.grad_blur)                              # 5: ∂(−L)/∂z_t
     g = normalize_per_sample(g, eps)                                             # 6
     bad = ~torch.isfinite(g.flatten(1)).all(dim=1)                               # NaN guard (and ‖g‖ = 0)
     g = torch.where(bad.view(-1, *([1] * (g.dim() - 1))), torch.zeros_like(g), g)
     g = threshold_per_sample(g, config.tau)                                      # 7
-    eps_guided = eps - config.weight * g                                         # 8
+    eps_guided = eps - weight * g                                                # 8
     return eps_guided, img, distance, bad
 
 
@@ -283,6 +338,7 @@ def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, s
         target = _check_inputs(prior, encoder, torch.as_tensor(target), seeds).to(encoder.device).float()
     b = len(seeds)
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    eot_generators = [torch.Generator("cpu").manual_seed(int(s) + EOT_SEED_OFFSET) for s in seeds]
     timesteps = config.timesteps(prior.num_train_timesteps)
     n_steps = len(timesteps)
     acp = prior.alphas_cumprod
@@ -316,11 +372,14 @@ def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, s
         gens = [generators[j] for j in idx.tolist()]
         z_t = z[idx]
         rounds = config.rounds_at(i, n_steps)
+        guided_now = guided and config.guided_at(i, n_steps)
+        weight = config.weight_at(i, n_steps)
+        eot_gens = [eot_generators[j] for j in idx.tolist()]
         keep_frame = bool(trajectory_every) and (i % trajectory_every == 0 or last)
         for k in range(rounds):
-            if guided:
+            if guided_now:
                 eps_g, img_pre, d_pre, bad = _guided_round(prior, encoder, z_t, t, a_t, target[idx], config,
-                                                           loss_is_saved)
+                                                           loss_is_saved, weight, eot_gens)
                 evaluations[idx] += 1
                 skipped[idx] += bad.cpu().long()
                 if config.track_best:

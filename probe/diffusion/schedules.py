@@ -42,6 +42,19 @@ class GuidanceConfig:
         the one a saved PNG gives.
       clamp: backward pass of the [0, 1] clamp of x̂0 — "straight-through" (saturated pixels still pass
         their gradient on, as in the paper's unclamped code) or "hard" (they get none).
+      weight_end: guidance weight at the last guided timestep; the weight moves linearly (in step index)
+        from ``weight`` to ``weight_end`` (None: constant ``weight``). Strong guidance early fixes layout
+        and class; weak guidance late keeps the pixel-space refinement near t = 0 from writing textures.
+      free_steps: the last ``free_steps`` timesteps are not guided (one round, plain prior step), so the
+        prior removes high-frequency residue that guidance left (naturalness; costs some distance).
+      eot_shift, eot_flip, eot_samples: expectation over transformations — the loss is averaged over
+        ``eot_samples`` random copies of the image, each shifted by up to ``eot_shift`` pixels (edges
+        replicated) and, with ``eot_flip``, mirrored left-right half of the time. A feature reached only
+        through pixel-exact adversarial patterns does not survive a shift, so guidance follows what the
+        network sees robustly (as feature-visualisation tools do). 0 / False / 1 turn it off. The random
+        draws come from a per-sample generator separate from the chain's noise.
+      grad_blur: σ (in pixels of z) of a Gaussian blur applied to the guidance gradient before it is
+        normalised; removes its high-frequency part. 0 turns it off.
       stop_patience: stop a sample once its best distance has not improved for this many timesteps (0 off).
       max_distance: stop a sample once its best distance is below this (0 off).
       update: 'ddpm' — the paper's ancestral step, posterior mean with σ² = β (β of the strided chain,
@@ -64,6 +77,12 @@ class GuidanceConfig:
     spacing: str = "linear"
     quantize: bool = True
     clamp: str = "straight-through"
+    weight_end: float | None = None
+    free_steps: int = 0
+    eot_shift: int = 0
+    eot_flip: bool = False
+    eot_samples: int = 1
+    grad_blur: float = 0.0
     stop_patience: int = 0
     max_distance: float = 0.0
     update: str = "ddpm"
@@ -83,8 +102,10 @@ class GuidanceConfig:
             raise UsageError(f"spacing must be one of {', '.join(SPACINGS)}, not {self.spacing!r}")
         if self.tau < 0 or self.max_distance < 0:
             raise UsageError("--tau and --max-distance must be >= 0 (0 turns them off)")
-        if not np.isfinite(self.weight):
-            raise UsageError(f"--weight must be a finite number, not {self.weight}")
+        if not np.isfinite(self.weight) or (self.weight_end is not None and not np.isfinite(self.weight_end)):
+            raise UsageError(f"--weight and --weight-end must be finite numbers, not {self.weight}/{self.weight_end}")
+        if self.free_steps < 0 or self.eot_shift < 0 or self.eot_samples < 1 or self.grad_blur < 0:
+            raise UsageError("--free-steps, --eot-shift and --grad-blur must be >= 0 and --eot-samples >= 1")
         if self.update not in UPDATES:
             raise UsageError(f"update rule must be one of {', '.join(UPDATES)}, not {self.update!r}")
         if self.clamp not in CLAMPS:
@@ -110,20 +131,30 @@ class GuidanceConfig:
 
     def rounds_at(self, step_index: int, n_steps: int) -> int:
         """Self-recurrence rounds at the ``step_index``-th of ``n_steps`` timesteps (0 = the first, noisiest)."""
-        if self.unguided:
+        if not self.guided_at(step_index, n_steps):
             return 1
         if step_index < self.early_steps:
             return self.early_rounds
-        if self.late_rounds and step_index >= n_steps - self.late_steps:
+        if self.late_rounds and step_index >= n_steps - self.free_steps - self.late_steps:
             return self.late_rounds
         return self.rounds
 
+    def guided_at(self, step_index: int, n_steps: int) -> bool:
+        """Whether the ``step_index``-th timestep is guided (not in the unguided preset or the free tail)."""
+        return not self.unguided and step_index < n_steps - self.free_steps
+
+    def weight_at(self, step_index: int, n_steps: int) -> float:
+        """Guidance weight at the ``step_index``-th timestep: constant, or linear to ``weight_end``."""
+        if self.weight_end is None:
+            return self.weight
+        last = max(n_steps - self.free_steps - 1, 1)
+        frac = min(step_index / last, 1.0)
+        return self.weight + (self.weight_end - self.weight) * frac
+
     def evaluations(self, num_train_timesteps: int) -> int:
         """Guided evaluations (UNet + decode + encoder, forward and backward) of a run without early stop."""
-        if self.unguided:
-            return 0
         n = len(self.timesteps(num_train_timesteps))
-        return sum(self.rounds_at(i, n) for i in range(n))
+        return sum(self.rounds_at(i, n) for i in range(n) if self.guided_at(i, n))
 
     def replace(self, **overrides: object) -> GuidanceConfig:
         """A copy with some fields changed; ``None`` values mean 'keep' (unset CLI options)."""
@@ -137,7 +168,7 @@ class GuidanceConfig:
     def baseline(self) -> GuidanceConfig:
         """The unguided run that a guided one is compared against: same prior, timesteps, update and seed."""
         return self.replace(name=f"{self.name}/baseline", unguided=True, rounds=1, early_rounds=1,
-                            early_steps=0, late_rounds=0, late_steps=0, stop_patience=0, max_distance=0.0,
+                            early_steps=0, late_rounds=0, late_steps=0, free_steps=0, stop_patience=0, max_distance=0.0,
                             track_best=False)
 
     def to_dict(self) -> dict:
