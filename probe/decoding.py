@@ -35,6 +35,7 @@ from probe.diffusion.schedules import DEFAULT_PRESET, PRESETS, GuidanceConfig
 from probe.errors import UsageError
 from probe.images import save_png, sha256_file, to_uint8
 from probe.models.encoder import Encoder
+from probe.naturalness import OFF_MANIFOLD, denoising_error, off_manifold, realism_scores
 from probe.targets import Target, encode_images01, feature_dim
 
 OUTPUT_DIRS = ("images", "final", "baseline", "trajectory")
@@ -53,6 +54,8 @@ class DecodeSettings:
     baseline: bool = True
     overwrite: bool = False
     sheet: bool = True
+    realism: bool = True
+    off_manifold_threshold: float = OFF_MANIFOLD
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -166,13 +169,14 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 # -- the pipeline --------------------------------------------------------------------------------------
 def run_baseline(prior: Prior, encoder: Encoder, out: Path, settings: DecodeSettings,
-                 on_event: Callable[[DecodeEvent], None] | None = None) -> torch.Tensor:
+                 on_event: Callable[[DecodeEvent], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Unguided samples for seeds seed..seed+S−1 (same timesteps and update rule as the guided run),
-    saved as OUT/baseline/sNN.png; returns their features [S, D] (the reference for relative distance)."""
+    saved as OUT/baseline/sNN.png; returns their features [S, D] (the reference for relative distance)
+    and the images [S, C, H, W] (the reference for the realism score)."""
     cfg = settings.config.baseline()
     seeds = [settings.seed_of(s) for s in range(settings.samples)]
     chunks = [seeds[i:i + settings.batch_size] for i in range(0, len(seeds), settings.batch_size)]
-    feats = []
+    feats, images = [], []
     done = 0
     for bi, chunk in enumerate(chunks):
         def cb(step: int, total: int, best: torch.Tensor, bi: int = bi, done: int = done) -> None:
@@ -182,8 +186,9 @@ def run_baseline(prior: Prior, encoder: Encoder, out: Path, settings: DecodeSett
         for j, img in enumerate(res.final_images):
             save_png(img, out / "baseline" / f"s{done + j:02d}.png")
         feats.append(encode_images01(encoder, res.final_images))
+        images.append(res.final_images)
         done += len(chunk)
-    return torch.cat(feats)
+    return torch.cat(feats), torch.cat(images)
 
 
 def _save_trajectory(res: SampleResult, j: int, path: Path) -> None:
@@ -227,8 +232,10 @@ def write_contact_sheet(out: Path, records: list[dict], targets: Sequence[Target
             r = by_target[t.id].get(s)
             row.append(load(out / r["image"]) if r else None)
             if r:
-                rel = r.get("relative_distance")
-                caps.append(f"d={r['best_distance']:.3g}" + (f"\nrel={rel:.2f}" if rel is not None else ""))
+                rel, nat = r.get("relative_distance"), r.get("naturalness")
+                caps.append(f"d={r['best_distance']:.3g}" + (f"\nrel={rel:.2f}" if rel is not None else "")
+                            + (f"\nreal={nat:.2f}" if nat is not None else "")
+                            + (" OFF-MANIFOLD" if r.get("off_manifold") else ""))
             else:
                 caps.append("")
         cells.append(row)
@@ -269,8 +276,12 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
 
     base_feats = None
     base_seconds = 0.0
+    reference_error = np.zeros(0)
     if settings.baseline:
-        base_feats = run_baseline(prior, encoder, out, settings, on_event).numpy()
+        base_feats, base_images = run_baseline(prior, encoder, out, settings, on_event)
+        base_feats = base_feats.numpy()
+        if settings.realism:
+            reference_error = denoising_error(prior, base_images)
         base_seconds = time.perf_counter() - t0
 
     jobs = [(ti, s) for ti in range(len(targets)) for s in range(settings.samples)]
@@ -294,8 +305,10 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
                 tb = time.perf_counter()
                 res = sample(prior, encoder, vectors, seeds, settings.config,
                              trajectory_every=settings.trajectory_every, callback=cb)
+                realism = realism_scores(denoising_error(prior, res.best_images), reference_error) \
+                    if settings.realism else np.full(len(batch), np.nan)
                 batch_records = _write_batch(out, res, batch, targets, encoder, base_feats, settings, common,
-                                             extra_record or {}, writer, time.perf_counter() - tb)
+                                             extra_record or {}, writer, time.perf_counter() - tb, realism)
                 for rec in batch_records:
                     manifest.write(json.dumps(rec) + "\n")
                 manifest.flush()
@@ -310,9 +323,11 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
 
 def _write_batch(out: Path, res: SampleResult, batch: list[tuple[int, int]], targets: Sequence[Target],
                  encoder: Encoder, base_feats: np.ndarray | None, settings: DecodeSettings, common: dict,
-                 extra: dict, writer: _FeatureWriter, seconds: float) -> list[dict]:
+                 extra: dict, writer: _FeatureWriter, seconds: float, realism: np.ndarray) -> list[dict]:
     """Save one batch's images, then its features, then return its manifest records — in that order,
-    so a record only ever points at files that exist."""
+    so a record only ever points at files that exist. ``realism`` is each best image's realism score
+    (probe.naturalness; NaN when there is no unguided reference)."""
+    flagged = off_manifold(realism, settings.off_manifold_threshold)
     rel_paths = []
     for j, (ti, s) in enumerate(batch):
         name = sample_name(targets[ti].id, s)
@@ -337,6 +352,8 @@ def _write_batch(out: Path, res: SampleResult, batch: list[tuple[int, int]], tar
             "best_distance": best, "final_distance": final, "baseline_distance": base,
             "relative_distance": best / base if base else None,
             "cosine": _cosine(feats[j], t.vector),
+            "naturalness": float(realism[j]) if np.isfinite(realism[j]) else None,
+            "off_manifold": bool(flagged[j]) if np.isfinite(realism[j]) else None,
             "best_step": int(res.best_step[j]), "best_timestep": int(res.best_timestep[j]),
             "stopped_step": int(res.stopped_step[j]), "steps": len(res.timesteps),
             "evaluations": int(res.evaluations[j]), "skipped_steps": int(res.skipped[j]),

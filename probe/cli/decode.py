@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from probe.cli.console import console, emit_json, progress, quiet, say
+from probe.cli.console import console, emit_json, progress, quiet, say, warn
 from probe.cli.options import load_encoder_from_options
 from probe.decoding import DecodeEvent, DecodeSettings, DecodeSummary, decode_targets
 from probe.diffusion.priors import DEFAULT_PRIOR, load_prior
@@ -41,6 +41,16 @@ def schedule_options(fn):
         click.option("--early-steps", type=int, help="Override: how many first steps get --early-rounds."),
         click.option("--late-rounds", type=int, help="Override: rounds on the last --late-steps steps."),
         click.option("--late-steps", type=int, help="Override: how many last steps get --late-rounds."),
+        click.option("--weight-end", type=float, help="Override: weight at the last guided step (linear from "
+                     "--weight; strong early, weak late keeps textures out)."),
+        click.option("--free-steps", type=int, help="Override: leave the last N steps unguided (the prior "
+                     "cleans up)."),
+        click.option("--eot-shift", type=int, help="Override: average the loss over copies shifted by up to N "
+                     "pixels (0 = off)."),
+        click.option("--eot-flip/--no-eot-flip", default=None, help="Override: also mirror those copies."),
+        click.option("--eot-samples", type=int, help="Override: transformed copies per guided evaluation."),
+        click.option("--grad-blur", type=float, help="Override: Gaussian blur sigma (pixels of z) of the "
+                     "guidance gradient (0 = off)."),
         click.option("--spacing", type=click.Choice(["linear", "quadratic"]),
                      help="Override: timestep spacing (quadratic: denser near t = 0)."),
         click.option("--patience", type=int, help="Stop a sample when its best distance has not improved "
@@ -62,18 +72,22 @@ def config_from_options(kw: dict):
     return preset(name, steps=kw.pop("steps"), weight=kw.pop("weight"), tau=kw.pop("tau"),
                   rounds=kw.pop("rounds"), early_rounds=kw.pop("early_rounds"),
                   early_steps=kw.pop("early_steps"), late_rounds=kw.pop("late_rounds"),
-                  late_steps=kw.pop("late_steps"), spacing=kw.pop("spacing"), stop_patience=kw.pop("patience"),
+                  late_steps=kw.pop("late_steps"), weight_end=kw.pop("weight_end"),
+                  free_steps=kw.pop("free_steps"), eot_shift=kw.pop("eot_shift"), eot_flip=kw.pop("eot_flip"),
+                  eot_samples=kw.pop("eot_samples"), grad_blur=kw.pop("grad_blur"), spacing=kw.pop("spacing"),
+                  stop_patience=kw.pop("patience"),
                   max_distance=kw.pop("max_distance"), update=kw.pop("update"), quantize=quantize)
 
 
 def result_table(summary: DecodeSummary, limit: int = 40) -> Table:
     table = Table(title=f"decoded {len(summary.records)} samples -> {summary.out}", show_lines=False)
-    for col in ("target", "s", "best d", "rel", "cos", "best step", "evals", "s/sample"):
+    for col in ("target", "s", "best d", "rel", "cos", "realism", "best step", "evals", "s/sample"):
         table.add_column(col, justify="left" if col == "target" else "right")
     for r in summary.records[:limit]:
-        rel = r.get("relative_distance")
+        rel, nat = r.get("relative_distance"), r.get("naturalness")
         table.add_row(r["target_id"], str(r["sample"]), f"{r['best_distance']:.4g}",
                       "-" if rel is None else f"{rel:.3f}", f"{r['cosine']:.3f}",
+                      "-" if nat is None else f"{nat:.2f}" + (" OFF" if r.get("off_manifold") else ""),
                       f"{r['best_step'] + 1}/{r['steps']}", str(r["evaluations"]), f"{r['seconds']:.2f}")
     if len(summary.records) > limit:
         table.caption = f"first {limit} of {len(summary.records)}; all in manifest.jsonl"
@@ -162,4 +176,16 @@ def decode_with_progress(prior_spec: str, encoder, targets, out: Path, settings:
             finite = [d for d in ev.best if d == d and d != float("inf")]
             extra = f"batch {ev.batch}/{ev.n_batches}" + (f" best d {min(finite):.4g}" if finite else "")
             update(base_batches * n_steps + (ev.batch - 1) * per_batch + work[ev.step - 1], extra)
-        return decode_targets(diffusion, encoder, targets, out, settings, on_event=on_event)
+        summary = decode_targets(diffusion, encoder, targets, out, settings, on_event=on_event)
+    warn_off_manifold(summary.records, settings.off_manifold_threshold)
+    return summary
+
+
+def warn_off_manifold(records: list[dict], threshold: float) -> None:
+    """One warning line when decodes look unlike the prior's own samples (probe.naturalness)."""
+    flagged = [r for r in records if r.get("off_manifold")]
+    if flagged:
+        names = ", ".join(r["image"] for r in flagged[:3]) + (", ..." if len(flagged) > 3 else "")
+        warn(f"{len(flagged)} of {len(records)} decoded images look off the prior's manifold (realism score > "
+             f"{threshold:g} x its unguided samples'): {names}. Their attributes say little about the feature; "
+             f"try a lower --weight or more --eot-shift.")
