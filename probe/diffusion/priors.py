@@ -25,6 +25,8 @@ from probe.errors import InputError, UsageError
 
 DEFAULT_PRIOR = "bundled:fashion-ddpm"
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+PRECISIONS = ("fp32", "bf16")
+CHECKPOINTS = ("none", "vae", "unet", "all")
 
 
 @dataclass
@@ -35,6 +37,12 @@ class Prior:
     does its schedule arithmetic in double precision); ``latent_shape`` is z's [C, H, W]; ``channels``
     and ``image_size`` describe the decoded image. ``text_embedding`` is the empty-prompt condition of a
     Stable Diffusion UNet (computed once; the paper's prior is unconditional).
+
+    Compute options (they change cost, not the method; ``benchmarks/sd_cost.py`` measures them):
+    ``precision`` "bf16" runs the UNet and the VAE decoder under bfloat16 autocast (weights stay fp32;
+    ε and x̂0 come back as float32, so the guidance arithmetic and the loss stay float32);
+    ``checkpoint`` turns on gradient checkpointing of the VAE decoder, the UNet or both ("all"):
+    activations are recomputed in the backward pass instead of stored, trading time for memory.
     """
 
     spec: str
@@ -52,6 +60,8 @@ class Prior:
     shift_factor: float = 0.0
     text_embedding: torch.Tensor | None = None
     info: dict = field(default_factory=dict)
+    precision: str = "fp32"
+    checkpoint: str = "none"
 
     def __post_init__(self) -> None:
         if self.prediction_type not in PREDICTION_TYPES:
@@ -61,6 +71,24 @@ class Prior:
             self.vae.eval().requires_grad_(False)
         self.alphas_cumprod = self.alphas_cumprod.detach().double().cpu()
         self.betas = self.betas.detach().double().cpu()
+        self.configure(self.precision, self.checkpoint)
+
+    def configure(self, precision: str | None = None, checkpoint: str | None = None) -> Prior:
+        """Set the compute options (see the class docstring); ``None`` keeps the current value."""
+        precision = self.precision if precision is None else precision
+        checkpoint = self.checkpoint if checkpoint is None else checkpoint
+        if precision not in PRECISIONS:
+            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        if checkpoint not in CHECKPOINTS:
+            raise UsageError(f"gradient checkpointing must be one of {', '.join(CHECKPOINTS)}, not {checkpoint!r}")
+        self.precision, self.checkpoint = precision, checkpoint
+        _set_checkpointing(self.unet, checkpoint in ("unet", "all"))
+        if self.vae is not None:
+            _set_checkpointing(self.vae, checkpoint in ("vae", "all"))
+        return self
+
+    def _autocast(self, device: torch.device):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     # -- schedule ---------------------------------------------------------------------------------------
     @property
@@ -97,11 +125,12 @@ class Prior:
         b = z.shape[0]
         tt = torch.full((b,), int(t), device=z.device, dtype=torch.long)
         zin = z.to(self.dtype)
-        if self.text_embedding is not None:
-            cond = self.text_embedding.expand(b, -1, -1)
-            out = self.unet(zin, tt, encoder_hidden_states=cond).sample
-        else:
-            out = self.unet(zin, tt).sample
+        with self._autocast(z.device):
+            if self.text_embedding is not None:
+                cond = self.text_embedding.expand(b, -1, -1)
+                out = self.unet(zin, tt, encoder_hidden_states=cond).sample
+            else:
+                out = self.unet(zin, tt).sample
         out = out.float()
         c = self.latent_shape[0]
         if out.shape[1] == 2 * c:  # learned-variance models (improved DDPM): the first half is the mean part
@@ -117,7 +146,8 @@ class Prior:
         """x̂0 in (about) [−1, 1] from the predicted clean variable; keeps gradients."""
         if self.vae is None:
             return z0
-        x = self.vae.decode((z0 / self.scaling_factor + self.shift_factor).to(self.dtype)).sample
+        with self._autocast(z0.device):
+            x = self.vae.decode((z0 / self.scaling_factor + self.shift_factor).to(self.dtype)).sample
         return x.float()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,7 +162,15 @@ class Prior:
         return {"spec": self.spec, "latent": self.is_latent, "latent_shape": list(self.latent_shape),
                 "channels": self.channels, "image_size": self.image_size,
                 "num_train_timesteps": self.num_train_timesteps, "prediction_type": self.prediction_type,
-                **self.info}
+                "precision": self.precision, "checkpoint": self.checkpoint, **self.info}
+
+
+def _set_checkpointing(model: nn.Module, on: bool) -> None:
+    """diffusers models checkpoint their blocks whenever grad is enabled and the flag is on (eval mode too)."""
+    if on and getattr(model, "_supports_gradient_checkpointing", False):
+        model.enable_gradient_checkpointing()
+    elif not on and getattr(model, "is_gradient_checkpointing", False):
+        model.disable_gradient_checkpointing()
 
 
 def _scheduler_state(scheduler: object, latent: bool = False) -> dict:
