@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -566,6 +565,10 @@ class FeatureMap:
     inverse is UMAP's own ``inverse_transform``, which only means something inside the convex
     hull of the embedded points; :meth:`inverse_transform` therefore first clamps points onto
     that hull (see :meth:`clamp_to_hull`).
+
+    A UMAP loaded from the cache has only its points (the fitted object would need pickle, and
+    nothing probe reads may run code); the first ``transform``/``inverse_transform`` refits it on
+    ``rows`` with the same seed and parameters, which is deterministic.
     """
 
     method: MapMethod
@@ -575,6 +578,14 @@ class FeatureMap:
     dim: int
     features_hash: str
     cached: bool = False
+    rows: np.ndarray | None = field(default=None, repr=False)  # the fitted rows, for a UMAP refit
+
+    def _umap(self) -> Any:
+        if self.reducer is None:
+            if self.rows is None:
+                raise UsageError("this UMAP map was loaded without its rows; it cannot transform points")
+            self.reducer, self.points = _fit_umap(self.rows, self.config)
+        return self.reducer
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
@@ -590,7 +601,7 @@ class FeatureMap:
         if self.method == "pca":
             mean, comps = self.reducer
             return ((x - mean) @ comps.T).astype(np.float32)
-        return np.asarray(self.reducer.transform(x), dtype=np.float32)
+        return np.asarray(self._umap().transform(x), dtype=np.float32)
 
     def clamp_to_hull(self, points: Any) -> np.ndarray:
         """Points outside the convex hull of the fitted points moved to its nearest boundary point.
@@ -628,7 +639,8 @@ class FeatureMap:
         if self.method == "pca":
             mean, comps = self.reducer
             return (p @ comps + mean).astype(np.float32)
-        return np.asarray(self.reducer.inverse_transform(self.clamp_to_hull(p)), dtype=np.float32)
+        reducer = self._umap()  # before clamping: a refit sets the points the hull is made of
+        return np.asarray(reducer.inverse_transform(self.clamp_to_hull(p)), dtype=np.float32)
 
     def grid_points(self, rows: int, cols: int, margin: float = 0.05) -> np.ndarray:
         """Row-major grid [rows*cols, 2] over the bounds; row 0 is the top (largest y) as on the plot.
@@ -681,10 +693,9 @@ def fit_map(
     """Fit (or load from the cache) a 2-D map of ``features``.
 
     The cache artifact is keyed by method and parameters; it also records the features' hash,
-    and a fit on different rows replaces it.  PCA is stored as plain arrays; UMAP as the pickled
-    reducer (its inverse_transform needs the whole fitted object), so the store should be a file
-    you trust, as with any pickle.  A cached UMAP that no longer unpickles (a umap-learn upgrade)
-    is refitted.
+    and a fit on different rows replaces it.  Only plain arrays are stored, never a pickle (a
+    store is data; reading it must not run code): PCA as mean and components, UMAP as its 2-D
+    points, refitted deterministically (same seed and parameters) when a transform is needed.
     """
     if method not in ("umap", "pca"):
         raise UsageError(f"unknown map method {method!r}: use umap or pca")
@@ -710,15 +721,9 @@ def fit_map(
             if attrs.get("features_hash") == digest and _same_params(attrs.get("params"), config.params()):
                 loaded = _reducer_from_arrays(method, arrays)
                 if loaded is not None:
-                    return FeatureMap(
-                        method=method,
-                        config=config,
-                        points=np.asarray(arrays["embedding"], dtype=np.float32),
-                        reducer=loaded,
-                        dim=d,
-                        features_hash=digest,
-                        cached=True,
-                    )
+                    reducer_hit, points = loaded
+                    return FeatureMap(method=method, config=config, points=points, reducer=reducer_hit, dim=d,
+                                      features_hash=digest, cached=True, rows=x)
 
     if method == "pca":
         from sklearn.decomposition import PCA
@@ -730,19 +735,8 @@ def fit_map(
         embedding = ((x - mean) @ comps.T).astype(np.float32)
         arrays_out = {"mean": mean, "components": comps, "embedding": embedding}
     else:
-        import umap
-
-        reducer = umap.UMAP(
-            n_components=2,
-            n_neighbors=n_neighbors,
-            min_dist=min_dist,
-            metric=metric,
-            random_state=seed,
-            n_jobs=1,  # a seeded UMAP runs single-threaded anyway; saying so avoids its warning
-        )
-        embedding = np.asarray(reducer.fit_transform(x), dtype=np.float32)
-        blob = pickle.dumps(reducer, protocol=pickle.HIGHEST_PROTOCOL)
-        arrays_out = {"reducer_pickle": np.frombuffer(blob, dtype=np.uint8), "embedding": embedding}
+        reducer, embedding = _fit_umap(x, config)
+        arrays_out = {"embedding": embedding}
 
     if cache is not None:
         store, group = cache
@@ -758,8 +752,24 @@ def fit_map(
             },
         )
     return FeatureMap(
-        method=method, config=config, points=embedding, reducer=reducer, dim=d, features_hash=digest
+        method=method, config=config, points=embedding, reducer=reducer, dim=d, features_hash=digest, rows=x
     )
+
+
+def _fit_umap(x: np.ndarray, config: MapConfig) -> tuple[Any, np.ndarray]:
+    """A seeded, single-threaded UMAP fit: the same rows and parameters give the same points."""
+    import umap
+
+    reducer = umap.UMAP(
+        n_components=2,
+        n_neighbors=config.n_neighbors,
+        min_dist=config.min_dist,
+        metric=config.metric,
+        random_state=config.seed,
+        n_jobs=1,  # a seeded UMAP runs single-threaded anyway; saying so avoids its warning
+    )
+    embedding = np.asarray(reducer.fit_transform(x), dtype=np.float32)
+    return reducer, embedding
 
 
 def _same_params(stored: Any, params: dict[str, Any]) -> bool:
@@ -774,12 +784,18 @@ def _same_params(stored: Any, params: dict[str, Any]) -> bool:
     )
 
 
-def _reducer_from_arrays(method: MapMethod, arrays: dict[str, np.ndarray]) -> Any | None:
-    """Rebuild a cached reducer; None (refit) when the artifact is incomplete or will not load."""
+def _reducer_from_arrays(method: MapMethod, arrays: dict[str, np.ndarray]) -> tuple[Any, np.ndarray] | None:
+    """(reducer, points) of a cached map; the reducer is None for UMAP (refitted when needed).
+
+    Only numeric arrays are read: an old store's ``reducer_pickle`` is ignored, never unpickled.
+    None (refit) when the artifact is incomplete.
+    """
     try:
+        points = np.asarray(arrays["embedding"], dtype=np.float32)
+        if points.ndim != 2 or points.shape[1] != 2:
+            return None
         if method == "pca":
-            return (np.asarray(arrays["mean"], np.float32), np.asarray(arrays["components"], np.float32))
-        blob = np.asarray(arrays["reducer_pickle"], dtype=np.uint8).tobytes()
-        return pickle.loads(blob)
-    except (KeyError, pickle.UnpicklingError, AttributeError, ImportError, EOFError, TypeError):
+            return (np.asarray(arrays["mean"], np.float32), np.asarray(arrays["components"], np.float32)), points
+        return None, points
+    except (KeyError, TypeError, ValueError):
         return None
