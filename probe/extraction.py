@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from probe.errors import InputError
 from probe.images import DEFAULT_MAX_PIXELS, path_text, read_image01, sha256_file, sha256_text
 from probe.models.encoder import Encoder
-from probe.store import FeatureStore, existing_hashes, group_key
+from probe.store import FeatureStore, group_key
 
 
 @dataclass
@@ -107,18 +107,19 @@ def extract_images(encoder: Encoder, paths: Sequence[Path], store_path: Path, co
     """
     names = [group_key(encoder.spec, layer) for layer in encoder.layers]
     summary = ExtractSummary(groups=names)
+    label_names = label_names_for(paths) if config.labels == "parent" else None
+    store = FeatureStore(store_path, "a")  # locks the store: a second writer is refused before any work
     if config.overwrite:
         skip: set[str] = set()
     else:
-        have = existing_hashes(store_path, names)
+        have = store.hashes_of(names)
         skip = set.intersection(*have.values()) if have else set()
-    label_names = label_names_for(paths) if config.labels == "parent" else None
     loader = DataLoader(_ImageFiles(paths, encoder, skip, config.max_pixels), batch_size=config.batch_size,
                         num_workers=config.workers, collate_fn=_collate,
                         persistent_workers=False, prefetch_factor=4 if config.workers else None)
     start = time.perf_counter()
     done = 0
-    with FeatureStore(store_path, "a") as store:
+    with store:
         groups = None
         first_overwrite = config.overwrite
         try:
@@ -162,12 +163,13 @@ def extract_text(encoder: Encoder, prompts: Sequence[str], store_path: Path, con
     """CLIP text embeddings, stored like image features in group ``<model>/text``."""
     name = group_key(encoder.spec, "text")
     summary = ExtractSummary(groups=[name])
-    have = set() if config.overwrite else existing_hashes(store_path, [name])[name]
+    store = FeatureStore(store_path, "a")
+    have = set() if config.overwrite else store.hashes_of([name])[name]
     todo = [(p, sha256_text(p)) for p in dict.fromkeys(prompts)]
     summary.skipped = sum(h in have for _, h in todo)
     todo = [(p, h) for p, h in todo if h not in have]
     start = time.perf_counter()
-    with FeatureStore(store_path, "a") as store:
+    with store:
         group = None
         for i in range(0, len(todo), config.batch_size):
             chunk = todo[i:i + config.batch_size]

@@ -11,14 +11,26 @@ Schema (README documents it)::
                kind (image|text|decoded), probe_version, torch_version, created, updated
     /<model key>/<layer>/artifacts/<key>/   cached analyses (PCA, fitted maps) with their own attrs
 
-Rows are appended per batch and the file is flushed after each, so an interrupted run leaves every
-finished batch readable. The store knows nothing about torch models: callers pass plain arrays and a
-``record`` dict describing how the features were made.
+Writing never touches the store file in place, and HDF5 never writes to disk at all. A writer (mode
+"a") takes ``F.h5.lock`` (another writer is refused: "locked by another probe process (pid N)"),
+loads the store into memory, lets HDF5 write there, and commits by writing the memory image to
+``F.h5.commit`` and renaming it over ``F.h5`` (atomic): after a flush, when the copy is cheap next to
+the work done since the last commit, and on close. So a kill at any moment leaves ``F.h5`` as it was
+at its last commit, and an I/O error (disk full, read-only, quota) is an ordinary Python error in
+probe's own write -- never a half-written HDF5 file (HDF5 does not survive a failed write; it can
+crash the process). Each append is all-or-nothing (a failure rolls the datasets back), so no row is
+ever committed half-written. The store knows
+nothing about torch models: callers pass plain arrays and a ``record`` dict describing how the
+features were made.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import re
+import shutil
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -56,10 +68,11 @@ def _unattr(value: object) -> object:
 class StoreGroup:
     """Row-aligned datasets of one (model, layer)."""
 
-    def __init__(self, name: str, h5: h5py.Group, path: Path):
+    def __init__(self, name: str, h5: h5py.Group, path: Path, store: FeatureStore | None = None):
         self.name = name
         self._g = h5
         self._path = path
+        self._store = store
 
     def __len__(self) -> int:
         return self._g["features"].shape[0]
@@ -129,33 +142,132 @@ class StoreGroup:
         if not (len(paths) == len(hashes) == n):
             raise ValueError("features, paths and hashes must have the same number of rows")
         start = len(self)
-        for name in ("features", "paths", "sha256", "labels"):
-            if name in self._g:
+        present = [name for name in ("features", "paths", "sha256", "labels") if name in self._g]
+        try:
+            for name in present:
                 self._g[name].resize(start + n, axis=0)
-        self._g["features"][start:] = features.astype(self._g["features"].dtype)
-        self._g["paths"][start:] = list(paths)
-        self._g["sha256"][start:] = [h.encode() for h in hashes]
-        if "labels" in self._g:
-            self._g["labels"][start:] = -1 if labels is None else np.asarray(labels, dtype=np.int64)
-        self._g.attrs["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            self._g["features"][start:] = features.astype(self._g["features"].dtype)
+            self._g["paths"][start:] = [str(p).encode("utf-8", "backslashreplace").decode() for p in paths]
+            self._g["sha256"][start:] = [h.encode() for h in hashes]
+            if "labels" in self._g:
+                self._g["labels"][start:] = -1 if labels is None else np.asarray(labels, dtype=np.int64)
+            self._g.attrs["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        except BaseException:
+            # all or nothing: a row is never left with an empty path or hash
+            try:
+                for name in present:
+                    self._g[name].resize(start, axis=0)
+            except Exception:  # noqa: BLE001 - the file is broken: its writer must not commit it
+                if self._store is not None:
+                    self._store._broken = True
+            raise
+
+
+def _io_reason(exc: BaseException) -> str:
+    """The OS's words for an I/O error, also when HDF5 wraps them in its own long message."""
+    text = str(exc)
+    m = re.search(r"error message = '([^']+)'", text)
+    if m:
+        return m.group(1)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return text.split("(")[0].strip() or type(exc).__name__
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a directory; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
 
 
 class FeatureStore:
-    """An HDF5 file of feature groups. Use as a context manager; ``mode`` is "r" or "a"."""
+    """An HDF5 file of feature groups. Use as a context manager; ``mode`` is "r" or "a".
 
-    def __init__(self, path: str | Path, mode: str = "r"):
+    Mode "a" locks the file, works in memory and commits atomically (module docstring): a reader never
+    sees a half-written file, a failed or killed writer leaves the last commit intact. A writer holds
+    the whole store in memory. ``commit_factor``: after a flush, commit when the time since the last
+    commit is at least this many times what the last commit's write took (0: on every flush).
+    """
+
+    SPACE_MARGIN = 1 << 20
+    commit_factor = 10.0
+
+    def __init__(self, path: str | Path, mode: str = "r", commit_factor: float | None = None):
         self.path = Path(path)
         if mode not in ("r", "a"):
             raise ValueError("mode must be 'r' or 'a'")
-        if mode == "r" and not self.path.is_file():
-            raise InputError(f"{self.path}: feature store not found")
-        if mode == "a":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.mode = mode
+        if commit_factor is not None:
+            self.commit_factor = commit_factor
+        self._broken = False
+        self._dirty = False
+        self._lock = None
+        self._buf: io.BytesIO | None = None
+        if mode == "r":
+            if not self.path.is_file():
+                raise InputError(f"{self.path}: feature store not found"
+                                 + (" (it is a directory)" if self.path.is_dir() else ""))
+            self._h5 = self._open(self.path, "r")
+            return
+        self._open_for_writing()
+
+    def _open(self, file: Path | io.BytesIO, mode: str) -> h5py.File:
         try:
-            self._h5 = h5py.File(self.path, mode)
+            return h5py.File(file, mode)
         except OSError as exc:
             reason = str(exc).split("(")[0].strip() or type(exc).__name__
             raise InputError(f"{self.path}: not a readable HDF5 feature store ({reason})") from exc
+
+    def _open_for_writing(self) -> None:
+        from probe.locking import ProbeLock
+
+        if self.path.is_dir():
+            raise UsageError(f"{self.path}: is a directory; name a feature store file (.h5)")
+        self.path = self.path.resolve()  # a symlinked store is updated where it really lives
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = ProbeLock(self.path).acquire()
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot write here ({_io_reason(exc)})") from exc
+        try:
+            self._tmp.unlink(missing_ok=True)  # a commit cut short by a kill: the store itself is whole
+            if self.path.exists():
+                data = self.path.read_bytes()
+                self._buf = io.BytesIO(data)
+                self._h5 = self._open(self._buf, "r+")
+            else:
+                self._buf = io.BytesIO()
+                self._h5 = h5py.File(self._buf, "w")
+                self._dirty = True
+        except BaseException as exc:
+            self._lock.release()
+            if isinstance(exc, OSError):
+                raise InputError(f"{self.path}: cannot read or write here ({_io_reason(exc)})") from exc
+            raise
+        self._last_commit = time.monotonic()
+        self._commit_seconds = 0.0
+
+    @property
+    def _tmp(self) -> Path:
+        return self.path.with_name(self.path.name + ".commit")
+
+    def ensure_space(self, nbytes: int) -> None:
+        """Refuse a commit that the disk has no room for (InputError, exit 3), with the numbers."""
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError:
+            return
+        if free < nbytes + self.SPACE_MARGIN:
+            raise InputError(f"{self.path}: disk full ({free:,} bytes free, {nbytes:,} needed); the store keeps "
+                             "every row committed before; free space and rerun to resume")
+
+    def _write_failed(self, exc: BaseException) -> InputError:
+        return InputError(f"{self.path}: write failed ({_io_reason(exc)}); the store keeps every row committed "
+                          "before; free space or fix permissions and rerun to resume")
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -164,11 +276,63 @@ class FeatureStore:
         self.close()
 
     def close(self) -> None:
-        if self._h5.id.valid:
-            self._h5.close()
+        """Close; a writer commits first (unless a write failed: then the last commit stays)."""
+        if self.mode == "r":
+            if self._h5.id.valid:
+                self._h5.close()
+            return
+        if self._lock is None or not self._lock.held:
+            return
+        try:
+            if self._dirty and not self._broken:
+                self.commit()
+        finally:
+            try:
+                if self._h5.id.valid:
+                    self._h5.close()
+            finally:
+                self._lock.release()
 
     def flush(self) -> None:
+        """End of a unit of work (a batch): commit it when that is cheap next to the work since the last."""
+        if self.mode == "r":
+            return
+        self._dirty = True
+        if time.monotonic() - self._last_commit >= self.commit_factor * self._commit_seconds:
+            self.commit()
+
+    def commit(self) -> None:
+        """Make everything written so far the store's content: the memory image, renamed over the file."""
+        if self.mode == "r" or self._broken:
+            return
+        start = time.perf_counter()
         self._h5.flush()
+        view = self._buf.getbuffer()
+        try:
+            self.ensure_space(len(view))
+            with open(self._tmp, "wb") as fh:
+                fh.write(view)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if self.path.exists():
+                shutil.copymode(self.path, self._tmp)
+            os.replace(self._tmp, self.path)
+            _fsync(self.path.parent)
+        except OSError as exc:
+            self._tmp.unlink(missing_ok=True)
+            self._broken = True  # no retry on close: the same write would fail the same way
+            raise self._write_failed(exc) from exc
+        except InputError:
+            self._broken = True
+            raise
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            view.release()  # the buffer must be free again before HDF5 grows it
+        self._dirty = False
+        self._commit_seconds = time.perf_counter() - start
+        self._last_commit = time.monotonic()
 
     def group_names(self) -> list[str]:
         names: list[str] = []
@@ -178,6 +342,11 @@ class FeatureStore:
                 names.append(name)
         self._h5.visititems(visit)
         return sorted(names)
+
+    def hashes_of(self, names: Iterable[str]) -> dict[str, set[str]]:
+        """Hashes already stored per group, for resuming; empty sets for groups not there yet."""
+        present = self.group_names()
+        return {n: set(self.group(n).hashes) if n in present else set() for n in names}
 
     def __contains__(self, name: str) -> bool:
         return name in self.group_names()
@@ -192,7 +361,7 @@ class FeatureStore:
         if name not in names:
             listing = ", ".join(names) or "none"
             raise UsageError(f"{self.path}: no group {name!r}; groups: {listing}")
-        return StoreGroup(name, self._h5[name], self.path)
+        return StoreGroup(name, self._h5[name], self.path, self)
 
     def create_group(self, name: str, dim: int, record: dict, layer: str, kind: str = "image",
                      dtype: str = "float32", feature_shape: Sequence[int] | None = None,
@@ -203,6 +372,7 @@ class FeatureStore:
         mixing features of two networks in one matrix silently corrupts every later analysis.
         """
         if name in self._h5 and overwrite:
+            self._dirty = True
             del self._h5[name]
         if name in self._h5:
             grp = self.group(name)
@@ -215,13 +385,14 @@ class FeatureStore:
             if grp.dim != dim:
                 raise UsageError(f"{self.path}: group {name} has dimension {grp.dim}, not {dim}")
             return grp
+        self._dirty = True
         g = self._h5.create_group(name)
         try:
             self._fill_new_group(g, dim, record, layer, kind, dtype, feature_shape)
         except BaseException:
             del self._h5[name]  # never leave a half-made group that a rerun would trust
             raise
-        return StoreGroup(name, g, self.path)
+        return StoreGroup(name, g, self.path, self)
 
     @staticmethod
     def _fill_new_group(g: h5py.Group, dim: int, record: dict, layer: str, kind: str, dtype: str,

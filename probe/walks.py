@@ -296,7 +296,7 @@ def open_feature_set(path: str | Path, group: str | None = None, max_rows: int |
     writable = True
     try:
         st = FeatureStore(path, "a")
-    except InputError:
+    except (InputError, UsageError):  # read-only, or another probe process is writing it: no caching
         st, writable = FeatureStore(path, "r"), False
     try:
         g = st.group(group)
