@@ -12,7 +12,7 @@ Schema (README documents it)::
     /<model key>/<layer>/artifacts/<key>/   cached analyses (PCA, fitted maps) with their own attrs
 
 Writing never touches the store file in place, and HDF5 never writes to disk at all. A writer (mode
-"a") takes ``F.h5.lock`` (another writer is refused: "locked by another probe process (pid N)"),
+"a") takes ``F.h5.writer.lock`` (another writer is refused: "locked by another probe process (pid N)"),
 loads the store into memory, lets HDF5 write there, and commits by writing the memory image to
 ``F.h5.commit`` and renaming it over ``F.h5`` (atomic): after a flush, when the copy is cheap next to
 the work done since the last commit, and on close. So a kill at any moment leaves ``F.h5`` as it was
@@ -41,7 +41,26 @@ import numpy as np
 from probe.errors import InputError, UsageError
 
 STR = h5py.string_dtype("utf-8")
-RECORD_KEYS = ("model_spec", "weights", "preprocess", "keep_spatial", "token_pool")
+RECORD_KEYS = ("model_spec", "weights", "preprocess", "keep_spatial", "token_pool")  # + weights_sha256
+
+
+def weights_mismatch(stored: dict, record: dict) -> str | None:
+    """Why features made with ``record`` do not belong with ``stored`` ones, or None when they do.
+
+    Weights are identified by their file's content (``weights_sha256``), not its path: a checkpoint
+    overwritten at the same path is another network, the same file moved elsewhere is not. Where
+    either side has no hash (older stores, hub weights, ``random``) the weights strings are compared.
+    """
+    if "weights" not in record and "weights_sha256" not in record:
+        return None
+    old_w, new_w = stored.get("weights") or "", record.get("weights") or ""
+    old_h, new_h = stored.get("weights_sha256") or "", record.get("weights_sha256") or ""
+    if (old_h == new_h) if (old_h and new_h) else (old_w == new_w):
+        return None
+
+    def show(w: str, h: str) -> str:
+        return f"{w!r}" + (f" (sha256 {h[:12]})" if h else "")
+    return f"weights={show(old_w, old_h)}, not {show(new_w, new_h)}"
 
 
 def group_key(model_spec: str, layer: str) -> str:
@@ -230,7 +249,8 @@ class FeatureStore:
         self.path = self.path.resolve()  # a symlinked store is updated where it really lives
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock = ProbeLock(self.path).acquire()
+            # its own lock file, so a caller that also holds ProbeLock(store) (probe merge) does not lock itself out
+            self._lock = ProbeLock(self.path, lock_file=self.path.with_name(self.path.name + ".writer.lock")).acquire()
         except OSError as exc:
             raise InputError(f"{self.path}: cannot write here ({_io_reason(exc)})") from exc
         try:
@@ -378,10 +398,14 @@ class FeatureStore:
             grp = self.group(name)
             old = grp.attrs
             for key in RECORD_KEYS:
-                if key in record and _unattr(_attr(record[key])) != old.get(key):
+                if key != "weights" and key in record and _unattr(_attr(record[key])) != old.get(key):
                     raise UsageError(
                         f"{self.path}: group {name} was made with {key}={old.get(key)!r}, not "
                         f"{record[key]!r}; use another file, another group, or --overwrite")
+            problem = weights_mismatch(old, record)
+            if problem:
+                raise UsageError(f"{self.path}: group {name} was made with {problem}; use another file, another "
+                                 "group, or --overwrite")
             if grp.dim != dim:
                 raise UsageError(f"{self.path}: group {name} has dimension {grp.dim}, not {dim}")
             return grp

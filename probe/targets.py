@@ -132,10 +132,15 @@ def _check_group_matches(group, store_path: Path, encoder: Encoder) -> None:
     if layer != encoder.layers[0]:
         raise UsageError(f"{store_path}: group {group.name} holds layer {layer!r}, but the encoder reads "
                          f"{encoder.layers[0]!r}; pass --layer {layer}")
-    for key, mine in (("weights", encoder.weights or ""), ("keep_spatial", encoder.keep_spatial),
-                      ("token_pool", encoder.token_pool)):
+    from probe.store import weights_mismatch
+
+    if attrs.get("weights") is not None or attrs.get("weights_sha256"):
+        problem = weights_mismatch(attrs, encoder.record())
+        if problem:
+            raise UsageError(f"{store_path}: group {group.name} was made with {problem} (the encoder's)")
+    for key, mine in (("keep_spatial", encoder.keep_spatial), ("token_pool", encoder.token_pool)):
         theirs = attrs.get(key)
-        if theirs is not None and theirs != mine and not (key == "weights" and not theirs and not mine):
+        if theirs is not None and theirs != mine:
             raise UsageError(f"{store_path}: group {group.name} was made with {key}={theirs!r}, "
                              f"the encoder has {key}={mine!r}")
 

@@ -222,6 +222,25 @@ class Encoder(nn.Module):
         return self._parts.encode_text(list(prompts))
 
     def record(self) -> dict:
-        """What the store keeps as attributes so a feature can be traced to how it was made."""
-        return {"model_spec": self.spec, "weights": self.weights or "", "preprocess": self.preprocess.to_dict(),
-                "keep_spatial": self.keep_spatial, "token_pool": self.token_pool}
+        """What the store keeps as attributes so a feature can be traced to how it was made.
+
+        ``weights_sha256`` identifies a local weights file (``--weights PATH``, or the file of a
+        ``torchscript:PATH`` spec) by content, so replaced weights at the same path are told apart.
+        """
+        return {"model_spec": self.spec, "weights": self.weights or "", "weights_sha256": self.weights_sha256,
+                "preprocess": self.preprocess.to_dict(), "keep_spatial": self.keep_spatial,
+                "token_pool": self.token_pool}
+
+    @property
+    def weights_sha256(self) -> str:
+        """sha256 of the local weights file ('' for bundled, hub or random weights); hashed once."""
+        if not hasattr(self, "_weights_sha256"):
+            from pathlib import Path
+
+            from probe.images import sha256_file
+
+            file = self.weights if self.weights and self.weights != "random" else None
+            if file is None and self.spec.startswith("torchscript:"):
+                file = self.spec.split(":", 1)[1]
+            self._weights_sha256 = sha256_file(file) if file and Path(file).is_file() else ""
+        return self._weights_sha256
