@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from probe.datasets import fashion_mnist, fashion_slug
+from probe.manifest import Manifest
 from probe.models.registry import load_encoder
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -63,17 +64,17 @@ def main() -> None:
 
     # class accuracy of the decoded samples against the target image's true class
     cnn = load_encoder("bundled:fashion-cnn", device="cpu")
-    records = [json.loads(line) for line in (work / "decoded" / "manifest.jsonl").read_text().splitlines()]
-    imgs = torch.stack([torch.from_numpy(np.asarray(Image.open(work / "decoded" / r["image"]), dtype=np.float32))
+    records = Manifest.read(work / "decoded").records
+    imgs = torch.stack([torch.from_numpy(np.asarray(Image.open(work / "decoded" / r.image), dtype=np.float32))
                         for r in records])[:, None] / 255.0
     with torch.no_grad():
         pred = cnn.classify(imgs).argmax(1).numpy()
-    true = np.array([int(str(r["target"]["label"]).split("-")[0]) for r in records])  # folder "<class>-<name>"
+    true = np.array([int(str(r.label).split("-")[0]) for r in records])  # folder "<class>-<name>"
     rows = [{k: a.get(k) for k in ("name", "mean", "ci_low", "ci_high", "verdict")} for a in result["attributes"]]
     summary = {
         "targets": n, "samples": args.samples, "schedule": args.schedule, "decode_seconds": round(decode_s, 1),
         "class_accuracy_vs_true_label": round(float((pred == true).mean()), 4), "chance": 0.1,
-        "mean_relative_distance": round(float(np.mean([r["relative_distance"] for r in records])), 4),
+        "mean_relative_distance": round(float(np.mean([r.relative_distance for r in records])), 4),
         "attributes": rows,
     }
     RESULTS.mkdir(exist_ok=True)

@@ -40,6 +40,7 @@ from scipy.stats import spearmanr
 
 from probe.attributes import get_attributes
 from probe.datasets import FASHION_CLASSES, fashion_mnist, fashion_slug
+from probe.manifest import Manifest
 from probe.models.registry import load_encoder
 from probe.store import FeatureStore
 
@@ -74,10 +75,6 @@ def embed(cnn, images: np.ndarray, batch: int = 500) -> tuple[np.ndarray, np.nda
     return np.concatenate(feats), np.concatenate(preds)
 
 
-def read_manifest(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines() if line.strip()]
-
-
 def classify_files(cnn, out: Path, rels: list[str]) -> np.ndarray:
     imgs = np.stack([np.asarray(Image.open(out / r).convert("L")) for r in rels])
     return embed(cnn, imgs)[1]
@@ -109,17 +106,17 @@ def interpolation(args, cnn, x: np.ndarray, exemplars: dict[int, int], work: Pat
             "--overwrite", "-q", "--json")
         seconds = time.perf_counter() - t0
         summary = json.loads((out / "path.json").read_text())
-        records = {(r["target_id"], r["sample"]): r for r in read_manifest(out)}
+        records = Manifest.read(out).cells()
         ok, rhos, seqs = [], [], []
         for s in range(args.samples):
-            rels = [records[(p["target_id"], s)]["image"] for p in summary["points"]]
+            rels = [records[(p["target_id"], s)].image for p in summary["points"]]
             probs = classify_files(cnn, out, rels)
             seq = [int(v) for v in probs.argmax(1)]
             seqs.append(seq)
             ok.append(switches_once(seq, a, b))
             rhos.append(float(spearmanr(summary["positions"], probs[:, b]).statistic))
         best = np.array(summary["best_distance"], dtype=float)  # [samples, points]
-        rel = np.array([[records[(p["target_id"], s)]["relative_distance"] for p in summary["points"]]
+        rel = np.array([[records[(p["target_id"], s)].relative_distance for p in summary["points"]]
                         for s in range(args.samples)], dtype=float)
         ends = np.concatenate([best[:, 0], best[:, -1]])
         inner = best[:, 1:-1].ravel()

@@ -77,6 +77,7 @@ import numpy as np
 
 from probe.attributes import Attribute, Value, get_attributes
 from probe.errors import InputError, UsageError
+from probe.manifest import Manifest
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 #: Reference dispersions at or below this count as "constant in reference".
@@ -149,47 +150,28 @@ def load_decode_dir(
 ) -> SampleSet:
     """Groups from a decode/interpolate/perturb output directory's ``manifest.jsonl``."""
     out = Path(out_dir)
-    manifest = out / "manifest.jsonl"
     if image_key not in ("image", "final_image"):
         raise UsageError(f"image key must be 'image' or 'final_image', got {image_key!r}")
-    try:
-        lines = manifest.read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise InputError(f"{manifest}: cannot read ({err.strerror or err})") from err
+    manifest = Manifest.read(out)
     by_target: dict[str, dict[int, Path]] = {}
     meta: dict[str, dict[str, Any]] = {}
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{manifest}: line {lineno} is not JSON ({err.msg})") from err
-        if not isinstance(rec, dict) or "target_id" not in rec or image_key not in rec:
-            raise InputError(f"{manifest}: line {lineno} lacks 'target_id' or {image_key!r}")
-        path = out / str(rec[image_key])
+    for lineno, rec in enumerate(manifest, 1):
+        rel = getattr(rec, image_key)
+        if rel is None:
+            raise InputError(f"{manifest.path}: record {lineno} ({rec.target_id}) lacks {image_key!r}")
+        path = out / rel
         if not path.is_file():
-            raise InputError(f"{manifest}: line {lineno}: image {rec[image_key]} does not exist")
-        tid = str(rec["target_id"])
-        samples = by_target.setdefault(tid, {})
-        try:
-            sample = int(rec.get("sample", len(samples)))
-        except (TypeError, ValueError):
-            raise InputError(f"{manifest}: line {lineno}: 'sample' is not an integer") from None
-        samples[sample] = path  # a resumed run may repeat a record: the last one wins
-        if tid not in meta:
-            target = rec.get("target") if isinstance(rec.get("target"), dict) else {}
-            meta[tid] = {
-                "target_index": rec.get("target_index"),
-                "label": target.get("label"),
-                "target_source": target.get("source"),
-                "encoder": rec.get("encoder"),
-                "layer": rec.get("layer"),
-                "prior": rec.get("prior"),
-                **{k: rec[k] for k in ("path_position", "t", "direction", "scale") if k in rec},
+            raise InputError(f"{manifest.path}: record {lineno}: image {rel} does not exist")
+        by_target.setdefault(rec.target_id, {})[rec.sample] = path  # a resumed run may repeat: last wins
+        if rec.target_id not in meta:
+            walk = {"path_position": rec.path_position, "direction": rec.direction, "scale": rec.scale}
+            meta[rec.target_id] = {
+                "target_index": rec.target_index, "label": rec.label, "target_source": rec.target.get("source"),
+                "encoder": rec.encoder, "layer": rec.layer, "prior": rec.prior,
+                **{k: v for k, v in walk.items() if v is not None},
             }
     if not by_target:
-        raise InputError(f"{manifest}: no records")
+        raise InputError(f"{manifest.path}: no records")
     groups = [
         SampleGroup(
             tid, [items[k] for k in sorted(items)],
@@ -197,7 +179,7 @@ def load_decode_dir(
         )
         for tid, items in by_target.items()
     ]
-    _check_groups(groups, manifest, allow_unequal)
+    _check_groups(groups, manifest.path, allow_unequal)
     if reference is not None:
         ref, ref_source = _reference_from_dir(Path(reference)), str(reference)
     else:

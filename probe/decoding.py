@@ -3,7 +3,8 @@
 Targets × samples are decoded in batches by the guided sampler; everything is written into one output
 directory (docs/contracts.md, "Decode output directory")::
 
-    OUT/manifest.jsonl                         one JSON record per decoded sample, appended per batch
+    OUT/manifest.jsonl                         one JSON record per decoded sample (probe.manifest), per batch
+    OUT/images/metadata.jsonl                  the same records for Hugging Face datasets' imagefolder
     OUT/images/{target_id}_s{sample:02d}.png   best image (smallest distance) — the result
     OUT/final/{target_id}_s{sample:02d}.png    final sample of the chain
     OUT/baseline/s{sample:02d}.png             unguided sample of the same prior and seed
@@ -19,7 +20,6 @@ interpolation strips and the unguided baseline comparable.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -34,12 +34,13 @@ from probe.diffusion.sampler import SampleResult, sample
 from probe.diffusion.schedules import DEFAULT_PRESET, PRESETS, GuidanceConfig
 from probe.errors import UsageError
 from probe.images import save_png, sha256_file, to_uint8
+from probe.manifest import MANIFEST, METADATA, Manifest, SampleRecord, by_cell, write_metadata
 from probe.models.encoder import Encoder
 from probe.naturalness import OFF_MANIFOLD, denoising_error, off_manifold, realism_scores
-from probe.targets import Target, encode_images01, feature_dim
+from probe.targets import Target, encode_images01
 
 OUTPUT_DIRS = ("images", "final", "baseline", "trajectory")
-OUTPUT_FILES = ("manifest.jsonl", "features.h5", "contact_sheet.png")
+OUTPUT_FILES = (MANIFEST, "features.h5", "contact_sheet.png")
 
 
 @dataclass
@@ -92,7 +93,7 @@ class DecodeEvent:
 @dataclass
 class DecodeSummary:
     out: Path
-    records: list[dict]
+    records: list[SampleRecord]
     seconds: float
     n_targets: int
     samples: int
@@ -100,21 +101,21 @@ class DecodeSummary:
 
     def to_dict(self) -> dict:
         """What ``--json`` prints: aggregate numbers plus every manifest record."""
-        best = [r["best_distance"] for r in self.records]
-        rel = [r["relative_distance"] for r in self.records if r.get("relative_distance") is not None]
-        return {"out": str(self.out), "manifest": str(self.out / "manifest.jsonl"), "targets": self.n_targets,
+        best = [r.best_distance for r in self.records]
+        rel = [r.relative_distance for r in self.records if r.relative_distance is not None]
+        return {"out": str(self.out), "manifest": str(self.out / MANIFEST), "targets": self.n_targets,
                 "samples": self.samples, "decoded": len(self.records), "seconds": round(self.seconds, 3),
                 "baseline_seconds": round(self.baseline_seconds, 3),
                 "mean_best_distance": float(np.mean(best)) if best else None,
                 "mean_relative_distance": float(np.mean(rel)) if rel else None,
-                "evaluations": int(sum(r["evaluations"] for r in self.records)),
-                "records": self.records}
+                "evaluations": int(sum(r.evaluations or 0 for r in self.records)),
+                "records": [r.to_dict() for r in self.records]}
 
 
 # -- output directory ----------------------------------------------------------------------------------
 def prepare_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse to mix two runs in one folder; with ``overwrite`` clear what a previous run wrote."""
-    if (out / "manifest.jsonl").exists() and not overwrite:
+    if (out / MANIFEST).exists() and not overwrite:
         raise UsageError(f"{out}: already holds a decode (manifest.jsonl); use --overwrite or another --out")
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a folder")
@@ -124,18 +125,12 @@ def prepare_out_dir(out: Path, overwrite: bool) -> None:
                 shutil.rmtree(out / name)
         for name in OUTPUT_FILES:
             (out / name).unlink(missing_ok=True)
+        (out / "images" / METADATA).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
 def sample_name(target_id: str, s: int) -> str:
     return f"{target_id}_s{s:02d}.png"
-
-
-def _layer_dims(encoder: Encoder) -> list[int]:
-    with torch.no_grad():
-        x = torch.zeros(1, encoder.in_chans, encoder.input_size, encoder.input_size, device=encoder.device)
-        feats = encoder.forward_resized(x)
-    return [int(feats[n].flatten(1).shape[1]) for n in encoder.layers]
 
 
 class _FeatureWriter:
@@ -145,7 +140,7 @@ class _FeatureWriter:
         from probe.store import FeatureStore, group_key
 
         self.store = FeatureStore(path, "a")
-        self.dims = _layer_dims(encoder)
+        self.dims = [encoder.feature_dims[layer] for layer in encoder.layers]
         self.groups = [self.store.create_group(group_key(encoder.spec, layer), dim, encoder.record(), layer,
                                                kind="decoded")
                        for layer, dim in zip(encoder.layers, self.dims)]
@@ -200,7 +195,7 @@ def _save_trajectory(res: SampleResult, j: int, path: Path) -> None:
     save_sheet(image_grid([frames], captions=captions), path)
 
 
-def write_contact_sheet(out: Path, records: list[dict], targets: Sequence[Target], samples: int, seed: int,
+def write_contact_sheet(out: Path, records: list[SampleRecord], targets: Sequence[Target], samples: int, seed: int,
                         title: str) -> Path | None:
     """Targets down, samples across (with the target image first when there is one), the unguided
     baseline as the last row; every caption gives the distance and the relative distance."""
@@ -210,10 +205,9 @@ def write_contact_sheet(out: Path, records: list[dict], targets: Sequence[Target
 
     if not records:
         return None
-    by_target: dict[str, dict[int, dict]] = {}
-    for r in records:
-        by_target.setdefault(r["target_id"], {})[r["sample"]] = r
-    rows = [t for t in targets if t.id in by_target]
+    recs = by_cell(records)
+    ids = {r.target_id for r in records}
+    rows = [t for t in targets if t.id in ids]
     show_target = any(t.image_path and fs_path(t.image_path).is_file() for t in rows)
     cells, captions, labels = [], [], []
 
@@ -229,13 +223,13 @@ def write_contact_sheet(out: Path, records: list[dict], targets: Sequence[Target
             row.append(load(fs_path(t.image_path)) if t.image_path else None)
             caps.append("target")
         for s in range(samples):
-            r = by_target[t.id].get(s)
-            row.append(load(out / r["image"]) if r else None)
+            r = recs.get((t.id, s))
+            row.append(load(out / r.image) if r else None)
             if r:
-                rel, nat = r.get("relative_distance"), r.get("naturalness")
-                caps.append(f"d={r['best_distance']:.3g}" + (f"\nrel={rel:.2f}" if rel is not None else "")
+                rel, nat = r.relative_distance, r.naturalness
+                caps.append(f"d={r.best_distance:.3g}" + (f"\nrel={rel:.2f}" if rel is not None else "")
                             + (f"\nreal={nat:.2f}" if nat is not None else "")
-                            + (" OFF-MANIFOLD" if r.get("off_manifold") else ""))
+                            + (" OFF-MANIFOLD" if r.off_manifold else ""))
             else:
                 caps.append("")
         cells.append(row)
@@ -267,7 +261,7 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
         raise UsageError("target ids must be unique (they name the output files)")
     if prior.device != encoder.device:
         raise UsageError(f"the prior is on {prior.device} but the encoder on {encoder.device}; use one --device")
-    dim = feature_dim(encoder)
+    dim = encoder.feature_dim
     for t in targets:
         if t.vector.shape != (dim,):
             raise UsageError(f"{t.source}: target has {t.vector.size} dimensions but {encoder.spec} gives {dim}")
@@ -288,33 +282,32 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
     batches = [jobs[i:i + settings.batch_size] for i in range(0, len(jobs), settings.batch_size)]
     layer = "+".join(encoder.layers)
     common = {"prior": prior.spec, "encoder": encoder.spec, "layer": layer, "settings": settings.to_dict()}
-    records: list[dict] = []
+    manifest = Manifest(out)
     writer = _FeatureWriter(out / "features.h5", encoder)
     title = f"{encoder.spec} [{layer}] <- {prior.spec} ({settings.config.name})"
     try:
-        with open(out / "manifest.jsonl", "a", encoding="utf-8") as manifest:
-            for bi, batch in enumerate(batches):
-                vectors = torch.from_numpy(np.stack([targets[ti].vector for ti, _ in batch]))
-                seeds = [settings.seed_of(s) for _, s in batch]
-                done = bi * settings.batch_size
+        for bi, batch in enumerate(batches):
+            vectors = torch.from_numpy(np.stack([targets[ti].vector for ti, _ in batch]))
+            seeds = [settings.seed_of(s) for _, s in batch]
+            done = bi * settings.batch_size
 
-                def cb(step: int, total: int, best: torch.Tensor, bi: int = bi, done: int = done) -> None:
-                    if on_event is not None:
-                        on_event(DecodeEvent("decode", bi + 1, len(batches), step, total, done, len(jobs),
-                                             best.tolist()))
-                tb = time.perf_counter()
-                res = sample(prior, encoder, vectors, seeds, settings.config,
-                             trajectory_every=settings.trajectory_every, callback=cb)
-                realism = realism_scores(denoising_error(prior, res.best_images), reference_error) \
-                    if settings.realism else np.full(len(batch), np.nan)
-                batch_records = _write_batch(out, res, batch, targets, encoder, base_feats, settings, common,
-                                             extra_record or {}, writer, time.perf_counter() - tb, realism)
-                for rec in batch_records:
-                    manifest.write(json.dumps(rec) + "\n")
-                manifest.flush()
-                records += batch_records
+            def cb(step: int, total: int, best: torch.Tensor, bi: int = bi, done: int = done) -> None:
+                if on_event is not None:
+                    on_event(DecodeEvent("decode", bi + 1, len(batches), step, total, done, len(jobs),
+                                         best.tolist()))
+            tb = time.perf_counter()
+            res = sample(prior, encoder, vectors, seeds, settings.config,
+                         trajectory_every=settings.trajectory_every, callback=cb)
+            realism = realism_scores(denoising_error(prior, res.best_images), reference_error) \
+                if settings.realism else np.full(len(batch), np.nan)
+            batch_records = _write_batch(out, res, batch, targets, encoder, base_feats, settings, common,
+                                         extra_record or {}, writer, time.perf_counter() - tb, realism)
+            manifest.append(batch_records)
     finally:
         writer.close()
+        records = manifest.records
+        if records:
+            write_metadata(out, records)
         if settings.sheet and records:
             write_contact_sheet(out, records, targets, settings.samples, settings.seed, title)
     return DecodeSummary(out=out, records=records, seconds=time.perf_counter() - t0, n_targets=len(targets),
@@ -323,7 +316,7 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
 
 def _write_batch(out: Path, res: SampleResult, batch: list[tuple[int, int]], targets: Sequence[Target],
                  encoder: Encoder, base_feats: np.ndarray | None, settings: DecodeSettings, common: dict,
-                 extra: dict, writer: _FeatureWriter, seconds: float, realism: np.ndarray) -> list[dict]:
+                 extra: dict, writer: _FeatureWriter, seconds: float, realism: np.ndarray) -> list[SampleRecord]:
     """Save one batch's images, then its features, then return its manifest records — in that order,
     so a record only ever points at files that exist. ``realism`` is each best image's realism score
     (probe.naturalness; NaN when there is no unguided reference)."""
@@ -345,7 +338,7 @@ def _write_batch(out: Path, res: SampleResult, batch: list[tuple[int, int]], tar
         t = targets[ti]
         best, final = float(res.best_distance[j]), float(res.final_distance[j])
         base = float(((base_feats[s] - t.vector) ** 2).sum()) if base_feats is not None else None
-        records.append({
+        records.append(SampleRecord.from_dict({
             "target_id": t.id, "target_index": ti, "sample": s, "seed": settings.seed_of(s),
             "image": f"images/{rel_paths[j]}", "final_image": f"final/{rel_paths[j]}",
             "baseline_image": f"baseline/s{s:02d}.png" if base is not None else None,
@@ -360,5 +353,5 @@ def _write_batch(out: Path, res: SampleResult, batch: list[tuple[int, int]], tar
             "seconds": seconds / len(batch), "batch_seconds": seconds,
             "trajectory_image": f"trajectory/{rel_paths[j]}" if settings.trajectory_every else None,
             "target": t.record(), **common, **extra, **t.extra,
-        })
+        }))
     return records

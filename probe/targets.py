@@ -49,11 +49,8 @@ class Target:
 
 # -- helpers ----------------------------------------------------------------------------------------------
 def feature_dim(encoder: Encoder) -> int:
-    """Length of the concatenated feature vector of the encoder's layers (one tiny forward pass)."""
-    with torch.no_grad():
-        x = torch.zeros(1, encoder.in_chans, encoder.input_size, encoder.input_size, device=encoder.device)
-        feats = encoder.forward_resized(x)
-    return sum(int(feats[name].flatten(1).shape[1]) for name in encoder.layers)
+    """Length of a target vector for ``encoder`` (:attr:`Encoder.feature_dim`, found once per encoder)."""
+    return encoder.feature_dim
 
 
 @torch.no_grad()

@@ -29,6 +29,7 @@ import numpy as np
 
 from probe.directions import Directions, FeatureMap, interpolation_path, path_positions
 from probe.errors import InputError, UsageError
+from probe.manifest import Manifest, SampleRecord, by_cell
 from probe.targets import Target, from_image, from_store, from_text, read_vectors, vector_target
 
 STORE_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -164,10 +165,6 @@ def _source_image(t: Target) -> np.ndarray | None:
     return None
 
 
-def _by_cell(records: Sequence[dict]) -> dict[tuple[str, int], dict]:
-    return {(r["target_id"], r["sample"]): r for r in records}
-
-
 # -- interpolation ---------------------------------------------------------------------------------------
 def path_targets(a: Target, b: Target, steps: int, kind: str) -> list[Target]:
     """Targets at the path's points (``p00`` = A ... ``pNN`` = B) with ``path_position`` t."""
@@ -193,7 +190,7 @@ class PathReport:
     summary: dict = field(default_factory=dict)
 
 
-def path_report(out: str | Path, a: Target, b: Target, targets: Sequence[Target], records: Sequence[dict],
+def path_report(out: str | Path, a: Target, b: Target, targets: Sequence[Target], records: Sequence[SampleRecord],
                 samples: int, encoder_spec: str, layers: Sequence[str], title: str | None = None) -> PathReport:
     """Distances of every decoded image to A and B; writes strip.png, distances.png and path.json."""
     from probe.render.plots import plot_path_distances
@@ -201,7 +198,7 @@ def path_report(out: str | Path, a: Target, b: Target, targets: Sequence[Target]
 
     out = Path(out)
     feats = decoded_features(out, encoder_spec, layers)
-    cells = _by_cell(records)
+    cells = by_cell(records)
     ts = [float(t.extra["path_position"]) for t in targets]
     nan = float("nan")
     da = [[nan] * len(targets) for _ in range(samples)]
@@ -216,13 +213,13 @@ def path_report(out: str | Path, a: Target, b: Target, targets: Sequence[Target]
             cap.append("A")
         for i, t in enumerate(targets):
             r = cells.get((t.id, s))
-            f = feats.get(r["image"]) if r else None
+            f = feats.get(r.image) if r else None
             if r is None or f is None:
                 row.append(None)
                 cap.append("")
                 continue
-            da[s][i], db[s][i], best[s][i] = _sqdist(f, a.vector), _sqdist(f, b.vector), r["best_distance"]
-            row.append(_load_cell(out, r["image"]))
+            da[s][i], db[s][i], best[s][i] = _sqdist(f, a.vector), _sqdist(f, b.vector), r.best_distance
+            row.append(_load_cell(out, r.image))
             cap.append(f"d={best[s][i]:.3g}\nA {da[s][i]:.3g} B {db[s][i]:.3g}")
         if img_b is not None:
             row.append(img_b)
@@ -230,7 +227,7 @@ def path_report(out: str | Path, a: Target, b: Target, targets: Sequence[Target]
         rows.append(row)
         caps.append(cap)
     cols = (["A"] if img_a is not None else []) + [f"t={t:.2f}" for t in ts] + (["B"] if img_b is not None else [])
-    seed0 = records[0]["seed"] - records[0]["sample"] if records else 0
+    seed0 = (records[0].seed or 0) - records[0].sample if records else 0
     title = title or f"{target_name(a)} → {target_name(b)}"
     save_png(image_grid(rows, captions=caps, row_labels=[f"seed {seed0 + s}" for s in range(samples)],
                         col_labels=cols, title=title), out / "strip.png")
@@ -244,7 +241,7 @@ def path_report(out: str | Path, a: Target, b: Target, targets: Sequence[Target]
                "distance_a_b": _sqdist(a.vector, b.vector),
                "distance_to_a": da, "distance_to_b": db, "best_distance": best, "files": files,
                "points": [{"target_id": t.id, "path_position": ts[i],
-                           "images": [cells[(t.id, s)]["image"] if (t.id, s) in cells else None
+                           "images": [cells[(t.id, s)].image if (t.id, s) in cells else None
                                       for s in range(samples)]} for i, t in enumerate(targets)]}
     (out / "path.json").write_text(json.dumps(_finite(summary), indent=2))
     files["summary"] = str(out / "path.json")
@@ -420,14 +417,14 @@ def perturb_targets(base: Target, dirs: Directions, scales: Sequence[float]) -> 
 
 
 def perturb_report(out: str | Path, base: Target, dirs: Directions, scales: Sequence[float],
-                   targets: Sequence[Target], records: Sequence[dict], samples: int, encoder_spec: str,
+                   targets: Sequence[Target], records: Sequence[SampleRecord], samples: int, encoder_spec: str,
                    layers: Sequence[str], title: str | None = None) -> dict:
     """grid.png (rows = directions × samples, columns = scales) and perturb.json."""
     from probe.render.sheets import image_grid, save_png
 
     out = Path(out)
     feats = decoded_features(out, encoder_spec, layers)
-    cells = _by_cell(records)
+    cells = by_cell(records)
     base_img = _source_image(base)
     evr = dirs.metadata.get("explained_variance_ratio")
     rows, caps, labels, table = [], [], [], []
@@ -438,13 +435,13 @@ def perturb_report(out: str | Path, base: Target, dirs: Directions, scales: Sequ
             for j, scale in enumerate(scales):
                 t = targets[k * len(scales) + j]
                 r = cells.get((t.id, s))
-                f = feats.get(r["image"]) if r else None
+                f = feats.get(r.image) if r else None
                 d_base = _sqdist(f, base.vector) if f is not None else nan
-                row.append(_load_cell(out, r["image"]) if r else None)
-                cap.append(f"d={r['best_distance']:.3g}\nΔbase {d_base:.3g}" if r else "")
+                row.append(_load_cell(out, r.image) if r else None)
+                cap.append(f"d={r.best_distance:.3g}\nΔbase {d_base:.3g}" if r else "")
                 table.append({"direction": dirs.names[k], "scale": float(scale), "sample": s,
-                              "target_id": t.id, "image": r["image"] if r else None,
-                              "best_distance": r["best_distance"] if r else None,
+                              "target_id": t.id, "image": r.image if r else None,
+                              "best_distance": r.best_distance if r else None,
                               "distance_to_base": d_base})
             rows.append(row)
             caps.append(cap)
@@ -489,13 +486,13 @@ def grid_targets(fmap: FeatureMap, rows: int, cols: int) -> list[Target]:
     return out
 
 
-def grid_sheets(out: str | Path, targets: Sequence[Target], records: Sequence[dict], rows: int, cols: int,
+def grid_sheets(out: str | Path, targets: Sequence[Target], records: Sequence[SampleRecord], rows: int, cols: int,
                 samples: int, title: str) -> list[Path]:
     """grid.png (sample 0) and grid_sNN.png for further samples: the decoded grid as laid out on the map."""
     from probe.render.sheets import image_grid, save_png
 
     out = Path(out)
-    cells = _by_cell(records)
+    cells = by_cell(records)
     written = []
     for s in range(samples):
         imgs, caps = [], []
@@ -503,8 +500,8 @@ def grid_sheets(out: str | Path, targets: Sequence[Target], records: Sequence[di
             ri, rc = [], []
             for c in range(cols):
                 rec = cells.get((targets[r * cols + c].id, s))
-                ri.append(_load_cell(out, rec["image"]) if rec else None)
-                rc.append(f"d={rec['best_distance']:.3g}" if rec else "")
+                ri.append(_load_cell(out, rec.image) if rec else None)
+                rc.append(f"d={rec.best_distance:.3g}" if rec else "")
             imgs.append(ri)
             caps.append(rc)
         name = "grid.png" if s == 0 else f"grid_s{s:02d}.png"
@@ -529,20 +526,16 @@ def read_overlay(decode_dir: str | Path, attrs: dict, dim: int) -> tuple[np.ndar
         if g.dim != dim:
             raise UsageError(f"--overlay {d}: {g.dim}-d features but the map has {dim}")
         feats, paths = g.rows(slice(None)), g.paths
-    records = {}
-    for line in (d / "manifest.jsonl").read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            records[rec["image"]] = rec
+    records = Manifest.read(d).by_image()
     images, labels = [], []
     for p in paths:
         images.append(_load_cell(d, p))
-        rec = records.get(p, {})
-        lab = rec.get("target_id", Path(p).stem)
-        if "path_position" in rec:
-            lab = f"t={rec['path_position']:.2f}"
-        elif "scale" in rec and "direction" in rec:
-            lab = f"{rec['direction']} {rec['scale']:+g}σ"
+        rec = records.get(p)
+        lab = Path(p).stem if rec is None else rec.target_id
+        if rec is not None and rec.path_position is not None:
+            lab = f"t={rec.path_position:.2f}"
+        elif rec is not None and rec.scale is not None and rec.direction is not None:
+            lab = f"{rec.direction} {rec.scale:+g}σ"
         labels.append(str(lab))
     return feats, images, labels
 

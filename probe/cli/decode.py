@@ -17,6 +17,7 @@ from probe.cli.options import load_encoder_from_options
 from probe.decoding import DecodeEvent, DecodeSettings, DecodeSummary, decode_targets
 from probe.diffusion.priors import DEFAULT_PRIOR, load_prior
 from probe.diffusion.schedules import DEFAULT_PRESET, PRESETS, preset
+from probe.manifest import SampleRecord
 from probe.models.registry import DEFAULT_ENCODER
 from probe.targets import resolve_targets
 
@@ -84,11 +85,11 @@ def result_table(summary: DecodeSummary, limit: int = 40) -> Table:
     for col in ("target", "s", "best d", "rel", "cos", "realism", "best step", "evals", "s/sample"):
         table.add_column(col, justify="left" if col == "target" else "right")
     for r in summary.records[:limit]:
-        rel, nat = r.get("relative_distance"), r.get("naturalness")
-        table.add_row(r["target_id"], str(r["sample"]), f"{r['best_distance']:.4g}",
-                      "-" if rel is None else f"{rel:.3f}", f"{r['cosine']:.3f}",
-                      "-" if nat is None else f"{nat:.2f}" + (" OFF" if r.get("off_manifold") else ""),
-                      f"{r['best_step'] + 1}/{r['steps']}", str(r["evaluations"]), f"{r['seconds']:.2f}")
+        rel, nat = r.relative_distance, r.naturalness
+        table.add_row(r.target_id, str(r.sample), f"{r.best_distance:.4g}",
+                      "-" if rel is None else f"{rel:.3f}", f"{r.cosine:.3f}",
+                      "-" if nat is None else f"{nat:.2f}" + (" OFF" if r.off_manifold else ""),
+                      f"{r.best_step + 1}/{r.steps}", str(r.evaluations), f"{r.seconds:.2f}")
     if len(summary.records) > limit:
         table.caption = f"first {limit} of {len(summary.records)}; all in manifest.jsonl"
     return table
@@ -181,11 +182,11 @@ def decode_with_progress(prior_spec: str, encoder, targets, out: Path, settings:
     return summary
 
 
-def warn_off_manifold(records: list[dict], threshold: float) -> None:
+def warn_off_manifold(records: list[SampleRecord], threshold: float) -> None:
     """One warning line when decodes look unlike the prior's own samples (probe.naturalness)."""
-    flagged = [r for r in records if r.get("off_manifold")]
+    flagged = [r for r in records if r.off_manifold]
     if flagged:
-        names = ", ".join(r["image"] for r in flagged[:3]) + (", ..." if len(flagged) > 3 else "")
+        names = ", ".join(r.image for r in flagged[:3]) + (", ..." if len(flagged) > 3 else "")
         warn(f"{len(flagged)} of {len(records)} decoded images look off the prior's manifold (realism score > "
              f"{threshold:g} x its unguided samples'): {names}. Their attributes say little about the feature; "
              f"try a lower --weight or more --eot-shift.")

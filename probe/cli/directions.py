@@ -20,6 +20,7 @@ from probe.cli.options import load_encoder_from_options
 from probe.decoding import DecodeSettings, DecodeSummary, prepare_out_dir
 from probe.diffusion.priors import DEFAULT_PRIOR
 from probe.errors import UsageError
+from probe.manifest import by_cell
 from probe.models.registry import DEFAULT_ENCODER
 
 MAP_MAX_ROWS = 5000  # UMAP on 5k rows takes about a minute on one core; 60k rows would take many
@@ -252,11 +253,11 @@ def map_(file, group, method, max_rows, thumbnails, overlays, grid_spec, as_json
         decode_summary = decode_with_progress(prior, encoder, targets, out, settings, f"{grid[0]}x{grid[1]} map grid")
         walks.grid_sheets(out, targets, decode_summary.records, grid[0], grid[1], settings.samples,
                           f"{method} map of {fs.source}: {grid[0]}×{grid[1]} grid")
-        cells = {(r["target_id"], r["sample"]): r for r in decode_summary.records}
+        cells = by_cell(decode_summary.records)
         for t in targets:
             r = cells.get((t.id, 0))
             ov_pts.append(np.array([[t.extra["map_x"], t.extra["map_y"]]], dtype=np.float32))
-            ov_imgs.append(walks._load_cell(out, r["image"]) if r else None)
+            ov_imgs.append(walks._load_cell(out, r.image) if r else None)
             ov_labels.append("")
     title = f"{method} map of {fs.source}" + (f" ({len(fs.rows)} of {fs.total_rows} rows)" if sub else "")
     plot_map(fmap.points, fs.labels, fs.label_names, out_png=out / "map.png", thumbnails=thumbs or None,

@@ -145,6 +145,7 @@ class Encoder(nn.Module):
         self.token_pool = token_pool
         self.class_names = parts.class_names
         self._captured: dict[str, object] = {}
+        self._dims: dict[str, int] | None = None
         self.layer_shapes: dict[str, list[int]] = {}  # filled by each forward: see forward_resized
         self._handles = []
         modules = dict(self.model.named_modules())
@@ -178,6 +179,27 @@ class Encoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(iter(self.model.parameters()), torch.empty(0)).device
+
+    @property
+    def feature_dims(self) -> dict[str, int]:
+        """Length of each layer's feature vector. Found once, by one forward pass of a blank image (layers
+        and pooling are fixed at construction, so the answer cannot change), and cached."""
+        if self._dims is None:
+            with torch.no_grad():
+                x = torch.zeros(1, self.in_chans, self.input_size, self.input_size, device=self.device)
+                feats = self.forward_resized(x)
+            self._dims = {name: int(feats[name].flatten(1).shape[1]) for name in self.layers}
+        return dict(self._dims)
+
+    @property
+    def feature_dim(self) -> int:
+        """Length of the concatenated feature vector (the layers in ``self.layers`` order): a target's size."""
+        return sum(self.feature_dims.values())
+
+    @property
+    def label_names(self) -> list[str] | None:
+        """Class names of the classifier head's outputs (``logits`` index -> name), when the model has them."""
+        return self.class_names
 
     def resize(self, x01: torch.Tensor) -> torch.Tensor:
         return self.preprocess.resize(x01)
