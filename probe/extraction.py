@@ -186,11 +186,13 @@ def extract_text(encoder: Encoder, prompts: Sequence[str], store_path: Path, con
 
 
 def export_group(store_path: Path, group: str | None, out: Path) -> dict:
-    """Write a group's features to ``out`` (.npy) and its paths/labels beside it (.paths.txt, .labels.npy)."""
+    """Write a group's features to ``out`` (.npy) and its paths/labels beside it (.paths.txt, .labels.npy,
+    and .label_names.txt: line k names label k, so the integer labels can be read without the store)."""
     with FeatureStore(store_path, "r") as st:
         g = st.group(group)
         feats = g.rows(slice(None))
         paths, labels = g.paths, g.labels
+        names = g.attrs.get("label_names")
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, feats)
     out.with_suffix(".paths.txt").write_text("".join(p + "\n" for p in paths))
@@ -198,4 +200,7 @@ def export_group(store_path: Path, group: str | None, out: Path) -> dict:
     if labels is not None:
         np.save(out.with_suffix(".labels.npy"), labels)
         written.append(str(out.with_suffix(".labels.npy")))
+    if isinstance(names, list):
+        out.with_suffix(".label_names.txt").write_text("".join(f"{n}\n" for n in names))
+        written.append(str(out.with_suffix(".label_names.txt")))
     return {"group": g.name, "rows": int(feats.shape[0]), "dim": int(feats.shape[1]), "files": written}

@@ -72,6 +72,9 @@ def test_output_directory_follows_the_contract(tmp_path, setup):
         assert g.paths == [r["image"] for r in recs]
     assert {e.phase for e in events} == {"baseline", "decode"}
     assert summary.to_dict()["decoded"] == 4
+    meta = [json.loads(line) for line in (out / "images" / "metadata.jsonl").read_text().splitlines()]
+    assert sorted(m["file_name"] for m in meta) == sorted(p.name for p in (out / "images").glob("*.png"))
+    assert [m.target_id for m in summary.records] == [r["target_id"] for r in recs]
 
 
 def test_existing_output_is_refused_then_overwritten(tmp_path, setup):

@@ -225,10 +225,12 @@ def test_labels_parent_and_export(run_cli, tmp_path, fashion_dir, tiny_encoder_a
     assert r.exit_code == 0, r.output
     result = json.loads(r.stdout)
     assert result == {"group": GROUP, "rows": 9, "dim": 96,
-                      "files": [str(out), str(out.with_suffix(".paths.txt")), str(out.with_suffix(".labels.npy"))]}
+                      "files": [str(out), str(out.with_suffix(".paths.txt")), str(out.with_suffix(".labels.npy")),
+                                str(out.with_suffix(".label_names.txt"))]}
     np.testing.assert_array_equal(np.load(out), feats)
     assert out.with_suffix(".paths.txt").read_text().splitlines() == paths
     np.testing.assert_array_equal(np.load(out.with_suffix(".labels.npy")), labels)
+    assert out.with_suffix(".label_names.txt").read_text().splitlines() == names
 
 
 def test_export_needs_group_when_several(run_cli, tmp_path, small_images, tiny_encoder_args):

@@ -187,3 +187,36 @@ def test_torch_resize_agrees_with_library_pil_transform(encoders, spec, photos):
         feats = enc.forward_resized(ours[:1])["embedding"]
     cos = F.cosine_similarity(ref, feats)
     assert (cos > 0.99).all(), cos
+
+
+@pytest.mark.parametrize("crop_mode", ["squash", "border"])
+def test_timm_crop_modes_match_timm_eval_transform(crop_mode, photos, tmp_path):
+    """A timm model whose pretrained config crops by ``squash``/``border`` gets timm's own eval transform."""
+    import timm
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    from probe.models.encoder import Encoder
+    from probe.models.timm_models import timm_parts
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False,
+                              pretrained_cfg_overlay={"crop_mode": crop_mode, "crop_pct": 0.9})
+    enc = Encoder(f"timm:test_resnet-{crop_mode}", timm_parts(model))
+    assert enc.preprocess.crop_mode == crop_mode and enc.preprocess.to_dict()["crop_mode"] == crop_mode
+    tf = create_transform(**resolve_data_config({}, model=model))
+    paths = [tmp_path / "wide.png", tmp_path / "tall.png"]  # both aspect ratios, small to keep the test quick
+    Image.open(photos["rocket"]).resize((150, 100)).save(paths[0])
+    Image.open(photos["coffee"]).resize((90, 130)).save(paths[1])
+    pil = torch.stack([tf(Image.open(p).convert("RGB")) for p in paths])
+    ours = torch.cat([enc.resize(read_image01(p)[None]) for p in paths])
+    mean = torch.tensor(enc.preprocess.mean).view(1, 3, 1, 1)
+    std = torch.tensor(enc.preprocess.std).view(1, 3, 1, 1)
+    assert pil.shape == ours.shape == (2, 3, 160, 160)
+    assert (pil * std + mean - ours).abs().mean() < 0.01  # [0, 1] units; the other crop modes differ by far more
+    centre = Encoder("timm:test_resnet", timm_parts(timm.create_model("test_resnet", pretrained=False)))
+    assert ((pil * std + mean)[:1] - centre.resize(read_image01(paths[0])[None])).abs().mean() > 0.03
+    with torch.no_grad():
+        ref = model.forward_head(model.forward_features(pil), pre_logits=True)
+        feats = enc.forward_resized(ours)["embedding"]
+    assert (F.cosine_similarity(ref, feats) > 0.99).all()

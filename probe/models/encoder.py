@@ -29,14 +29,21 @@ from probe.errors import UsageError
 EMBEDDING = "embedding"
 LOGITS = "logits"
 LUMA = (0.299, 0.587, 0.114)
+CROP_MODES = ("center", "squash", "border")  # timm's eval crop modes
 
 
 @dataclass
 class Preprocess:
     """How a network wants its input, read from the model's own config.
 
-    Resize the shorter side to ``floor(size / crop_pct)``, centre-crop ``size``×``size`` (timm's and
-    open_clip's eval transforms), adapt channels, then normalise with ``mean``/``std``.
+    Adapt channels, resize to ``scale = floor(size / crop_pct)`` as ``crop_mode`` says, take the central
+    ``size``×``size``, then normalise with ``mean``/``std`` — timm's eval transform
+    (``timm.data.create_transform``) for each of its crop modes, open_clip's for ``center``:
+
+      * ``center``: the shorter side to ``scale`` (aspect kept), centre crop;
+      * ``squash``: both sides to ``scale`` (aspect not kept), centre crop;
+      * ``border``: the longer side to ``scale`` (aspect kept), centre crop, padding any side that falls
+        short with the mean colour (timm's ``CenterCropOrPad`` fill).
     """
 
     size: int
@@ -45,10 +52,17 @@ class Preprocess:
     crop_pct: float = 1.0
     interpolation: str = "bicubic"
     in_chans: int = 3
+    crop_mode: str = "center"
+
+    def __post_init__(self) -> None:
+        if self.crop_mode not in CROP_MODES:
+            raise UsageError(f"crop_mode must be one of {', '.join(CROP_MODES)}, not {self.crop_mode!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.crop_mode == "center":  # the record of stores made before crop modes existed: they resume
+            del d["crop_mode"]
         return d
 
     def adapt_channels(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,24 +77,38 @@ class Preprocess:
             return (x * w).sum(1, keepdim=True)
         raise UsageError(f"cannot feed {c}-channel images to a network expecting {self.in_chans} channels")
 
+    def _scaled_size(self, h: int, w: int) -> tuple[int, int]:
+        scale = math.floor(self.size / self.crop_pct)
+        if self.crop_mode == "squash":
+            return scale, scale
+        if self.crop_mode == "border":  # timm's ResizeKeepRatio(longest=1): the longer side to scale
+            ratio = max(h, w) / scale
+            return round(h / ratio), round(w / ratio)
+        if h <= w:
+            return scale, max(scale, int(scale * w / h))
+        return max(scale, int(scale * h / w)), scale
+
     def resize(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] in [0, 1] -> [B, in_chans, size, size] in [0, 1], differentiable."""
         x = self.adapt_channels(x)
         h, w = x.shape[-2:]
-        scale = math.floor(self.size / self.crop_pct)
-        if (h, w) != (self.size, self.size):
-            if h <= w:
-                nh, nw = scale, max(scale, int(scale * w / h))
-            else:
-                nh, nw = max(scale, int(scale * h / w)), scale
-            if (nh, nw) != (h, w):
-                mode = self.interpolation if self.interpolation in ("bilinear", "bicubic", "nearest") else "bicubic"
-                kw = {"antialias": True, "align_corners": False} if mode != "nearest" else {}
-                x = F.interpolate(x, size=(nh, nw), mode=mode, **kw).clamp(0, 1)
-            # torchvision's CenterCrop rounds the offset (timm/open_clip eval transforms use it)
-            top, left = int(round((nh - self.size) / 2.0)), int(round((nw - self.size) / 2.0))
-            x = x[..., top:top + self.size, left:left + self.size]
-        return x
+        if (h, w) == (self.size, self.size):
+            return x
+        nh, nw = self._scaled_size(h, w)
+        if (nh, nw) != (h, w):
+            mode = self.interpolation if self.interpolation in ("bilinear", "bicubic", "nearest") else "bicubic"
+            kw = {"antialias": True, "align_corners": False} if mode != "nearest" else {}
+            x = F.interpolate(x, size=(nh, nw), mode=mode, **kw).clamp(0, 1)
+        if nh < self.size or nw < self.size:  # border mode: pad with the mean colour, as timm does
+            ph, pw = max(self.size, nh), max(self.size, nw)
+            fill = torch.tensor([round(255 * m) / 255 for m in self.mean], dtype=x.dtype, device=x.device)
+            canvas = fill.view(1, -1, 1, 1).expand(x.shape[0], x.shape[1], ph, pw).clone()
+            top, left = (ph - nh) // 2, (pw - nw) // 2
+            canvas[..., top:top + nh, left:left + nw] = x
+            x, nh, nw = canvas, ph, pw
+        # torchvision's CenterCrop rounds the offset (timm/open_clip eval transforms use it)
+        top, left = int(round((nh - self.size) / 2.0)), int(round((nw - self.size) / 2.0))
+        return x[..., top:top + self.size, left:left + self.size]
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)

@@ -14,7 +14,8 @@ def timm_preprocess(model: nn.Module) -> Preprocess:
     cfg = resolve_data_config({}, model=model)
     c, size, _ = cfg["input_size"]
     return Preprocess(size=size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                      crop_pct=float(cfg.get("crop_pct", 1.0)), interpolation=cfg["interpolation"], in_chans=c)
+                      crop_pct=float(cfg.get("crop_pct", 1.0)), interpolation=cfg["interpolation"], in_chans=c,
+                      crop_mode=cfg.get("crop_mode") or "center")
 
 
 def imagenet_names(num_classes: int) -> list[str] | None:
