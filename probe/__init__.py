@@ -1,3 +1,61 @@
-"""probe: look inside vision networks by decoding their features back into images."""
+"""probe: look inside vision networks by decoding their features back into images.
+
+The Python API (docs/api.md): everything the ``probe`` command does, on tensors and model objects::
+
+    import probe
+    enc = probe.load_encoder("bundled:fashion-cnn")           # or any nn.Module with preprocess=...
+    res = probe.decode(enc, "shirt.png", samples=4)            # res.images [N, C, H, W], res.distances
+    probe.interpolate(enc, "a.png", "b.png", out="walk")       # writes what 'probe interpolate' writes
+
+Names load lazily (PEP 562), so ``import probe`` and ``probe --help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_encoder": ("probe.workflows.common", "load_encoder"),
+    "load_prior": ("probe.workflows.common", "load_prior"),
+    "extract": ("probe.workflows.extract", "run"),
+    "decode": ("probe.workflows.decode", "run"),
+    "interpolate": ("probe.workflows.interpolate", "run"),
+    "perturb": ("probe.workflows.perturb", "run"),
+    "map": ("probe.workflows.map", "run"),
+    # probe.compare is also the scoring module; the module is callable and forwards to workflows.compare.run
+    "compare": ("probe.compare", ""),
+    "resolve_targets": ("probe.targets", "resolve_targets"),
+    "DecodeOptions": ("probe.workflows.options", "DecodeOptions"),
+    "EncoderOptions": ("probe.workflows.options", "EncoderOptions"),
+    "DecodeResult": ("probe.workflows.decode", "DecodeResult"),
+    "InterpolateResult": ("probe.workflows.interpolate", "InterpolateResult"),
+    "PerturbResult": ("probe.workflows.perturb", "PerturbResult"),
+    "MapResult": ("probe.workflows.map", "MapResult"),
+    "ExtractResult": ("probe.workflows.extract", "ExtractResult"),
+    "CompareResult": ("probe.compare", "CompareResult"),
+    "Encoder": ("probe.models.encoder", "Encoder"),
+    "Preprocess": ("probe.models.encoder", "Preprocess"),
+    "Target": ("probe.targets", "Target"),
+    "SampleRecord": ("probe.manifest", "SampleRecord"),
+    "Manifest": ("probe.manifest", "Manifest"),
+    "PRESETS": ("probe.diffusion.schedules", "PRESETS"),
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'probe' has no attribute {name!r}")
+    module, attr = _EXPORTS[name]
+    value = importlib.import_module(module)
+    value = getattr(value, attr) if attr else value
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -66,6 +66,7 @@ import csv
 import io
 import json
 import math
+import sys
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -572,3 +573,16 @@ def compare(
     ]
     return CompareResult(str(samples.source), samples.kind, samples.reference_source, len(samples.reference),
                          summaries, targets, cfg, warnings)
+
+
+class _CallableModule(type(sys.modules[__name__])):
+    """``probe.compare`` is both this module and the API function: importing a submodule sets the package
+    attribute to the module, so the module itself forwards calls to :func:`probe.workflows.compare.run`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> CompareResult:
+        from probe.workflows.compare import run
+
+        return run(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -78,7 +78,8 @@ class DecodeSettings:
 
 @dataclass
 class DecodeEvent:
-    """Progress report: ``phase`` is 'baseline' or 'decode'; steps count within the current batch."""
+    """Progress report: ``phase`` is 'start' (once, before any sampling: the run's size), 'baseline' or
+    'decode'; steps count within the current batch."""
 
     phase: str
     batch: int
@@ -88,6 +89,7 @@ class DecodeEvent:
     samples_done: int
     samples_total: int
     best: list[float]
+    plan: dict | None = None  # 'start' only: who decodes what, and the guided rounds at each step
 
 
 @dataclass
@@ -267,6 +269,15 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
             raise UsageError(f"{t.source}: target has {t.vector.size} dimensions but {encoder.spec} gives {dim}")
     prepare_out_dir(out, settings.overwrite)
     t0 = time.perf_counter()
+    n_jobs = len(targets) * settings.samples
+    if on_event is not None:
+        n_steps = len(settings.config.timesteps(prior.num_train_timesteps))
+        plan = {"encoder": encoder.spec, "layers": list(encoder.layers), "device": str(encoder.device),
+                "prior": prior.spec, "targets": len(targets), "samples": settings.samples,
+                "schedule": settings.config.name, "evaluations": settings.config.evaluations(prior.num_train_timesteps),
+                "rounds": [settings.config.rounds_at(i, n_steps) for i in range(n_steps)], "out": str(out),
+                "baseline_batches": -(-settings.samples // settings.batch_size) if settings.baseline else 0}
+        on_event(DecodeEvent("start", 0, -(-n_jobs // settings.batch_size), 0, n_steps, 0, n_jobs, [], plan))
 
     base_feats = None
     base_seconds = 0.0

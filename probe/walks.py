@@ -143,7 +143,7 @@ def _sqdist(a: np.ndarray, b: np.ndarray) -> float:
     return float(((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2).sum())
 
 
-def _load_cell(out: Path, rel: str | None) -> np.ndarray | None:
+def load_cell(out: Path, rel: str | None) -> np.ndarray | None:
     from probe.images import read_image01, to_uint8
 
     if not rel:
@@ -219,7 +219,7 @@ def path_report(out: str | Path, a: Target, b: Target, targets: Sequence[Target]
                 cap.append("")
                 continue
             da[s][i], db[s][i], best[s][i] = _sqdist(f, a.vector), _sqdist(f, b.vector), r.best_distance
-            row.append(_load_cell(out, r.image))
+            row.append(load_cell(out, r.image))
             cap.append(f"d={best[s][i]:.3g}\nA {da[s][i]:.3g} B {db[s][i]:.3g}")
         if img_b is not None:
             row.append(img_b)
@@ -437,7 +437,7 @@ def perturb_report(out: str | Path, base: Target, dirs: Directions, scales: Sequ
                 r = cells.get((t.id, s))
                 f = feats.get(r.image) if r else None
                 d_base = _sqdist(f, base.vector) if f is not None else nan
-                row.append(_load_cell(out, r.image) if r else None)
+                row.append(load_cell(out, r.image) if r else None)
                 cap.append(f"d={r.best_distance:.3g}\nΔbase {d_base:.3g}" if r else "")
                 table.append({"direction": dirs.names[k], "scale": float(scale), "sample": s,
                               "target_id": t.id, "image": r.image if r else None,
@@ -500,7 +500,7 @@ def grid_sheets(out: str | Path, targets: Sequence[Target], records: Sequence[Sa
             ri, rc = [], []
             for c in range(cols):
                 rec = cells.get((targets[r * cols + c].id, s))
-                ri.append(_load_cell(out, rec.image) if rec else None)
+                ri.append(load_cell(out, rec.image) if rec else None)
                 rc.append(f"d={rec.best_distance:.3g}" if rec else "")
             imgs.append(ri)
             caps.append(rc)
@@ -529,7 +529,7 @@ def read_overlay(decode_dir: str | Path, attrs: dict, dim: int) -> tuple[np.ndar
     records = Manifest.read(d).by_image()
     images, labels = [], []
     for p in paths:
-        images.append(_load_cell(d, p))
+        images.append(load_cell(d, p))
         rec = records.get(p)
         lab = Path(p).stem if rec is None else rec.target_id
         if rec is not None and rec.path_position is not None:

@@ -10,22 +10,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from probe.attributes import ATTRIBUTES, Attribute, ModelAttributeOptions, get_attributes, model_attributes
-from probe.cli.console import progress, quiet, say, warn
-from probe.compare import CompareConfig, CompareResult, load_samples
-from probe.compare import compare as run_compare
-from probe.errors import ProbeError, UsageError
+from probe.attributes import ATTRIBUTES
+from probe.cli.console import LateProgress, quiet, say, warn
+from probe.compare import CompareResult
+from probe.errors import UsageError
+from probe.workflows import compare as workflow
+from probe.workflows.compare import DEFAULT_CLASSIFIER
 
-DEFAULT_CLASSIFIER = "bundled:fashion-cnn"
 _STYLE = {"encoded": "bold green", "partly": "yellow", "free": "dim", "undefined": "dim italic"}
 
 
 def _fmt(x: float) -> str:
     return "—" if math.isnan(x) else f"{x:.3f}"
-
-
-def _split(values: tuple[str, ...]) -> list[str]:
-    return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
 def _attributes_table() -> Table:
@@ -71,27 +67,6 @@ def _target_table(result: CompareResult, max_targets: int = 10) -> Table:
     for s in result.summaries:
         table.add_row(escape(s.name), *[_fmt(t.scores[s.name].score) for t in shown])
     return table
-
-
-def _model_attrs(classifiers: tuple[str, ...], clip: str | None, prompts: tuple[str, ...],
-                 cross_models: tuple[str, ...], cross_model_weights: str | None, device: str | None,
-                 batch_size: int) -> list[Attribute]:
-    """Model-based attributes; the default classifier is skipped with a note when it cannot load."""
-    explicit = [c for c in classifiers if c.lower() != "none"]
-    use_default = not classifiers
-    out: list[Attribute] = []
-    if use_default:
-        try:
-            out += model_attributes(ModelAttributeOptions(classifiers=[DEFAULT_CLASSIFIER], device=device,
-                                                          batch_size=batch_size))
-        except (ProbeError, ImportError, OSError, RuntimeError) as e:
-            say(f"[dim]note: default classifier {DEFAULT_CLASSIFIER} unavailable ({escape(str(e))}); "
-                "no class attribute (use --classifier SPEC)[/dim]")
-    out += model_attributes(ModelAttributeOptions(
-        classifiers=explicit, clip=clip, prompts=list(prompts), cross_models=list(cross_models),
-        cross_model_weights=cross_model_weights, device=device, batch_size=batch_size,
-    ))
-    return out
 
 
 @click.command("compare")
@@ -152,32 +127,20 @@ def compare(
         return
     if input_path is None:
         raise UsageError("give INPUT: a decode output directory or a folder of image sub-folders")
-    samples = load_samples(input_path, reference, "image" if image_kind == "best" else "final_image",
-                           allow_unequal)
-    config = CompareConfig(n_boot=n_boot, ci_level=ci_level, seed=seed, batch_size=batch_size)
-    attrs = get_attributes(_split(attribute_names) or None)
-    attrs += _model_attrs(classifiers, clip_spec, prompts, cross_models, cross_model_weights,
-                          None if device == "auto" else device, batch_size)
+    with LateProgress("measuring") as bar:
+        done = [0]
 
-    done = [0]
-    with progress("measuring", samples.n_images) as update:
         def advance(n: int) -> None:
             done[0] += n
-            update(done[0])
+            bar.update(done[0])
 
-        result = run_compare(samples, attrs, config, progress=advance)
-
-    if csv_path:
-        csv_path.write_text(result.to_csv(), encoding="utf-8")
-    if targets_csv:
-        targets_csv.write_text(result.to_csv(per_target=True), encoding="utf-8")
-    if chart_path or html_path:
-        from probe.render.report import html_report, persistence_chart
-
-        if chart_path:
-            persistence_chart(result, chart_path)
-        if html_path:
-            html_report(result, samples, html_path)
+        result = workflow.run(input_path, reference=reference, attributes=attribute_names, image=image_kind,
+                              classifiers=classifiers or None, clip=clip_spec, prompts=prompts,
+                              cross_models=cross_models, cross_model_weights=cross_model_weights,
+                              device=None if device == "auto" else device, n_boot=n_boot, ci_level=ci_level,
+                              seed=seed, batch_size=batch_size, allow_unequal=allow_unequal, csv=csv_path,
+                              targets_csv=targets_csv, chart=chart_path, html=html_path, progress=advance,
+                              on_start=bar.start, on_note=lambda m: say(f"[dim]note: {escape(m)}[/dim]"))
 
     for w in result.warnings:
         warn(w)

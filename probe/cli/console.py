@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import click
 from rich.console import Console
@@ -70,3 +70,25 @@ def progress(label: str, total: int, unit: str = "images"):
         def update(done: int, extra: str = "") -> None:
             bar.update(task, completed=done, extra=extra)
         yield update
+
+
+class LateProgress:
+    """A progress bar opened when a workflow's start callback tells the total; closed on exit."""
+
+    def __init__(self, label: str, unit: str = "images"):
+        self.label, self.unit = label, unit
+        self._stack = ExitStack()
+        self._update = None
+
+    def __enter__(self) -> LateProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def start(self, total: int) -> None:
+        self._update = self._stack.enter_context(progress(self.label, total, self.unit))
+
+    def update(self, done: int, extra: str = "") -> None:
+        if self._update is not None:
+            self._update(done, extra)

@@ -1,46 +1,191 @@
-"""Option sets shared by several commands (one definition, one behaviour)."""
+"""Click options shared by several commands: declared once here, turned into the workflows' frozen option
+dataclasses (:mod:`probe.workflows.options`), so a default cannot drift between commands and an option
+cannot be declared without reaching the code that uses it.
+
+* :func:`encoder_options` -> ``encoder=EncoderOptions`` (``extract``, and inside :func:`decode_options`);
+* :func:`decode_options` -> ``prior=``, ``encoder=``, ``decode=DecodeOptions``, ``out=`` (``decode``,
+  ``interpolate``, ``perturb``, ``map``);
+* parameter types for the small option languages (``--components 1-5``, ``--scales -3,0,3``,
+  ``--grid 4x4``), parsed by the same functions the Python API uses.
+"""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import click
 
-from probe.models.encoder import Encoder
-from probe.models.registry import DEFAULT_ENCODER, load_encoder
+from probe.diffusion.priors import DEFAULT_PRIOR
+from probe.diffusion.schedules import DEFAULT_PRESET, PRESETS
+from probe.errors import UsageError
+from probe.models.registry import DEFAULT_ENCODER
+from probe.workflows.options import DecodeOptions, EncoderOptions
+
+SCHEDULE_HELP = "; ".join(
+    f"{name}: {c.steps} {'' if c.spacing == 'linear' else c.spacing + ' '}steps, K={c.rounds}"
+    + (f" (K={c.early_rounds} on the first {c.early_steps})" if c.early_steps and not c.unguided else "")
+    + (f" (K={c.late_rounds} on the last {c.late_steps})" if c.late_steps and c.late_rounds else "")
+    + (", unguided" if c.unguided else f", w={c.weight:g}, tau={c.tau:g}")
+    for name, c in PRESETS.items())
 
 
-def encoder_options(multiple_layers: bool = False, default: str = DEFAULT_ENCODER):
-    """--model/--weights/--layer/--keep-spatial/--token-pool/--device."""
+class _Parsed(click.ParamType):
+    """A Click type whose value is parsed by one of probe's own parsers (UsageError -> Click's error)."""
+
+    def __init__(self, name: str, parse: Callable[[str], Any]):
+        self.name = name
+        self._parse = parse
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return self._parse(value)
+        except UsageError as err:
+            self.fail(str(err).split(": ", 1)[-1], param, ctx)
+
+
+def _parser(module: str, name: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(text)
+    return parse
+
+
+COMPONENTS = _Parsed("components", _parser("probe.directions", "parse_components"))
+SCALES = _Parsed("scales", _parser("probe.directions", "parse_scales"))
+GRID = _Parsed("grid", _parser("probe.directions", "parse_grid"))
+
+
+def _apply(fn: Callable, opts: list) -> Callable:
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _take(kwargs: dict, names: tuple[str, ...]) -> dict:
+    """Remove every declared parameter from the command's kwargs (none can be left behind unread)."""
+    return {n: kwargs.pop(n) for n in names}
+
+
+ENCODER_PARAMS = ("spec", "weights", "layers", "keep_spatial", "token_pool", "device")
+
+
+def encoder_options(multiple_layers: bool = True, infer: bool = False):
+    """--model/--weights/--layer/--keep-spatial/--token-pool/--device -> ``encoder=EncoderOptions``.
+
+    ``infer``: with no --model the encoder comes from the feature store the command reads
+    (:meth:`EncoderOptions.resolved`), else the default; without it the default is shown.
+    """
+    spec_help = "Model spec: bundled:NAME, timm:NAME, open_clip:ARCH/TAG, torchscript:PATH"
+    spec = (click.option("-m", "--model", "--encoder", "spec",
+                         help=f"{spec_help} [default: the one that made the feature store, else {DEFAULT_ENCODER}].")
+            if infer else
+            click.option("-m", "--model", "--encoder", "spec", default=DEFAULT_ENCODER, show_default=True,
+                         help=spec_help + "."))
+    opts = [
+        spec,
+        click.option("--weights", help="Local checkpoint for a timm/open_clip architecture, or 'random'."),
+        click.option("--layer", "layers", multiple=multiple_layers,
+                     help="Module name to read (see 'probe models layers SPEC') [default: "
+                          + ("the store's layer, else " if infer else "") + "the embedding]."
+                          + (" Repeatable (decoding matches them all; distances add up)." if multiple_layers
+                             else "")),
+        click.option("--keep-spatial", is_flag=True, help="Keep hooked maps whole instead of pooling."),
+        click.option("--token-pool", type=click.Choice(["cls", "mean"]),
+                     help="How ViT token outputs become a vector [default: " + ("the store's, else " if infer else "")
+                          + "cls]."),
+        click.option("--device", help="cpu, cuda, cuda:1 ... [default: cuda when present]"),
+    ]
 
     def wrap(fn):
-        opts = [
-            click.option("-m", "--model", "spec", default=default, show_default=True,
-                         help="Model spec: bundled:NAME, timm:NAME, open_clip:ARCH/TAG, torchscript:PATH."),
-            click.option("--weights", help="Local checkpoint for a timm/open_clip architecture, or 'random'."),
-            click.option("--layer", "layers", multiple=multiple_layers,
-                         help="Module name to read (see 'probe models layers SPEC'); default: the embedding."
-                         + (" Repeatable." if multiple_layers else "")),
-            click.option("--keep-spatial", is_flag=True, help="Keep hooked maps whole instead of pooling."),
-            click.option("--token-pool", type=click.Choice(["cls", "mean"]), default="cls", show_default=True,
-                         help="How ViT token outputs become a vector."),
-            click.option("--device", help="cpu, cuda, cuda:1 ... [default: cuda when present]"),
-        ]
-        for opt in reversed(opts):
-            fn = opt(fn)
-
         @functools.wraps(fn)
         def inner(*args, **kwargs):
-            keys = ("spec", "weights", "layers", "keep_spatial", "token_pool", "device")
-            kwargs["enc_opts"] = {k: kwargs.pop(k) for k in keys}
-            return fn(*args, **kwargs)
-        return inner
+            o = _take(kwargs, ENCODER_PARAMS)
+            layers = o["layers"]
+            o["layers"] = tuple([layers] if isinstance(layers, str) else layers or ())
+            return fn(*args, encoder=EncoderOptions(**o), **kwargs)
+        return _apply(inner, opts)
     return wrap
 
 
-def load_encoder_from_options(opts: dict) -> Encoder:
-    layers = opts["layers"]
-    if isinstance(layers, str):
-        layers = [layers]
-    return load_encoder(opts["spec"], layers=list(layers) if layers else None, weights=opts["weights"],
-                        device=opts["device"], keep_spatial=opts["keep_spatial"], token_pool=opts["token_pool"])
+def _same(value: Any) -> Any:
+    return value
+
+
+#: CLI parameter -> DecodeOptions.build keyword (value converters where the CLI spells it differently)
+DECODE_PARAMS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    **{name: (name, _same) for name in ("samples", "seed", "batch_size", "schedule", "steps", "weight", "tau",
+                                        "rounds", "early_rounds", "early_steps", "late_rounds", "late_steps",
+                                        "weight_end", "free_steps", "eot_shift", "eot_flip", "eot_samples",
+                                        "grad_blur", "spacing", "patience", "max_distance", "update",
+                                        "overwrite")},
+    "no_quantize": ("quantize", lambda v: False if v else None),
+    "no_baseline": ("baseline", lambda v: not v),
+    "save_trajectory": ("trajectory_every", _same),
+}
+
+
+def decode_options(samples: int = 4, trajectory: bool = False, out_help: str = "Output folder."):
+    """Every option a decoding command shares with ``probe decode``, one declaration for all of them.
+
+    The command receives ``prior`` (spec), ``encoder`` (EncoderOptions, inferred from its store when
+    --model is not given), ``decode`` (a frozen DecodeOptions) and ``out``.
+    """
+    opts = [
+        click.option("--prior", default=DEFAULT_PRIOR, show_default=True,
+                     help="Diffusion prior: bundled:NAME, a local diffusers folder (DDPM or Stable Diffusion), "
+                          "or a Hugging Face hub id."),
+        click.option("-n", "--samples", default=samples, show_default=True,
+                     help="Decoded images per target; sample s uses seed SEED+s for every target."),
+        click.option("--seed", default=0, show_default=True, help="Base seed of the samples."),
+        click.option("--batch-size", default=8, show_default=True, help="Chains decoded together."),
+        click.option("--schedule", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
+                     help=f"Guidance preset. {SCHEDULE_HELP}."),
+        click.option("--steps", type=int, help="Override: reverse timesteps (strided over 1000; 0 = all)."),
+        click.option("--weight", type=float, help="Override: guidance weight w."),
+        click.option("--tau", type=float, help="Override: gradient threshold tau (0 = off)."),
+        click.option("--rounds", type=int, help="Override: self-recurrence rounds K per step."),
+        click.option("--early-rounds", type=int, help="Override: rounds on the first --early-steps steps."),
+        click.option("--early-steps", type=int, help="Override: how many first steps get --early-rounds."),
+        click.option("--late-rounds", type=int, help="Override: rounds on the last --late-steps steps."),
+        click.option("--late-steps", type=int, help="Override: how many last steps get --late-rounds."),
+        click.option("--weight-end", type=float, help="Override: weight at the last guided step (linear from "
+                     "--weight; strong early, weak late keeps textures out)."),
+        click.option("--free-steps", type=int, help="Override: leave the last N steps unguided (the prior "
+                     "cleans up)."),
+        click.option("--eot-shift", type=int, help="Override: average the loss over copies shifted by up to N "
+                     "pixels (0 = off)."),
+        click.option("--eot-flip/--no-eot-flip", default=None, help="Override: also mirror those copies."),
+        click.option("--eot-samples", type=int, help="Override: transformed copies per guided evaluation."),
+        click.option("--grad-blur", type=float, help="Override: Gaussian blur sigma (pixels of z) of the "
+                     "guidance gradient (0 = off)."),
+        click.option("--spacing", type=click.Choice(["linear", "quadratic"]),
+                     help="Override: timestep spacing (quadratic: denser near t = 0)."),
+        click.option("--patience", type=int, help="Stop a sample when its best distance has not improved "
+                     "for this many steps (0 = off)."),
+        click.option("--max-distance", type=float, help="Stop a sample once its best distance is below this."),
+        click.option("--update", type=click.Choice(["ddpm", "ddim"]), help="Override: reverse step rule."),
+        click.option("--no-quantize", is_flag=True, default=None,
+                     help="Optimise the float image instead of the 8-bit PNG (not recommended)."),
+        click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True, help=out_help),
+        click.option("--overwrite", is_flag=True, help="Replace a previous decode in --out."),
+        click.option("--no-baseline", is_flag=True, help="Skip the unguided baseline samples."),
+    ]
+    if trajectory:
+        opts.append(click.option("--save-trajectory", type=int, default=0, show_default=True,
+                                 help="Also save the predicted image every N steps as a strip per sample (0 = off)."))
+    names = tuple(n for n in DECODE_PARAMS if trajectory or n != "save_trajectory")
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            given = _take(kwargs, names)
+            decode = DecodeOptions.build(**{DECODE_PARAMS[n][0]: DECODE_PARAMS[n][1](v) for n, v in given.items()})
+            return fn(*args, prior=kwargs.pop("prior"), decode=decode, **kwargs)
+        return encoder_options(infer=True)(_apply(inner, opts))
+    return wrap

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import torch
 
-from probe.errors import InputError
-from probe.models.encoder import EncoderParts, Preprocess
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from probe.errors import InputError, UsageError
+from probe.models.encoder import EncoderParts
+from probe.models.modules import IMAGENET_MEAN, IMAGENET_STD, preprocess_from
 
 
 def load_torchscript(path: str) -> EncoderParts:
@@ -33,7 +31,8 @@ def load_torchscript(path: str) -> EncoderParts:
             cfg.update(json.loads(side.read_text()))
         except json.JSONDecodeError as exc:
             raise InputError(f"{side}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-    pre = Preprocess(size=int(cfg["size"]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                     crop_pct=float(cfg["crop_pct"]), interpolation=cfg["interpolation"],
-                     in_chans=int(cfg.get("in_chans", len(cfg["mean"]))))
+    try:
+        pre = preprocess_from(cfg, str(side))
+    except UsageError as exc:  # the side file is input data: exit code 3
+        raise InputError(str(exc)) from None
     return EncoderParts(model=model, preprocess=pre, embed=lambda m, x: m(x), hookable=False)

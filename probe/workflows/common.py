@@ -1,0 +1,135 @@
+"""What every workflow shares: loading an encoder or a prior from whatever the caller has, turning
+targets of any form into :class:`~probe.targets.Target` lists, and the output folder (the caller's, or a
+temporary one when a notebook only wants the tensors back).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from probe.errors import UsageError
+from probe.models.encoder import Encoder, Preprocess
+from probe.targets import Target, encode_images01, unique_ids, vector_target
+from probe.workflows.options import EncoderOptions
+
+Note = Callable[[str], None]
+
+
+def load_encoder(spec_or_module: str | nn.Module | Encoder, preprocess: Preprocess | Mapping[str, Any] | None = None,
+                 layers: Sequence[str] | str | None = None, *, weights: str | None = None,
+                 device: str | torch.device | None = None, keep_spatial: bool = False, token_pool: str = "cls",
+                 embed: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+                 head: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+                 class_names: Sequence[str] | None = None, name: str | None = None) -> Encoder:
+    """An :class:`~probe.models.encoder.Encoder` from a spec (``bundled:fashion-cnn``, ``timm:resnet50``,
+    ``open_clip:ViT-B-32/openai``, ``torchscript:net.pt``) or from any ``nn.Module``.
+
+    A module needs ``preprocess`` (a :class:`Preprocess`, a dict of its fields, or a timm data config)
+    unless it is a timm model; its output is the embedding unless ``embed(model, x)`` says otherwise,
+    ``head(model, x)`` gives logits (with ``class_names``) and ``layers`` name submodules to read
+    (``dict(model.named_modules())``). ``name`` is the spec recorded in outputs (default
+    ``module:ClassName``).
+    """
+    if isinstance(layers, str):
+        layers = [layers]
+    if isinstance(spec_or_module, Encoder):
+        if layers is None or list(layers) == spec_or_module.layers:
+            return spec_or_module if device is None else spec_or_module.to(device)
+        spec_or_module = spec_or_module._parts.model
+    if isinstance(spec_or_module, str):
+        if preprocess is not None or embed is not None or head is not None:
+            raise UsageError("preprocess=, embed= and head= apply to a module; a spec brings its own")
+        from probe.models.registry import load_encoder as load_spec
+
+        return load_spec(spec_or_module, layers=layers, weights=weights, device=device, keep_spatial=keep_spatial,
+                         token_pool=token_pool)
+    from probe.models.modules import module_parts
+    from probe.models.registry import default_device
+
+    parts = module_parts(spec_or_module, preprocess, embed=embed, head=head, class_names=class_names)
+    enc = Encoder(name or f"module:{type(spec_or_module).__name__}", parts, layers=layers,
+                  keep_spatial=keep_spatial, token_pool=token_pool, weights=weights)
+    return enc.to(device or default_device())
+
+
+def resolve_encoder(encoder: Encoder | EncoderOptions | str | nn.Module | None, store: str | Path | None = None,
+                    group: str | None = None, device: str | None = None) -> Encoder:
+    """The workflows' encoder argument: an Encoder as is; a spec or module loaded; None or EncoderOptions by
+    the one inference rule (:meth:`EncoderOptions.resolved`: the store's encoder, else the default)."""
+    if isinstance(encoder, Encoder):
+        return encoder
+    if encoder is None or isinstance(encoder, EncoderOptions):
+        opts = encoder or EncoderOptions(device=device)
+        return opts.load(store, group)
+    return load_encoder(encoder, device=device)
+
+
+def load_prior(spec: Any = None, device: str | torch.device | None = None):
+    """A diffusion prior: ``bundled:fashion-ddpm`` (default), a diffusers folder or hub id, or a Prior as is
+    (moved to ``device`` when given)."""
+    from probe.diffusion.priors import DEFAULT_PRIOR, Prior
+    from probe.diffusion.priors import load_prior as load
+
+    if isinstance(spec, Prior):
+        return spec if device is None or torch.device(device) == spec.device else spec.to(device)
+    return load(spec or DEFAULT_PRIOR, device)
+
+
+def as_targets(encoder: Encoder, target: Any, group: str | None = None, name: str = "target") -> list[Target]:
+    """Targets from what a caller has: a Target; a feature vector [D] or matrix [N, D] (numpy or torch);
+    an image tensor [C, H, W] or batch [N, C, H, W] in [0, 1] (encoded now); a string in the form of
+    ``probe interpolate``'s endpoints (``F.h5:ROW``, ``image:PATH`` or a path, ``text:PROMPT``,
+    ``vector:PATH``); or a list of any of these."""
+    from probe.walks import parse_endpoint
+
+    out: list[Target] = []
+    items = list(target) if isinstance(target, (list, tuple)) else [target]
+    if not items:
+        raise UsageError(f"{name}: no targets given")
+    dim = encoder.feature_dim
+    for i, item in enumerate(items):
+        if isinstance(item, Target):
+            out.append(item)
+        elif isinstance(item, (str, Path)):
+            out.append(parse_endpoint(str(item), encoder, group, name))
+        elif isinstance(item, (np.ndarray, torch.Tensor)):
+            out += _array_targets(encoder, item, dim, f"{name}[{i}]" if len(items) > 1 else name)
+        else:
+            raise UsageError(f"{name}: cannot make a target of {type(item).__name__}; give a vector, an image "
+                             "tensor, a path or a Target")
+    return unique_ids(out)
+
+
+def _array_targets(encoder: Encoder, arr: np.ndarray | torch.Tensor, dim: int, name: str) -> list[Target]:
+    x = torch.as_tensor(arr).detach().float().cpu()
+    if x.dim() in (1, 2):
+        rows = x.reshape(1, -1) if x.dim() == 1 else x
+        return [vector_target(r.numpy(), f"vec-{j}" if len(rows) > 1 else "vec", f"{name} vector", dim)
+                for j, r in enumerate(rows)]
+    if x.dim() in (3, 4):
+        imgs = x[None] if x.dim() == 3 else x
+        if imgs.min() < 0 or imgs.max() > 1:
+            raise UsageError(f"{name}: image tensors must hold values in [0, 1]")
+        feats = encode_images01(encoder, imgs).numpy()
+        return [Target(id=f"image-{j}" if len(imgs) > 1 else "image", vector=v, kind="image",
+                       source=f"{name} image tensor", index=j if len(imgs) > 1 else None)
+                for j, v in enumerate(feats)]
+    raise UsageError(f"{name}: expected a vector [D], vectors [N, D] or images [N, C, H, W], got {tuple(x.shape)}")
+
+
+@contextmanager
+def output_dir(out: str | Path | None) -> Iterator[Path]:
+    """``out`` as a Path, or a temporary folder removed afterwards (the result keeps tensors, not files)."""
+    if out is not None:
+        yield Path(out)
+        return
+    with tempfile.TemporaryDirectory(prefix="probe-") as tmp:
+        yield Path(tmp) / "out"
