@@ -104,9 +104,9 @@ def test_interpolate_strip_shares_seeds_and_starts_at_a(run_cli, prior_dir, enc_
     strip = Image.open(out / "strip.png")
     assert strip.width > strip.height  # 3 points (+ the A and B source images) across, 2 samples down
 
-    # same seeds => the t=0 images are those of decoding A alone
+    # same seeds => the t=0 images are those of decoding A alone (decode --from infers -m from the store too)
     alone = tmp_path / "alone"
-    res = run_cli("-q", "decode", "--prior", prior_dir, "-m", enc_spec, "--from", path, "--index", "0", *FAST,
+    res = run_cli("-q", "decode", "--prior", prior_dir, "--from", path, "--index", "0", *FAST,
                   "--samples", "2", "--batch-size", "2", "--out", alone)
     assert res.exit_code == 0, res.stderr
     for s in (0, 1):
