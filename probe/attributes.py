@@ -244,18 +244,11 @@ def luma(img: np.ndarray) -> np.ndarray:
 
 
 def rgb_to_hsv(img: np.ndarray) -> np.ndarray:
-    """HSV ``H×W×3`` with hue in ``[0, 1)`` (fraction of a turn), saturation and value in ``[0, 1]``."""
-    rgb = as_rgb(img)
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    mx, mn = rgb.max(-1), rgb.min(-1)
-    chroma = mx - mn
-    safe = np.where(chroma > 0, chroma, 1.0)
-    h = np.where(
-        mx == r, ((g - b) / safe) % 6.0, np.where(mx == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0)
-    )
-    h = np.where(chroma > 0, h / 6.0, 0.0) % 1.0
-    s = np.where(mx > 0, chroma / np.where(mx > 0, mx, 1.0), 0.0)
-    return np.stack([h, s, mx], axis=-1)
+    """HSV ``H×W×3`` with hue in ``[0, 1)`` (fraction of a turn), saturation and value in ``[0, 1]``
+    (matplotlib's conversion: grey pixels have hue and saturation 0)."""
+    from matplotlib.colors import rgb_to_hsv as mpl_rgb_to_hsv
+
+    return mpl_rgb_to_hsv(as_rgb(img))
 
 
 def _chroma(rgb: np.ndarray) -> np.ndarray:
@@ -265,28 +258,29 @@ def _chroma(rgb: np.ndarray) -> np.ndarray:
 def sobel(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sobel derivatives ``(gx, gy)`` of a 2-D array, ``gy`` pointing *up* the displayed image.
 
-    Normalised by 4 so a sharp unit step gives magnitude 1; borders are edge-replicated so the image
-    frame itself is not an edge.
+    scipy.ndimage's Sobel, normalised by 4 so a sharp unit step gives magnitude 1; borders replicate
+    the edge pixel (``mode="nearest"``) so the image frame itself is not an edge.
     """
-    p = np.pad(gray, 1, mode="edge")
-    gx = (p[:-2, 2:] + 2 * p[1:-1, 2:] + p[2:, 2:] - p[:-2, :-2] - 2 * p[1:-1, :-2] - p[2:, :-2]) / 4.0
-    gy_down = (p[2:, :-2] + 2 * p[2:, 1:-1] + p[2:, 2:] - p[:-2, :-2] - 2 * p[:-2, 1:-1] - p[:-2, 2:]) / 4.0
-    return gx, -gy_down
+    from scipy import ndimage
+
+    g = np.asarray(gray, dtype=np.float64)
+    return ndimage.sobel(g, axis=1, mode="nearest") / 4.0, -ndimage.sobel(g, axis=0, mode="nearest") / 4.0
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of values in ``[0, 1]``: the cut maximising between-class variance."""
+    """Otsu's threshold of values in ``[0, 1]`` (``skimage.filters.threshold_otsu``) on a fixed histogram of
+    ``[0, 1]``, so the threshold does not depend on the values' range.
+
+    The bins' upper edges stand in for their centres (the between-class variance does not change when
+    every level shifts by half a bin), so the result is the upper edge of the last background bin and
+    ``values > threshold`` is the foreground. A single occupied bin has nothing to split: the first edge.
+    """
+    from skimage.filters import threshold_otsu
+
     hist, edges = np.histogram(np.clip(values, 0, 1), bins=bins, range=(0.0, 1.0))
-    p = hist.astype(np.float64) / max(hist.sum(), 1)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(p)
-    m = np.cumsum(p * centres)
-    mt = m[-1]
-    w1 = 1.0 - w0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (mt * w0 - m) ** 2 / (w0 * w1)
-    between = np.where((w0 > 0) & (w1 > 0), between, -1.0)
-    return float(edges[int(np.argmax(between)) + 1])
+    if np.count_nonzero(hist) < 2:
+        return float(edges[1])
+    return float(threshold_otsu(hist=(hist, edges[1:])))
 
 
 def foreground_mask(img: np.ndarray) -> np.ndarray:

@@ -78,9 +78,9 @@ import numpy as np
 
 from probe.attributes import Attribute, Value, get_attributes
 from probe.errors import InputError, UsageError
+from probe.images import list_images
 from probe.manifest import Manifest
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 #: Reference dispersions at or below this count as "constant in reference".
 CONSTANT_EPS = 1e-12
 
@@ -112,15 +112,6 @@ class SampleSet:
     @property
     def n_images(self) -> int:
         return sum(len(g.paths) for g in self.groups) + len(self.reference)
-
-
-def list_images(folder: Path, recursive: bool = False) -> list[Path]:
-    """Image files in ``folder`` (sorted by name; hidden files skipped)."""
-    it = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(
-        p for p in it
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    )
 
 
 def _reference_from_dir(folder: Path) -> list[Path]:
@@ -331,15 +322,16 @@ def persistence(attr: Attribute, samples: Sequence[Value], reference_dispersion:
 def bootstrap_ci(
     scores: np.ndarray, n_boot: int, level: float, rng: np.random.Generator
 ) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of ``scores`` (targets resampled with replacement)."""
+    """Percentile bootstrap CI of the mean of ``scores`` (targets resampled with replacement), by
+    ``scipy.stats.bootstrap``; NaN for fewer than two scores (one number has no spread to resample)."""
+    from scipy.stats import bootstrap
+
     scores = np.asarray(scores, dtype=np.float64)
     if len(scores) < 2 or n_boot < 1:
         return math.nan, math.nan
-    idx = rng.integers(0, len(scores), size=(n_boot, len(scores)))
-    means = scores[idx].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
+    ci = bootstrap((scores,), np.mean, n_resamples=n_boot, confidence_level=level, method="percentile",
+                   random_state=rng, vectorized=True).confidence_interval
+    return float(ci.low), float(ci.high)
 
 
 # --------------------------------------------------------------------------------------------------

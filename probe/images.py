@@ -37,10 +37,18 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Image files in ``folder`` (by suffix, sorted; hidden files such as ``._x.png`` skipped): the one
+    walker every command uses, so a file that ``extract`` reads is one that ``compare`` finds."""
+    folder = Path(folder)
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
 def _expand(item: str) -> Iterator[Path]:
     p = Path(item)
     if p.is_dir():
-        yield from sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        yield from list_images(p, recursive=True)
     elif p.is_file():
         yield p
     elif any(ch in item for ch in "*?["):

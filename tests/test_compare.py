@@ -406,3 +406,14 @@ def test_cli_default_classifier_and_cross_model(tmp_path):
     assert res.exit_code == 0, res.output
     assert "features (timm:resnet18)" in res.output
     assert "class (bundled:fashion-cnn)" in res.output or "default classifier" in res.output
+
+
+def test_compare_finds_every_image_extract_reads(tmp_path):
+    """One input walker: a .pgm that extract reads is an image to compare too; hidden files are not."""
+    from probe.images import collect_inputs
+
+    for name in ("a/x.pgm", "a/y.png", "a/.z.png", "baseline/r.ppm", "baseline/s.png"):
+        _png(tmp_path / name, np.full((4, 4, 3), 0.5))
+    ss = C.load_samples(tmp_path)
+    assert [p.name for p in ss.groups[0].paths] == ["x.pgm", "y.png"] and len(ss.reference) == 2
+    assert [p.name for p in collect_inputs([str(tmp_path / "a")])] == ["x.pgm", "y.png"]
