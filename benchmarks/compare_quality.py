@@ -2,18 +2,17 @@
 
     python benchmarks/compare_quality.py                 # 20 test features x 8 samples, fast preset
 
-Runs the real workflow through the CLI: ``probe extract`` of 20 Fashion-MNIST test images (2 per class),
-``probe decode`` of their bundled:fashion-cnn embeddings with bundled:fashion-ddpm (8 samples each), and
-``probe compare``. Reports the persistence table and, for the class attribute, how often a decoded
-sample's predicted class equals its target image's true class (chance: 10%) and the within-target
-agreement rate against the unguided baseline's.
+Runs the real workflow through the Python API (the functions the CLI commands call): ``probe.extract`` of 20
+Fashion-MNIST test images (2 per class), ``probe.decode`` of their bundled:fashion-cnn embeddings with
+bundled:fashion-ddpm (8 samples each), and ``probe.compare``. Reports the persistence table and, for the
+class attribute, how often a decoded sample's predicted class equals its target image's true class (chance:
+10%) and the within-target agreement rate against the unguided baseline's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,16 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+import probe
 from probe.datasets import fashion_mnist, fashion_slug
-from probe.manifest import Manifest
-from probe.models.registry import load_encoder
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def run(*args: str) -> str:
-    out = subprocess.run(["probe", *args], check=True, capture_output=True, text=True)
-    return out.stdout
 
 
 def main() -> None:
@@ -53,22 +46,19 @@ def main() -> None:
             d.mkdir(parents=True, exist_ok=True)
             Image.fromarray(x[i]).save(d / f"test{i:05d}.png")
     store = work / "features.h5"
-    run("extract", str(img_dir), "-o", str(store), "--labels", "parent", "-q")
+    cnn = probe.load_encoder("bundled:fashion-cnn")
+    probe.extract(cnn, img_dir, out=store, labels="parent")
     n = 10 * args.per_class
     start = time.perf_counter()
-    run("decode", "--from", str(store), "--index", f"0:{n}", "-n", str(args.samples), "--schedule", args.schedule,
-        "--batch-size", str(args.batch_size), "-o", str(work / "decoded"), "--overwrite", "-q")
+    decoded = probe.decode(cnn, probe.resolve_targets(cnn, store=store, index=f"0:{n}"), samples=args.samples,
+                           schedule=args.schedule, batch_size=args.batch_size, out=work / "decoded", overwrite=True)
     decode_s = time.perf_counter() - start
-    result = json.loads(run("compare", str(work / "decoded"), "--json", "--html", str(work / "report.html"),
-                            "--chart", str(work / "persistence.png"), "-q"))
+    result = json.loads(probe.compare(decoded, html=work / "report.html", chart=work / "persistence.png").to_json())
 
     # class accuracy of the decoded samples against the target image's true class
-    cnn = load_encoder("bundled:fashion-cnn", device="cpu")
-    records = Manifest.read(work / "decoded").records
-    imgs = torch.stack([torch.from_numpy(np.asarray(Image.open(work / "decoded" / r.image), dtype=np.float32))
-                        for r in records])[:, None] / 255.0
+    records = decoded.records
     with torch.no_grad():
-        pred = cnn.classify(imgs).argmax(1).numpy()
+        pred = cnn.classify(decoded.images.to(cnn.device)).argmax(1).cpu().numpy()
     true = np.array([int(str(r.label).split("-")[0]) for r in records])  # folder "<class>-<name>"
     rows = [{k: a.get(k) for k in ("name", "mean", "ci_low", "ci_high", "verdict")} for a in result["attributes"]]
     summary = {

@@ -3,7 +3,7 @@
     python benchmarks/walk_quality.py                      # fashion-ddpm + fashion-cnn, fast preset
     python benchmarks/walk_quality.py --pairs 0-9,1-7 --points 9 --samples 4
 
-Runs the real commands through the CLI on the bundled models:
+Runs the real workflows through the Python API (the functions the CLI commands call) on the bundled models:
 
 interpolation  For each class pair (A, B), the Fashion-MNIST test image of A (and of B) whose fashion-cnn
                embedding is nearest its class mean among correctly classified images is extracted, and
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 from PIL import Image
 from scipy.stats import spearmanr
 
+import probe
 from probe.attributes import get_attributes
 from probe.datasets import FASHION_CLASSES, fashion_mnist, fashion_slug
 from probe.manifest import Manifest
@@ -51,13 +51,6 @@ FIGURES = ROOT / "docs" / "figures"
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def run(*args: str) -> str:
-    out = subprocess.run(["probe", *args], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"probe {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
-    return out.stdout
 
 
 def slug(c: int) -> str:
@@ -91,7 +84,7 @@ def interpolation(args, cnn, x: np.ndarray, exemplars: dict[int, int], work: Pat
         (img_dir / slug(c)).mkdir(parents=True, exist_ok=True)
         Image.fromarray(x[i]).save(img_dir / slug(c) / f"test{i:05d}.png")
     store = work / "exemplars.h5"
-    run("extract", str(img_dir), "-o", str(store), "--labels", "parent", "--overwrite", "-q")
+    probe.extract("bundled:fashion-cnn", img_dir, out=store, labels="parent", overwrite=True)
     with FeatureStore(store) as fs:  # rows by class folder (extract's order is its own)
         paths = fs.group().paths
     rows = {int(Path(p).parent.name.split("-")[0]): r for r, p in enumerate(paths)}
@@ -101,9 +94,8 @@ def interpolation(args, cnn, x: np.ndarray, exemplars: dict[int, int], work: Pat
     for a, b in pairs:
         out = work / f"interpolate-{a}-{b}"
         t0 = time.perf_counter()
-        run("interpolate", f"{store}:{rows[a]}", f"{store}:{rows[b]}", "-k", str(args.points), "-n",
-            str(args.samples), "--schedule", args.schedule, "--batch-size", str(args.batch_size), "-o", str(out),
-            "--overwrite", "-q", "--json")
+        probe.interpolate(None, f"{store}:{rows[a]}", f"{store}:{rows[b]}", points=args.points, samples=args.samples,
+                          schedule=args.schedule, batch_size=args.batch_size, out=out, overwrite=True)
         seconds = time.perf_counter() - t0
         summary = json.loads((out / "path.json").read_text())
         records = Manifest.read(out).cells()
@@ -151,13 +143,12 @@ def perturbation(args, x: np.ndarray, work: Path) -> dict:
     for i in idx:
         Image.fromarray(x[i]).save(img_dir / f"test{i:05d}.png")
     store = work / "set.h5"
-    run("extract", str(img_dir), "-o", str(store), "--overwrite", "-q")
+    probe.extract("bundled:fashion-cnn", img_dir, out=store, overwrite=True)
     out = work / "perturb-pc1"
     scales = [float(s) for s in args.scales.split(",")]
     t0 = time.perf_counter()
-    run("perturb", "mean", "--from", str(store), "--components", "1", "--scales", args.scales, "-n",
-        str(args.samples), "--schedule", args.schedule, "--batch-size", str(args.batch_size), "-o", str(out),
-        "--overwrite", "-q", "--json")
+    probe.perturb(None, "mean", store, components=[1], scales=args.scales, samples=args.samples,
+                  schedule=args.schedule, batch_size=args.batch_size, out=out, overwrite=True)
     seconds = time.perf_counter() - t0
     summary = json.loads((out / "perturb.json").read_text())
     cells = summary["cells"]

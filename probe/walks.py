@@ -108,16 +108,6 @@ def parse_endpoint(text: str, encoder, group: str | None = None, name: str = "A"
     raise UsageError(f"{name}: cannot read target {text!r}: no such file; use {ENDPOINT_HELP}")
 
 
-def encoder_defaults_from_store(path: str | Path, group: str | None) -> dict:
-    """Encoder options (spec, weights, layer, pooling) recorded in a store group, to decode its rows."""
-    from probe.store import FeatureStore
-
-    with FeatureStore(path, "r") as st:
-        a = st.group(group).attrs
-    return {"spec": a.get("model_spec"), "weights": a.get("weights") or None, "layers": [a.get("layer")],
-            "keep_spatial": bool(a.get("keep_spatial", False)), "token_pool": a.get("token_pool") or "cls"}
-
-
 def target_name(t: Target) -> str:
     """A short human name of a target for titles and legends."""
     if t.kind == "hdf5":

@@ -1,4 +1,4 @@
-"""``probe compare``: which attributes does a feature encode? (thin layer over :mod:`probe.compare`)."""
+"""``probe compare``: which attributes does a feature encode? (thin layer over :mod:`probe.workflows.compare`)."""
 
 from __future__ import annotations
 

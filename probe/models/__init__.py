@@ -1,0 +1,2 @@
+"""Networks as encoders: spec strings (registry), model families (bundled, timm, open_clip, torchscript, any
+nn.Module), and the Encoder that runs them with their preprocessing (encoder)."""
