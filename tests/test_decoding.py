@@ -136,9 +136,9 @@ def test_records_carry_the_realism_score_and_flag(tmp_path, setup, monkeypatch):
     monkeypatch.setattr(decoding, "denoising_error", fake_error)
     summary = decode_targets(prior, enc, targets, tmp_path / "o", DecodeSettings(samples=2, batch_size=4, config=CFG))
     # reference = median of the two unguided samples' errors = 2.0; threshold 1.5
-    assert [r["naturalness"] for r in summary.records] == [1.0, 5.0, 0.5, 1.0]
-    assert [r["off_manifold"] for r in summary.records] == [False, True, False, False]
+    assert [r.naturalness for r in summary.records] == [1.0, 5.0, 0.5, 1.0]
+    assert [r.off_manifold for r in summary.records] == [False, True, False, False]
     assert calls == [2, 4]
     plain = decode_targets(prior, enc, targets, tmp_path / "p",
                            DecodeSettings(samples=1, config=CFG, baseline=False))
-    assert all(r["naturalness"] is None and r["off_manifold"] is None for r in plain.records)
+    assert all(r.naturalness is None and r.off_manifold is None for r in plain.records)
