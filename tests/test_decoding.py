@@ -131,7 +131,7 @@ def test_records_carry_the_realism_score_and_flag(tmp_path, setup, monkeypatch):
 
     monkeypatch.setattr(decoding, "denoising_error", fake_error)
     summary = decode_targets(prior, enc, targets, tmp_path / "o", DecodeSettings(samples=2, batch_size=4, config=CFG))
-    # reference = median of the two unguided samples' errors = 2.0; threshold 1.5
+    # reference = median of the two unguided samples' errors = 2.0; threshold 2.0
     assert [r["naturalness"] for r in summary.records] == [1.0, 5.0, 0.5, 1.0]
     assert [r["off_manifold"] for r in summary.records] == [False, True, False, False]
     assert calls == [2, 4]
