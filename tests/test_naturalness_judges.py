@@ -188,3 +188,13 @@ def test_score_emoji_on_heldout_emoji(emoji_ready):
     assert out["fd"]["decoded_vs_real"] < out["fd"]["unguided_vs_real"]
     assert 0.5 < out["nn"]["ratio"] < 1.5
     assert out["category_accuracy"] == out["category_accuracy_real_targets"]
+
+
+def test_judges_tolerate_faint_pixel_noise(fashion_test, judges):
+    # decodes carry faint noise; HOG's block normalisation amplified it before the judge trained on noisy copies
+    images, labels = fashion_test
+    idx = np.random.default_rng(10).choice(len(images), 200, replace=False)
+    noisy = np.clip(images[idx] / 255.0 + np.random.default_rng(11).normal(0, 0.05, (200, 32, 32)), 0, 1)
+    acc = nat.judge_accuracy(noisy.astype(np.float32), labels[idx], judges)
+    for name in nat.JUDGE_NAMES:
+        assert acc[name] > 0.7, (name, acc[name])
