@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -74,12 +75,16 @@ def test_output_directory_follows_the_contract(tmp_path, setup):
     assert summary.to_dict()["decoded"] == 4
 
 
-def test_existing_output_is_refused_then_overwritten(tmp_path, setup):
+def test_other_settings_are_refused_then_overwritten(tmp_path, setup):
     prior, enc, targets = setup
     settings = DecodeSettings(samples=1, config=CFG.replace(steps=2, early_steps=0, rounds=1))
     decode_targets(prior, enc, targets[:1], tmp_path, settings)
-    with pytest.raises(UsageError, match="--overwrite"):
-        decode_targets(prior, enc, targets[:1], tmp_path, settings)
+    again = decode_targets(prior, enc, targets[:1], tmp_path, settings)  # the same command: nothing left to do
+    assert again.resumed == 1 and len(again.records) == 1
+    with pytest.raises(UsageError, match=r"settings.seed=0, not 1; .*--overwrite"):
+        decode_targets(prior, enc, targets[:1], tmp_path, dataclasses.replace(settings, seed=1))
+    with pytest.raises(UsageError, match="other targets"):
+        decode_targets(prior, enc, targets[1:], tmp_path, settings)
     decode_targets(prior, enc, targets[1:], tmp_path, DecodeSettings(samples=1, config=settings.config,
                                                                    overwrite=True))
     assert [r["target_id"] for r in read_manifest(tmp_path)] == ["b"]

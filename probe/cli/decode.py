@@ -7,6 +7,7 @@ result table (rich on stderr) or the summary as JSON on stdout.
 from __future__ import annotations
 
 import itertools
+import time
 from pathlib import Path
 
 import click
@@ -17,6 +18,9 @@ from probe.cli.options import load_encoder_from_options
 from probe.decoding import DecodeEvent, DecodeSettings, DecodeSummary, decode_targets
 from probe.diffusion.priors import DEFAULT_PRIOR, load_prior
 from probe.diffusion.schedules import DEFAULT_PRESET, PRESETS, preset
+from probe.distributed import Runtime, Shard, runtime
+from probe.errors import ProbeError
+from probe.merging import merge_decodes
 from probe.models.registry import DEFAULT_ENCODER
 from probe.targets import resolve_targets
 
@@ -125,26 +129,39 @@ def result_table(summary: DecodeSummary, limit: int = 40) -> Table:
 @click.option("--no-baseline", is_flag=True, help="Skip the unguided baseline samples.")
 @click.option("--save-trajectory", type=int, default=0, show_default=True,
               help="Also save the predicted image every N steps as a strip per sample (0 = off).")
-@click.option("--device", help="cpu, cuda, cuda:1 ... [default: cuda when present]")
+@click.option("--device", help="cpu, cuda, cuda:1 ... [default: cuda when present; cuda:LOCAL_RANK under torchrun]")
+@click.option("--shard", help="Decode only shard i of N (i/N, e.g. 0/4) into OUT/shards/; join with 'probe merge OUT'. "
+              "Under torchrun the ranks are the shards and rank 0 merges.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary and all records as JSON on stdout.")
 def decode(prior, spec, weights, layers, keep_spatial, token_pool, store, group, index, paths, images, texts,
-           vectors, samples, seed, batch_size, out, overwrite, no_baseline, save_trajectory, device, as_json,
+           vectors, samples, seed, batch_size, out, overwrite, no_baseline, save_trajectory, device, shard, as_json,
            **schedule) -> None:
     """Decode target features into images with a guided diffusion prior (arXiv 2509.07936).
 
     Each target is decoded SAMPLES times; every image is saved with the squared feature distance it
     reached, relative to an unguided sample of the same seed. Targets: store rows (--from F.h5
     --index 0:8), images (--image), CLIP prompts (--text) or raw vectors (--vector).
+
+    A rerun of the same command into the same OUT resumes it (finished samples are kept); other
+    settings are refused. OUT is locked while a decode writes it.
     """
     config = config_from_options(schedule)
     settings = DecodeSettings(samples=samples, seed=seed, batch_size=batch_size, config=config,
                               trajectory_every=save_trajectory, baseline=not no_baseline, overwrite=overwrite)
-    encoder = load_encoder_from_options({"spec": spec, "weights": weights, "layers": list(layers),
-                                         "keep_spatial": keep_spatial, "token_pool": token_pool,
-                                         "device": device})
-    targets = resolve_targets(encoder, store=store, group=group, index=index, paths=paths, images=images,
-                              texts=texts, vectors=vectors)
-    summary = decode_with_progress(prior, encoder, targets, out, settings)
+    rt = runtime(shard, device)
+    try:
+        if not rt.is_main and rt.group:
+            click.get_current_context().find_root().obj["quiet"] = True  # rank 0 speaks for the run
+        encoder = load_encoder_from_options({"spec": spec, "weights": weights, "layers": list(layers),
+                                             "keep_spatial": keep_spatial, "token_pool": token_pool,
+                                             "device": rt.device(device)})
+        targets = resolve_targets(encoder, store=store, group=group, index=index, paths=paths, images=images,
+                                  texts=texts, vectors=vectors)
+        summary = decode_sharded(prior, encoder, targets, out, settings, rt)
+    finally:
+        rt.close()
+    if summary is None:
+        return
     if as_json:
         emit_json(summary.to_dict())
     if not quiet():
@@ -153,8 +170,38 @@ def decode(prior, spec, weights, layers, keep_spatial, token_pool, store, group,
             f"records in {out / 'manifest.jsonl'} ({summary.seconds:.1f} s)")
 
 
+def decode_sharded(prior_spec: str, encoder, targets, out: Path, settings: DecodeSettings, rt: Runtime,
+                   what: str = "decode") -> DecodeSummary | None:
+    """decode_with_progress for this process's shard; under torchrun rank 0 merges once every rank is done.
+
+    Returns the summary to print (None on ranks that have nothing to report)."""
+    if rt.shard.single:
+        return decode_with_progress(prior_spec, encoder, targets, out, settings, what)
+    ok = False
+    try:
+        summary = decode_with_progress(prior_spec, encoder, targets, out, settings, what, shard=rt.shard)
+        ok = True
+    finally:
+        all_ok = rt.all_ok(ok)  # every rank waits here, also when one failed (then nobody merges)
+    if not rt.group:
+        say(f"shard {rt.shard} done: {len(summary.records)} samples in {out / 'shards' / rt.shard.name}; "
+            f"run 'probe merge {out}' once all {rt.shard.count} shards are done")
+        return None
+    if not all_ok:
+        raise ProbeError(f"{out}: another rank failed; every finished batch is kept in {out / 'shards'}, "
+                         "rerun the same command to resume")
+    if not rt.is_main:
+        return None
+    t0 = time.perf_counter()
+    records = merge_decodes(out, sheet=settings.sheet, on_warning=warn)
+    say(f"merged {rt.shard.count} shards into {out} ({time.perf_counter() - t0:.1f} s)")
+    return DecodeSummary(out=out, records=records, seconds=summary.seconds + time.perf_counter() - t0,
+                         n_targets=len(targets), samples=settings.samples, baseline_seconds=summary.baseline_seconds,
+                         resumed=summary.resumed)
+
+
 def decode_with_progress(prior_spec: str, encoder, targets, out: Path, settings: DecodeSettings,
-                         what: str = "decode") -> DecodeSummary:
+                         what: str = "decode", shard: Shard | None = None) -> DecodeSummary:
     """decode_targets with the header line and the step progress bar (shared by decode and the walks)."""
     diffusion = load_prior(prior_spec, encoder.device)
     config = settings.config
@@ -175,8 +222,10 @@ def decode_with_progress(prior_spec: str, encoder, targets, out: Path, settings:
                 return
             finite = [d for d in ev.best if d == d and d != float("inf")]
             extra = f"batch {ev.batch}/{ev.n_batches}" + (f" best d {min(finite):.4g}" if finite else "")
-            update(base_batches * n_steps + (ev.batch - 1) * per_batch + work[ev.step - 1], extra)
-        summary = decode_targets(diffusion, encoder, targets, out, settings, on_event=on_event)
+            update(base_batches * n_steps + (ev.batch - 1) * per_batch + work[ev.step - 1], extra,
+                   total=base_batches * n_steps + ev.n_batches * per_batch)  # a shard or a resume does fewer
+        summary = decode_targets(diffusion, encoder, targets, out, settings, on_event=on_event, shard=shard,
+                                 on_warning=warn)
     warn_off_manifold(summary.records, settings.off_manifold_threshold)
     return summary
 
