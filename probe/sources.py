@@ -152,7 +152,7 @@ def _pyarrow_parquet():
     try:
         import pyarrow.parquet as pq
     except ImportError as exc:
-        raise UsageError("reading parquet needs pyarrow: pip install pyarrow (or probe[scale])") from exc
+        raise UsageError("reading parquet needs pyarrow: pip install pyarrow") from exc
     return pq
 
 
