@@ -308,7 +308,13 @@ def _clear_for_overwrite(out: Path, work: Path, shard: Shard) -> None:
     root = decode_shard_root(out)
     if root.is_dir():
         for d in root.iterdir():
-            if d == work or not d.name.endswith(f"-of-{shard.count:05d}") or shard.single:
+            if d == work:  # this shard's folder: everything but the lock this process holds
+                for f in d.iterdir():
+                    if f.is_dir():
+                        shutil.rmtree(f, ignore_errors=True)
+                    elif f.name != ".probe.lock":
+                        f.unlink(missing_ok=True)
+            elif shard.single or not d.name.endswith(f"-of-{shard.count:05d}"):  # other splits' leftovers
                 shutil.rmtree(d, ignore_errors=True)
 
 

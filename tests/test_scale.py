@@ -140,6 +140,61 @@ def test_extract_shards_merge_to_the_single_process_store(run_cli, tmp_path, sma
     assert r.exit_code == 2 and "no shards to merge" in r.stderr
 
 
+def test_killed_shards_and_a_killed_merge_resume_without_loss_or_duplicates(run_cli, tmp_path, small_images,
+                                                                           tiny_encoder_args, monkeypatch):
+    import probe.extraction as E
+    import probe.merging as M
+    from probe.store import StoreGroup
+
+    args = [*small_images[:8], *tiny_encoder_args, "--batch-size", "2", "--workers", "0"]
+    assert run_cli("-q", "extract", *args, "-o", tmp_path / "one.h5").exit_code == 0
+    read = E.read_image01
+
+    def killed(path):  # shard 0 owns batches 0 and 2: the kill comes in its second batch
+        if Path(path).name == small_images[4].name:
+            raise KeyboardInterrupt
+        return read(path)
+    monkeypatch.setattr(E, "read_image01", killed)
+    r = run_cli("-q", "extract", *args, "-o", tmp_path / "two.h5", "--shard", "0/2")
+    assert r.exit_code == 130
+    monkeypatch.setattr(E, "read_image01", read)
+    r = run_cli("-q", "extract", *args, "-o", tmp_path / "two.h5", "--shard", "0/2", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["skipped"] == 2 and json.loads(r.stdout)["stored"] == 2
+    assert run_cli("-q", "extract", *args, "-o", tmp_path / "two.h5", "--shard", "1/2").exit_code == 0
+    monkeypatch.setattr(M, "CHUNK", 3)  # the merge appends 3 rows at a time and is killed after the first 3
+    real_append, calls = StoreGroup.append, []
+
+    def dies(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_append(self, *a, **kw)
+    monkeypatch.setattr(StoreGroup, "append", dies)
+    with pytest.raises(KeyboardInterrupt):
+        M.merge_stores(tmp_path / "two.h5")
+    monkeypatch.setattr(StoreGroup, "append", real_append)
+    assert len(_store_rows(tmp_path / "two.h5")["timm_test_resnet/embedding/paths"]) == 3
+    assert run_cli("-q", "merge", tmp_path / "two.h5").exit_code == 0
+    assert _store_rows(tmp_path / "two.h5") == _store_rows(tmp_path / "one.h5")
+
+
+def test_decode_shard_cli_and_merge(run_cli, tmp_path, small_images, tiny_encoder_args):
+    prior = save_pixel_prior(tmp_path / "prior")
+    dec = ["--prior", prior, *tiny_encoder_args, "--image", small_images[0], "--image", small_images[1], "-n", "2",
+           "--batch-size", "3", "--steps", "2", "--rounds", "1", "--early-steps", "0", "--late-steps", "0"]
+    assert run_cli("-q", "decode", *dec, "-o", tmp_path / "one").exit_code == 0
+    for i in (0, 1):
+        r = run_cli("decode", *dec, "-o", tmp_path / "two", "--shard", f"{i}/2")
+        assert r.exit_code == 0 and f"run 'probe merge {tmp_path / 'two'}'" in r.stderr
+    r = run_cli("-q", "decode", *dec, "-o", tmp_path / "two", "--shard", "0/2", "--seed", "5")
+    assert r.exit_code == 2 and "settings.seed=0, not 5" in r.stderr
+    r = run_cli("merge", tmp_path / "two", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["records"] == 4
+    assert snapshot(tmp_path / "two") == snapshot(tmp_path / "one")
+    r = run_cli("-q", "decode", *dec, "-o", tmp_path / "two", "--json")  # complete: a rerun decodes nothing
+    assert r.exit_code == 0 and json.loads(r.stdout)["resumed"] == 4
+
+
 # -- webdataset / parquet inputs ---------------------------------------------------------------------------
 def test_brace_patterns_expand_like_bash():
     assert expand_braces("s/{00008..00011}.tar") == [f"s/{i:05d}.tar" for i in range(8, 12)]
