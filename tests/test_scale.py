@@ -150,10 +150,10 @@ def test_killed_shards_and_a_killed_merge_resume_without_loss_or_duplicates(run_
     assert run_cli("-q", "extract", *args, "-o", tmp_path / "one.h5").exit_code == 0
     read = E.read_image01
 
-    def killed(path):  # shard 0 owns batches 0 and 2: the kill comes in its second batch
+    def killed(path, *args):  # shard 0 owns batches 0 and 2: the kill comes in its second batch
         if Path(path).name == small_images[4].name:
             raise KeyboardInterrupt
-        return read(path)
+        return read(path, *args)
     monkeypatch.setattr(E, "read_image01", killed)
     r = run_cli("-q", "extract", *args, "-o", tmp_path / "two.h5", "--shard", "0/2")
     assert r.exit_code == 130
