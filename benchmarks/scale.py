@@ -82,7 +82,8 @@ def h5_rows(path: Path) -> dict:
 
     def visit(name, obj):
         if isinstance(obj, h5py.Dataset):
-            out[name] = obj[:].tobytes()
+            values = obj[:]  # numbers compared by their bytes, strings (object arrays) by value
+            out[name] = values.tolist() if values.dtype.kind in "OSU" else values.tobytes()
     with h5py.File(path) as f:
         f.visititems(visit)
     return out
