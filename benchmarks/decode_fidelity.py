@@ -49,6 +49,10 @@ from probe.diffusion.sampler import concat_features, sample
 from probe.diffusion.schedules import PRESETS, GuidanceConfig
 from probe.metrics import retrieval_rank
 from probe.models.registry import load_encoder
+from probe.naturalness import denoising_error
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from preset_score import images01, naturalness_figures  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_EVAL_RATIO = 20.0
@@ -309,18 +313,25 @@ def run_guided(prior, encoder, targets: torch.Tensor, config: GuidanceConfig, n:
 
 
 def run_baseline(prior, encoder, targets: torch.Tensor, config: GuidanceConfig, lo: int, hi: int, batch: int,
-                 cache: dict) -> np.ndarray:
-    """Distances of the unguided samples (same seeds and timesteps) for targets lo..hi−1, cached by config
-    and seed (a preset over more targets reuses what a shorter one computed)."""
+                 cache: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and 8-bit images of the unguided samples (same seeds and timesteps) for targets lo..hi−1,
+    cached by config and seed (a preset over more targets reuses what a shorter one computed)."""
     base = config.baseline()
     key = json.dumps({k: v for k, v in base.to_dict().items() if k != "name"}, sort_keys=True)
-    have: dict[int, float] = cache.setdefault(key, {})
+    have: dict[int, tuple[float, np.ndarray]] = cache.setdefault(key, {})
     missing = [i for i in range(lo, hi) if i not in have]
     for j in range(0, len(missing), batch):
         seeds = missing[j:j + batch]
         res = sample(prior, encoder, targets[seeds], seeds, base)
-        have.update(zip(seeds, res.final_distance.tolist()))
-    return np.asarray([have[i] for i in range(lo, hi)], dtype=np.float64)
+        have.update(zip(seeds, zip(res.final_distance.tolist(), uint8_images(res.final_images))))
+    return (np.asarray([have[i][0] for i in range(lo, hi)], dtype=np.float64),
+            np.stack([have[i][1] for i in range(lo, hi)]))
+
+
+def uint8_images(images01: torch.Tensor) -> np.ndarray:
+    """[N, C, H, W] in [0, 1] -> uint8 [N, H, W] (grey) or [N, H, W, 3] (colour), as the judges take them."""
+    u8 = torch.round(images01.clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
+    return u8[:, 0] if u8.shape[1] == 1 else u8.transpose(0, 2, 3, 1)
 
 
 def cosines(dec_f: np.ndarray, tgt_f: np.ndarray) -> np.ndarray:
@@ -441,6 +452,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--paper-from", type=Path, nargs="+", default=None,
                     help="reuse the paper rows of these earlier decode_fidelity JSONs (same prior/encoder/targets)")
     ap.add_argument("--out", type=Path, default=RESULTS / "decode_fidelity.json")
+    ap.add_argument("--no-naturalness", action="store_true",
+                    help="skip the independent naturalness judges (benchmarks/naturalness.py)")
     ap.add_argument("--rescore", action="store_true",
                     help="decode nothing: recompute the verdicts of the --out JSON from its per-sample numbers")
     args = ap.parse_args(argv)
@@ -483,6 +496,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs: dict[str, Run] = {}
     baselines: dict[str, dict[int, float]] = {}
     decoded: dict[str, np.ndarray] = {}
+    natural: dict[str, dict] = {}
 
     def report() -> dict:
         """Rows and verdicts of the presets run so far, written to --out (after every preset, so a run
@@ -494,7 +508,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows = [reused] if reused is not None else []
         for name, run in runs.items():
             lo, hi = run.start, run.start + run.n
-            base = run_baseline(prior, encoder, targets, run.config, lo, hi, args.batch_size, baselines)
+            base, base_images = run_baseline(prior, encoder, targets, run.config, lo, hi, args.batch_size, baselines)
             best = np.asarray(run.best_distance, dtype=np.float64)
             evals = np.asarray(run.evaluations, dtype=np.float64)
             if name not in decoded:
@@ -510,6 +524,17 @@ def main(argv: list[str] | None = None) -> dict:
                                   "rank": ranks.tolist(),
                                   "evaluations": run.evaluations, "best_step": run.best_step,
                                   "skipped_guidance": run.skipped}}
+            if name not in natural and not run.config.unguided and not args.no_naturalness:
+                natural[name] = naturalness_figures(
+                    uint8_images(torch.cat(run.images)), None if chosen["target_label"] is None else
+                    np.asarray(chosen["target_label"][lo:hi]), chosen["targets"][lo:hi],
+                    np.asarray(chosen["target_index"][lo:hi]), base_images, prior,
+                    denoising_error(prior, images01(base_images)))
+            if name in natural:
+                row["naturalness"] = {k: v for k, v in natural[name].items()
+                                      if k not in ("realism", "judges_correct", "nn_distance")}
+                row["per_sample"].update(realism=natural[name]["realism"],
+                                         judges_correct=natural[name].get("judges_correct"))
             if pair is not None and lo <= pair[0] and pair[1] <= hi:
                 a, b = pair[0] - lo, pair[1] - lo
                 row["paired"] = summary(best[a:b], base[a:b], ranks[a:b], cos[a:b], evals[a:b])

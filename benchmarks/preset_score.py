@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from naturalness import load_judges, score_images  # noqa: E402
+from naturalness import load_judges, score_emoji, score_images  # noqa: E402
 
 from probe.diffusion.priors import load_prior  # noqa: E402
 from probe.naturalness import denoising_error, off_manifold, realism_scores  # noqa: E402
@@ -48,15 +48,52 @@ def verdict(row: dict) -> dict:
     return {"checks": checks, "pass": all(checks.values())}
 
 
-def score_dir(folder: Path, prior_spec: str, names: list[str] | None = None) -> dict:
+def canonical_u8(u8: np.ndarray) -> np.ndarray:
+    """uint8 images as the judges take them: [N, H, W] (grey) or [N, H, W, 3] (colour), from NCHW too."""
+    if u8.ndim == 4 and u8.shape[1] in (1, 3) and u8.shape[-1] not in (1, 3):
+        u8 = u8.transpose(0, 2, 3, 1)
+    return u8[..., 0] if u8.ndim == 4 and u8.shape[-1] == 1 else u8
+
+
+def images01(u8: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W] (grey) or [N, H, W, 3] (colour) -> float [N, C, H, W] in [0, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(canonical_u8(u8))).float() / 255
+    return x[:, None] if x.dim() == 3 else x.permute(0, 3, 1, 2)
+
+
+def naturalness_figures(images: np.ndarray, labels: np.ndarray | None, targets: np.ndarray, index: np.ndarray,
+                        unguided: np.ndarray, prior, reference_error: np.ndarray, judges=None) -> dict:
+    """Every naturalness figure of one preset's decodes (uint8, the target i decoded with seed i).
+
+    Fashion-MNIST (``labels`` given): the judges, FD on the MLP judge's features, NN ratio; emoji
+    (``labels`` None): FD on the emoji space and NN ratio (``naturalness.score_emoji``). Both: probe's
+    realism score relative to the unguided samples' ``reference_error``."""
+    images, unguided = canonical_u8(images), canonical_u8(unguided)
+    real = realism_scores(denoising_error(prior, images01(images)), reference_error)
+    out = {"realism_median": float(np.median(real)), "realism_mean": float(np.mean(real)),
+           "off_manifold_share": float(off_manifold(real).mean()), "realism": real.tolist()}
+    if labels is None:
+        sc = score_emoji(images, targets=targets, unguided=unguided, exclude_indices=index)
+        out.update(judge_ratio=None, judge_accuracy=None)
+    else:
+        sc = score_images(images, labels, targets=targets, unguided=unguided, exclude_indices=index,
+                          judges=judges)
+        out.update(judge_ratio=sc["judge_accuracy_ratio"]["mean"], judge_accuracy=sc["judge_accuracy"],
+                   judge_accuracy_real_targets=sc["judge_accuracy_real_targets"],
+                   judges_correct=sc["per_image"]["judges_correct"])
+    out.update(fd=sc["fd"], fd_ratio=sc["fd"].get("decoded_over_unguided"), nn_ratio=sc["nn"]["ratio"],
+               nn_distance=sc["per_image"]["nn_distance"])
+    return out
+
+
+def score_dir(folder: Path, prior_spec: str, names: list[str] | None = None, finals: bool = False) -> dict:
     tg = np.load(folder / "targets.npz")
     labels, targets, index = tg["labels"], tg["images"], tg["index"]
+    labels = labels if len(labels) else None
     none = np.load(folder / "none.npz")["best"]
-    judges = load_judges()
+    judges = load_judges() if labels is not None else None
     prior = load_prior(prior_spec, "cpu")
-    as01 = lambda u8: torch.from_numpy(u8).float() / 255  # noqa: E731
-    ref_err = denoising_error(prior, as01(none))
-    real_err = denoising_error(prior, as01(targets[:, None] if targets.ndim == 3 else targets))
+    ref_err = denoising_error(prior, images01(none))
     rows = []
     files = [folder / f"{n}.npz" for n in names] if names else sorted(folder.glob("*.npz"))
     for path in files:
@@ -64,30 +101,58 @@ def score_dir(folder: Path, prior_spec: str, names: list[str] | None = None) -> 
             continue
         z = np.load(path)
         meta = json.loads(str(z["meta"]))
-        best = z["best"]
-        sc = score_images(best, labels, targets=targets, unguided=none, exclude_indices=index, judges=judges)
-        real = realism_scores(denoising_error(prior, as01(best)), ref_err)
-        evals = meta["evaluations_per_image"]
-        row = {"name": meta["name"], "config": meta["config"], "n": int(len(best)),
-               "mean_distance": meta["mean_distance"], "retrieval_at_1": meta["retrieval_at_1"],
-               "evaluations_per_image": evals,
-               "fewer_than_paper": PAPER_EVALUATIONS / evals if evals > 0 else None,
-               "judge_accuracy": sc["judge_accuracy"], "judge_accuracy_real_targets": sc["judge_accuracy_real_targets"],
-               "judge_ratio": sc["judge_accuracy_ratio"]["mean"],
-               "fd": sc["fd"], "fd_ratio": sc["fd"]["decoded"] / sc["fd"]["unguided"],
-               "nn_ratio": sc["nn"]["ratio"],
-               "realism_mean": float(np.mean(real)), "realism_median": float(np.median(real)),
-               "off_manifold_share": float(off_manifold(real).mean()),
-               "per_image": {"realism": real.tolist(), "judges_correct": sc["per_image"]["judges_correct"],
-                             "nn_distance": sc["per_image"]["nn_distance"],
-                             "best_distance": z["best_distance"].tolist()}}
-        row["verdict"] = verdict(row) if evals > 0 else None
-        rows.append(row)
-        print(f"{row['name']}: judges {row['judge_ratio']:.2f}, FD x{row['fd_ratio']:.2f}, "
-              f"NN x{row['nn_ratio']:.2f}, realism {row['realism_median']:.2f}, distance "
-              f"{row['mean_distance']:.3f}, r@1 {row['retrieval_at_1']:.2f}", file=sys.stderr, flush=True)
-    return {"folder": str(folder), "prior": prior_spec, "n_targets": int(len(labels)),
-            "realism_real_targets": realism_scores(real_err, ref_err).tolist(), "target": TARGET, "rows": rows}
+        for which in ("best", "final") if finals and meta["evaluations_per_image"] > 0 else ("best",):
+            rows.append(score_row(z, meta, which, labels, targets, index, none, prior, ref_err, judges, folder))
+    return {"folder": str(folder), "prior": prior_spec, "n_targets": int(len(targets)), "target": TARGET,
+            "rows": rows}
+
+
+def score_row(z, meta: dict, which: str, labels, targets, index, none, prior, ref_err, judges, folder: Path) -> dict:
+    """One configuration's figures for its best images (the decoder's output) or its chains' final images."""
+    images = z[which]
+    if which == "best":
+        distance, r1 = meta["mean_distance"], meta["retrieval_at_1"]
+        name = meta["name"]
+    else:  # the final images' retrieval needs their features: computed here, like preset_search does
+        distance, r1 = float(np.mean(z["final_distance"])), final_retrieval(images, folder)
+        name = meta["name"] + " [final image]"
+    nat = naturalness_figures(images, labels, targets, index, none, prior, ref_err, judges)
+    evals = meta["evaluations_per_image"]
+    row = {"name": name, "config": meta["config"], "output": which, "n": int(len(images)),
+           "mean_distance": distance, "retrieval_at_1": r1,
+           "evaluations_per_image": evals, "seconds_per_image_h100": meta["seconds_per_image"],
+           "fewer_than_paper": PAPER_EVALUATIONS / evals if evals > 0 else None,
+           **{k: v for k, v in nat.items() if k not in ("realism", "judges_correct", "nn_distance")},
+           "per_image": {"realism": nat["realism"], "judges_correct": nat.get("judges_correct"),
+                         "nn_distance": nat["nn_distance"], "distance": z[f"{which}_distance"].tolist()}}
+    row["verdict"] = verdict(row) if evals > 0 and labels is not None else None
+    jr = "–" if row["judge_ratio"] is None else f"{row['judge_ratio']:.2f}"
+    print(f"{row['name']}: judges {jr}, FD x{row['fd_ratio']:.2f}, NN x{row['nn_ratio']:.2f}, realism "
+          f"{row['realism_median']:.2f}, distance {row['mean_distance']:.3f}, r@1 {row['retrieval_at_1']:.2f}",
+          file=sys.stderr, flush=True)
+    return row
+
+
+_GALLERY: dict[str, tuple] = {}
+
+
+def final_retrieval(images: np.ndarray, folder: Path) -> float:
+    """retrieval@1 of decoded images among the targets + the 1,000-image gallery of decode_fidelity.py."""
+    from decode_fidelity import as_tensor, choose_images, features
+
+    from probe.metrics import retrieval_rank
+    from probe.models.registry import load_encoder
+
+    key = str(folder)
+    if key not in _GALLERY:
+        tg = np.load(folder / "targets.npz")
+        enc = load_encoder("bundled:fashion-cnn", device="cpu")
+        chosen = choose_images("fashion", len(tg["images"]), 1000, 0)
+        assert np.array_equal(chosen["targets"], tg["images"]), "targets differ from decode_fidelity's choice"
+        _GALLERY[key] = (enc, features(enc, as_tensor(chosen["targets"])), features(enc, as_tensor(chosen["gallery"])))
+    enc, tgt_f, gal_f = _GALLERY[key]
+    dec_f = features(enc, images01(images))
+    return float((retrieval_rank(dec_f, tgt_f, gal_f) == 0).mean())
 
 
 def table(result: dict) -> str:
@@ -96,8 +161,9 @@ def table(result: dict) -> str:
     for r in result["rows"]:
         few = f"{r['fewer_than_paper']:.1f}" if r["fewer_than_paper"] else "–"
         ok = "–" if r["verdict"] is None else ("yes" if r["verdict"]["pass"] else "no")
+        jr = "–" if r["judge_ratio"] is None else f"{r['judge_ratio']:.2f}"
         lines.append(f"| `{r['name']}` | {r['evaluations_per_image']:.0f} | {few} | {r['mean_distance']:.3f} | "
-                     f"{r['retrieval_at_1']:.2f} | {r['judge_ratio']:.2f} | {r['fd_ratio']:.2f} | "
+                     f"{r['retrieval_at_1']:.2f} | {jr} | {r['fd_ratio']:.2f} | "
                      f"{r['nn_ratio']:.2f} | {r['realism_median']:.2f} | {r['off_manifold_share']:.2f} | {ok} |")
     return "\n".join(lines)
 
@@ -108,10 +174,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prior", default="bundled:fashion-ddpm")
     ap.add_argument("--only", default=None, help="configuration file slugs to score, ;-separated [all]")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--finals", action="store_true", help="also score each chain's final image")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     names = [s for s in args.only.split(";") if s] if args.only else None
-    result = score_dir(args.folder, args.prior, names)
+    result = score_dir(args.folder, args.prior, names, args.finals)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(table(result))

@@ -20,6 +20,12 @@ perturb        PCA of 1,000 test embeddings (cached in the store by ``probe pert
                correlation of the attribute with the scale, averaged over samples. The attribute with
                the largest mean |ρ| is the one PC1 changes monotonically.
 
+naturalness    Every decoded image also gets the independent judges' class (``naturalness.py``: an MLP, HOG +
+               logistic regression, 5-NN on pixels; never used for guidance; majority vote): a strip that
+               switches once under fashion-cnn but not under the judges changed the network's verdict, not
+               the garment. Also per walk: probe's realism score (manifest ``naturalness``; median and the
+               share flagged off-manifold) and the nearest-training-image ratio (decoded vs real test images).
+
 Writes ``benchmarks/results/walk_quality.json`` and copies strip/grid PNGs to ``docs/figures/``.
 """
 
@@ -40,9 +46,12 @@ from scipy.stats import spearmanr
 import probe
 from probe.attributes import get_attributes
 from probe.datasets import FASHION_CLASSES, fashion_mnist, fashion_slug
-from probe.manifest import Manifest
+from probe.manifest import Manifest, SampleRecord
 from probe.models.registry import load_encoder
 from probe.store import FeatureStore
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from naturalness import load_judges, nn_ratio  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -73,12 +82,32 @@ def classify_files(cnn, out: Path, rels: list[str]) -> np.ndarray:
     return embed(cnn, imgs)[1]
 
 
+def judge_classes(judges, images: np.ndarray) -> list[int]:
+    """Majority class of the independent judges per image (ties: the MLP judge's class)."""
+    preds = judges.predict(images)
+    votes = np.stack([preds[k] for k in ("mlp", "hog-logreg", "knn-pixels")], 1)
+    out = []
+    for row in votes:
+        vals, counts = np.unique(row, return_counts=True)
+        out.append(int(vals[counts.argmax()]) if counts.max() > 1 else int(row[0]))
+    return out
+
+
+def naturalness_of(records: list[SampleRecord], out: Path, real: np.ndarray) -> dict:
+    """Realism scores from the manifest and the NN ratio of a walk's decoded images."""
+    nat = np.array([r.naturalness for r in records if r.naturalness is not None], dtype=float)
+    imgs = np.stack([np.asarray(Image.open(out / r.image).convert("L")) for r in records])
+    return {"realism_median": float(np.median(nat)) if nat.size else None,
+            "off_manifold_share": float(np.mean([bool(r.off_manifold) for r in records])),
+            "nn_ratio": nn_ratio(imgs, real)["ratio"]}
+
+
 def switches_once(seq: list[int], a: int, b: int) -> bool:
     changes = sum(1 for x, y in zip(seq, seq[1:]) if x != y)
     return seq[0] == a and seq[-1] == b and set(seq) <= {a, b} and changes == 1
 
 
-def interpolation(args, cnn, x: np.ndarray, exemplars: dict[int, int], work: Path) -> dict:
+def interpolation(args, cnn, judges, x: np.ndarray, exemplars: dict[int, int], work: Path) -> dict:
     img_dir = work / "exemplars"
     for c, i in exemplars.items():
         (img_dir / slug(c)).mkdir(parents=True, exist_ok=True)
@@ -99,13 +128,16 @@ def interpolation(args, cnn, x: np.ndarray, exemplars: dict[int, int], work: Pat
         seconds = time.perf_counter() - t0
         summary = json.loads((out / "path.json").read_text())
         records = Manifest.read(out).cells()
-        ok, rhos, seqs = [], [], []
+        ok, ok_judges, rhos, seqs, jseqs = [], [], [], [], []
         for s in range(args.samples):
             rels = [records[(p["target_id"], s)].image for p in summary["points"]]
             probs = classify_files(cnn, out, rels)
             seq = [int(v) for v in probs.argmax(1)]
             seqs.append(seq)
             ok.append(switches_once(seq, a, b))
+            jseq = judge_classes(judges, np.stack([np.asarray(Image.open(out / r).convert("L")) for r in rels]))
+            jseqs.append(jseq)
+            ok_judges.append(switches_once(jseq, a, b))
             rhos.append(float(spearmanr(summary["positions"], probs[:, b]).statistic))
         best = np.array(summary["best_distance"], dtype=float)  # [samples, points]
         rel = np.array([[records[(p["target_id"], s)].relative_distance for p in summary["points"]]
@@ -116,6 +148,9 @@ def interpolation(args, cnn, x: np.ndarray, exemplars: dict[int, int], work: Pat
             "a": FASHION_CLASSES[a], "b": FASHION_CLASSES[b], "distance_a_b": summary["distance_a_b"],
             "predicted_classes": [[FASHION_CLASSES[c] for c in seq] for seq in seqs],
             "switches_once": ok, "share_switching_once": float(np.mean(ok)),
+            "judge_classes": [[FASHION_CLASSES[c] for c in seq] for seq in jseqs],
+            "switches_once_judges": ok_judges, "share_switching_once_judges": float(np.mean(ok_judges)),
+            **naturalness_of(list(records.values()), out, x),
             "spearman_p_b_vs_t": rhos, "median_distance_endpoints": float(np.median(ends)),
             "median_distance_interior": float(np.median(inner)),
             "max_distance_interior": float(inner.max()),
@@ -130,6 +165,10 @@ def interpolation(args, cnn, x: np.ndarray, exemplars: dict[int, int], work: Pat
             f"ρ(P(B), t) = {np.mean(rhos):.2f}; interior/endpoint "
             f"distance {per_pair[-1]['interior_over_endpoint_median']:.2f}")
     return {"pairs": per_pair, "share_switching_once": strips_ok / max(1, strips_all),
+            "share_switching_once_judges": float(np.mean([v for p in per_pair for v in p["switches_once_judges"]])),
+            "realism_median": float(np.median([p["realism_median"] for p in per_pair])),
+            "off_manifold_share": float(np.mean([p["off_manifold_share"] for p in per_pair])),
+            "nn_ratio": float(np.mean([p["nn_ratio"] for p in per_pair])),
             "mean_spearman_p_b_vs_t": float(np.mean([np.mean(p["spearman_p_b_vs_t"]) for p in per_pair])),
             "median_interior_over_endpoint": float(np.median([p["interior_over_endpoint_median"]
                                                               for p in per_pair]))}
@@ -168,6 +207,7 @@ def perturbation(args, x: np.ndarray, work: Path) -> dict:
     log(f"PC1 ({summary['directions'][0].get('explained_variance_ratio', float('nan')):.1%} of variance): "
         f"{top['attribute']} ρ = {top['mean_spearman']:.2f}")
     return {"scales": scales, "set_size": args.set_size, "direction": summary["directions"][0],
+            **naturalness_of(Manifest.read(out).records, out, x),
             "attributes_by_monotonicity": ranked, "seconds": round(seconds, 1), "out": str(out)}
 
 
@@ -179,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--scales", default="-3,-2,-1,0,1,2,3")
     ap.add_argument("--set-size", type=int, default=1000)
-    ap.add_argument("--schedule", default="fast")
+    ap.add_argument("--schedule", default="balanced")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--skip", choices=["interpolate", "perturb"], action="append", default=[])
     args = ap.parse_args(argv)
@@ -199,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "points": args.points, "samples": args.samples}
     FIGURES.mkdir(parents=True, exist_ok=True)
     if "interpolate" not in args.skip:
-        result["interpolation"] = interpolation(args, cnn, x, exemplars, work)
+        result["interpolation"] = interpolation(args, cnn, load_judges(), x, exemplars, work)
         first = result["interpolation"]["pairs"][0]
         shutil.copy(Path(first["out"]) / "strip.png", FIGURES / "interpolate-strip.png")
         shutil.copy(Path(first["out"]) / "distances.png", FIGURES / "interpolate-distances.png")
@@ -209,11 +249,14 @@ def main(argv: list[str] | None = None) -> dict:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "walk_quality.json").write_text(json.dumps(result, indent=2) + "\n")
     if "interpolation" in result:
-        print("| pair | strips switching once | mean ρ(P(B), t) | interior / endpoint distance | "
+        print("| pair | strips switching once (fashion-cnn) | (independent judges) | realism median | "
+              "off-manifold | NN ratio | mean ρ(P(B), t) | interior / endpoint distance | "
               "relative distance endpoints, interior |")
-        print("|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for p in result["interpolation"]["pairs"]:
             print(f"| {p['a']} → {p['b']} | {sum(p['switches_once'])}/{len(p['switches_once'])} | "
+                  f"{sum(p['switches_once_judges'])}/{len(p['switches_once_judges'])} | "
+                  f"{p['realism_median']:.2f} | {p['off_manifold_share']:.2f} | {p['nn_ratio']:.2f} | "
                   f"{np.mean(p['spearman_p_b_vs_t']):.2f} | {p['interior_over_endpoint_median']:.2f} | "
                   f"{p['median_relative_distance_endpoints']:.3f}, {p['median_relative_distance_interior']:.3f} |")
     if "perturb" in result:

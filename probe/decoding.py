@@ -20,6 +20,8 @@ interpolation strips and the unguided baseline comparable.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -32,15 +34,17 @@ import torch
 from probe.diffusion.priors import Prior
 from probe.diffusion.sampler import SampleResult, sample
 from probe.diffusion.schedules import DEFAULT_PRESET, PRESETS, GuidanceConfig
+from probe.distributed import Shard
 from probe.errors import UsageError
 from probe.images import save_png, sha256_file, to_uint8
-from probe.manifest import MANIFEST, METADATA, Manifest, SampleRecord, by_cell, write_metadata
+from probe.locking import ProbeLock
+from probe.manifest import SampleRecord, write_metadata
 from probe.models.encoder import Encoder
 from probe.naturalness import OFF_MANIFOLD, denoising_error, off_manifold, realism_scores
 from probe.targets import Target, encode_images01
 
 OUTPUT_DIRS = ("images", "final", "baseline", "trajectory")
-OUTPUT_FILES = (MANIFEST, "features.h5", "contact_sheet.png")
+OUTPUT_FILES = ("manifest.jsonl", "features.h5", "contact_sheet.png")
 
 
 @dataclass
@@ -78,7 +82,7 @@ class DecodeSettings:
 
 @dataclass
 class DecodeEvent:
-    """Progress report: ``phase`` is 'start' (once, before any sampling: the run's size), 'baseline' or
+    """Progress report: ``phase`` is 'start' (once, before any sampling: the run's plan), 'baseline' or
     'decode'; steps count within the current batch."""
 
     phase: str
@@ -100,13 +104,15 @@ class DecodeSummary:
     n_targets: int
     samples: int
     baseline_seconds: float = 0.0
+    resumed: int = 0  # records kept from an earlier (interrupted) run into the same folder
 
     def to_dict(self) -> dict:
         """What ``--json`` prints: aggregate numbers plus every manifest record."""
         best = [r.best_distance for r in self.records]
         rel = [r.relative_distance for r in self.records if r.relative_distance is not None]
-        return {"out": str(self.out), "manifest": str(self.out / MANIFEST), "targets": self.n_targets,
-                "samples": self.samples, "decoded": len(self.records), "seconds": round(self.seconds, 3),
+        return {"out": str(self.out), "manifest": str(self.out / "manifest.jsonl"), "targets": self.n_targets,
+                "samples": self.samples, "decoded": len(self.records), "resumed": self.resumed,
+                "seconds": round(self.seconds, 3),
                 "baseline_seconds": round(self.baseline_seconds, 3),
                 "mean_best_distance": float(np.mean(best)) if best else None,
                 "mean_relative_distance": float(np.mean(rel)) if rel else None,
@@ -116,9 +122,8 @@ class DecodeSummary:
 
 # -- output directory ----------------------------------------------------------------------------------
 def prepare_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to mix two runs in one folder; with ``overwrite`` clear what a previous run wrote."""
-    if (out / MANIFEST).exists() and not overwrite:
-        raise UsageError(f"{out}: already holds a decode (manifest.jsonl); use --overwrite or another --out")
+    """Check ``out`` can hold a decode; with ``overwrite`` clear what a previous run wrote. (A folder that
+    holds a decode is resumed by ``decode_targets``, which refuses one made with other settings.)"""
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a folder")
     if overwrite:
@@ -127,7 +132,6 @@ def prepare_out_dir(out: Path, overwrite: bool) -> None:
                 shutil.rmtree(out / name)
         for name in OUTPUT_FILES:
             (out / name).unlink(missing_ok=True)
-        (out / "images" / METADATA).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -197,7 +201,7 @@ def _save_trajectory(res: SampleResult, j: int, path: Path) -> None:
     save_sheet(image_grid([frames], captions=captions), path)
 
 
-def write_contact_sheet(out: Path, records: list[SampleRecord], targets: Sequence[Target], samples: int, seed: int,
+def write_contact_sheet(out: Path, records: list[dict], targets: Sequence[Target], samples: int, seed: int,
                         title: str) -> Path | None:
     """Targets down, samples across (with the target image first when there is one), the unguided
     baseline as the last row; every caption gives the distance and the relative distance."""
@@ -207,9 +211,10 @@ def write_contact_sheet(out: Path, records: list[SampleRecord], targets: Sequenc
 
     if not records:
         return None
-    recs = by_cell(records)
-    ids = {r.target_id for r in records}
-    rows = [t for t in targets if t.id in ids]
+    by_target: dict[str, dict[int, dict]] = {}
+    for r in records:
+        by_target.setdefault(r["target_id"], {})[r["sample"]] = r
+    rows = [t for t in targets if t.id in by_target]
     show_target = any(t.image_path and fs_path(t.image_path).is_file() for t in rows)
     cells, captions, labels = [], [], []
 
@@ -225,13 +230,13 @@ def write_contact_sheet(out: Path, records: list[SampleRecord], targets: Sequenc
             row.append(load(fs_path(t.image_path)) if t.image_path else None)
             caps.append("target")
         for s in range(samples):
-            r = recs.get((t.id, s))
-            row.append(load(out / r.image) if r else None)
+            r = by_target[t.id].get(s)
+            row.append(load(out / r["image"]) if r else None)
             if r:
-                rel, nat = r.relative_distance, r.naturalness
-                caps.append(f"d={r.best_distance:.3g}" + (f"\nrel={rel:.2f}" if rel is not None else "")
+                rel, nat = r.get("relative_distance"), r.get("naturalness")
+                caps.append(f"d={r['best_distance']:.3g}" + (f"\nrel={rel:.2f}" if rel is not None else "")
                             + (f"\nreal={nat:.2f}" if nat is not None else "")
-                            + (" OFF-MANIFOLD" if r.off_manifold else ""))
+                            + (" OFF-MANIFOLD" if r.get("off_manifold") else ""))
             else:
                 caps.append("")
         cells.append(row)
@@ -249,12 +254,84 @@ def write_contact_sheet(out: Path, records: list[SampleRecord], targets: Sequenc
     return save_sheet(sheet, out / "contact_sheet.png")
 
 
+def _compatible(records: list[dict], common: dict, targets: Sequence[Target], where: Path) -> None:
+    """Refuse to resume a folder whose records were made by another command (one line, exit 2)."""
+    now = json.loads(json.dumps(common))
+    for rec in records:
+        for key, value in now.items():
+            if rec.get(key) != value:
+                old = rec.get(key)
+                if isinstance(value, dict) and isinstance(old, dict):
+                    diff = sorted(k for k in set(value) | set(old) if value.get(k) != old.get(k))
+                    key, old, value = f"{key}.{diff[0]}", old.get(diff[0]), value.get(diff[0])
+                raise UsageError(f"{where}: holds a decode made with {key}={old!r}, not {value!r}; rerun with "
+                                 "the same settings to resume, or use --overwrite or another --out")
+        ti = int(rec["target_index"])
+        t = targets[ti] if ti < len(targets) else None
+        if t is None or t.id != rec["target_id"] or json.loads(json.dumps(t.record())) != rec.get("target"):
+            raise UsageError(f"{where}: holds a decode of other targets (target {ti} was {rec['target_id']!r}); "
+                             "rerun with the same targets to resume, or use --overwrite or another --out")
+
+
+def _drop_unrecorded_rows(path: Path, keep: set[str]) -> None:
+    """features.h5 rows whose image has no manifest record (a kill between the two writes) are removed."""
+    from probe.store import FeatureStore
+
+    if not path.is_file():
+        return
+    with FeatureStore(path, "a") as st:
+        for name in st.group_names():
+            g = st.group(name)
+            paths = g.paths
+            mask = np.array([p in keep for p in paths], dtype=bool)
+            if mask.all():
+                continue
+            idx = np.flatnonzero(mask)
+            data = {k: g._g[k][:][idx] for k in ("features", "paths", "sha256", "labels") if k in g._g}
+            for k, v in data.items():
+                g._g[k].resize(len(idx), axis=0)
+                g._g[k][:] = v
+        st.flush()
+
+
+def _clear_for_overwrite(out: Path, work: Path, shard: Shard) -> None:
+    """--overwrite: remove OUT's merged outputs, shard folders of other splits, and this shard's folder."""
+    from probe.merging import decode_shard_root
+
+    for name in OUTPUT_DIRS:
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in OUTPUT_FILES:
+        (out / name).unlink(missing_ok=True)
+    root = decode_shard_root(out)
+    if root.is_dir():
+        for d in root.iterdir():
+            if d == work:  # this shard's folder: everything but the lock this process holds
+                for f in d.iterdir():
+                    if f.is_dir():
+                        shutil.rmtree(f, ignore_errors=True)
+                    elif f.name != ".probe.lock":
+                        f.unlink(missing_ok=True)
+            elif shard.single or not d.name.endswith(f"-of-{shard.count:05d}"):  # other splits' leftovers
+                shutil.rmtree(d, ignore_errors=True)
+
+
 def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], out: str | Path,
                    settings: DecodeSettings | None = None,
                    on_event: Callable[[DecodeEvent], None] | None = None,
-                   extra_record: dict | None = None) -> DecodeSummary:
-    """Decode every target ``settings.samples`` times into ``out`` (see the module docstring)."""
+                   extra_record: dict | None = None, shard: Shard | None = None,
+                   on_warning: Callable[[str], None] | None = None) -> DecodeSummary:
+    """Decode every target ``settings.samples`` times into ``out`` (see the module docstring).
+
+    A folder that already holds records of the same command is resumed: finished (target, sample) pairs
+    are kept and the batches holding the rest are decoded again as they were formed in the first run
+    (so every image is the one an uninterrupted run gives); other settings or targets are refused.
+    With ``shard`` (i/N, N > 1) only batches b with b mod N = i are decoded, into OUT/shards/i-of-N/;
+    ``probe.merging.merge_decodes`` joins the shards. OUT is locked against a second writer.
+    """
+    from probe.merging import canonical, decode_shard_dir, decode_sources, merge_decodes, pair, read_manifest
+
     settings = settings or DecodeSettings()
+    shard = shard or Shard()
     out = Path(out)
     targets = list(targets)
     if not targets:
@@ -267,70 +344,128 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
     for t in targets:
         if t.vector.shape != (dim,):
             raise UsageError(f"{t.source}: target has {t.vector.size} dimensions but {encoder.spec} gives {dim}")
-    prepare_out_dir(out, settings.overwrite)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a folder")
+    work = out if shard.single else decode_shard_dir(out, shard)
+    work.mkdir(parents=True, exist_ok=True)
+    locks = [ProbeLock(out, lock_file=out / ".probe.lock", shared=not shard.single).acquire()]
     t0 = time.perf_counter()
-    n_jobs = len(targets) * settings.samples
-    if on_event is not None:
-        n_steps = len(settings.config.timesteps(prior.num_train_timesteps))
-        plan = {"encoder": encoder.spec, "layers": list(encoder.layers), "device": str(encoder.device),
-                "prior": prior.spec, "targets": len(targets), "samples": settings.samples,
-                "schedule": settings.config.name, "evaluations": settings.config.evaluations(prior.num_train_timesteps),
-                "rounds": [settings.config.rounds_at(i, n_steps) for i in range(n_steps)], "out": str(out),
-                "baseline_batches": -(-settings.samples // settings.batch_size) if settings.baseline else 0}
-        on_event(DecodeEvent("start", 0, -(-n_jobs // settings.batch_size), 0, n_steps, 0, n_jobs, [], plan))
-
-    base_feats = None
-    base_seconds = 0.0
-    reference_error = np.zeros(0)
-    if settings.baseline:
-        base_feats, base_images = run_baseline(prior, encoder, out, settings, on_event)
-        base_feats = base_feats.numpy()
-        if settings.realism:
-            reference_error = denoising_error(prior, base_images)
-        base_seconds = time.perf_counter() - t0
-
-    jobs = [(ti, s) for ti in range(len(targets)) for s in range(settings.samples)]
-    batches = [jobs[i:i + settings.batch_size] for i in range(0, len(jobs), settings.batch_size)]
     layer = "+".join(encoder.layers)
     common = {"prior": prior.spec, "encoder": encoder.spec, "layer": layer, "settings": settings.to_dict()}
-    manifest = Manifest(out)
-    writer = _FeatureWriter(out / "features.h5", encoder)
     title = f"{encoder.spec} [{layer}] <- {prior.spec} ({settings.config.name})"
     try:
-        for bi, batch in enumerate(batches):
-            vectors = torch.from_numpy(np.stack([targets[ti].vector for ti, _ in batch]))
-            seeds = [settings.seed_of(s) for _, s in batch]
-            done = bi * settings.batch_size
+        if not shard.single:
+            locks.append(ProbeLock(work, lock_file=work / ".probe.lock").acquire())
+        if settings.overwrite:
+            _clear_for_overwrite(out, work, shard)
+            work.mkdir(parents=True, exist_ok=True)
+        own = read_manifest(work / "manifest.jsonl", repair=True)
+        old = list(own)
+        for src in decode_sources(out):
+            if src != work:
+                old += read_manifest(src / "manifest.jsonl")
+        _compatible(old, common, targets, out)
+        done = {pair(r) for r in old}
+        _drop_unrecorded_rows(work / "features.h5", {r["image"] for r in own})
 
-            def cb(step: int, total: int, best: torch.Tensor, bi: int = bi, done: int = done) -> None:
-                if on_event is not None:
-                    on_event(DecodeEvent("decode", bi + 1, len(batches), step, total, done, len(jobs),
-                                         best.tolist()))
-            tb = time.perf_counter()
-            res = sample(prior, encoder, vectors, seeds, settings.config,
-                         trajectory_every=settings.trajectory_every, callback=cb)
-            realism = realism_scores(denoising_error(prior, res.best_images), reference_error) \
-                if settings.realism else np.full(len(batch), np.nan)
-            batch_records = _write_batch(out, res, batch, targets, encoder, base_feats, settings, common,
-                                         extra_record or {}, writer, time.perf_counter() - tb, realism)
-            manifest.append(batch_records)
+        jobs = [(ti, s) for ti in range(len(targets)) for s in range(settings.samples)]
+        grid = [jobs[i:i + settings.batch_size] for i in range(0, len(jobs), settings.batch_size)]
+        batches = [b for i, b in enumerate(grid) if shard.owns(i)
+                   and any((targets[ti].id, s) not in done for ti, s in b)]
+        if on_event is not None:
+            n_steps = len(settings.config.timesteps(prior.num_train_timesteps))
+            plan = {"encoder": encoder.spec, "layers": list(encoder.layers), "device": str(encoder.device),
+                    "prior": prior.spec, "targets": len(targets), "samples": settings.samples,
+                    "schedule": settings.config.name,
+                    "evaluations": settings.config.evaluations(prior.num_train_timesteps),
+                    "rounds": [settings.config.rounds_at(i, n_steps) for i in range(n_steps)], "out": str(out),
+                    "baseline_batches": -(-settings.samples // settings.batch_size)
+                    if settings.baseline and batches else 0}
+            on_event(DecodeEvent("start", 0, len(batches), 0, n_steps, 0, sum(map(len, batches)), [], plan))
+        base_feats = None
+        base_seconds = 0.0
+        reference_error = np.zeros(0)
+        if settings.baseline and batches:
+            base_feats, base_images = run_baseline(prior, encoder, work, settings, on_event)
+            base_feats = base_feats.numpy()
+            if settings.realism:
+                reference_error = denoising_error(prior, base_images)
+            base_seconds = time.perf_counter() - t0
+        records: list[dict] = []
+        writer = _FeatureWriter(work / "features.h5", encoder) if batches else None
+        try:
+            with open(work / "manifest.jsonl", "a", encoding="utf-8") as manifest:
+                for bi, batch in enumerate(batches):
+                    vectors = torch.from_numpy(np.stack([targets[ti].vector for ti, _ in batch]))
+                    seeds = [settings.seed_of(s) for _, s in batch]
+                    todo = [j for j, (ti, s) in enumerate(batch) if (targets[ti].id, s) not in done]
+                    n_done = bi * settings.batch_size
+
+                    def cb(step: int, total: int, best: torch.Tensor, bi: int = bi, n_done: int = n_done) -> None:
+                        if on_event is not None:
+                            on_event(DecodeEvent("decode", bi + 1, len(batches), step, total, n_done,
+                                                 len(batches) * settings.batch_size, best.tolist()))
+                    tb = time.perf_counter()
+                    res = sample(prior, encoder, vectors, seeds, settings.config,
+                                 trajectory_every=settings.trajectory_every, callback=cb)
+                    realism = realism_scores(denoising_error(prior, res.best_images), reference_error) \
+                        if settings.realism else np.full(len(batch), np.nan)
+                    batch_records = _write_batch(work, res, batch, targets, encoder, base_feats, settings, common,
+                                                 extra_record or {}, writer, time.perf_counter() - tb, realism,
+                                                 todo)
+                    for rec in batch_records:
+                        manifest.write(json.dumps(rec) + "\n")
+                    manifest.flush()
+                    records += batch_records
+        finally:
+            if writer is not None:
+                writer.close()
+            if shard.single:
+                everything = canonical(old + records)
+                if len(decode_sources(out)) > 1:  # shards left by an earlier split run: join them now
+                    everything = merge_decodes(out, sheet=False, locked=True, on_warning=on_warning)
+                elif [pair(r) for r in own + records] != [pair(r) for r in everything]:
+                    from probe.merging import write_decode_dir
+
+                    write_decode_dir(out, everything, [out])
+                if settings.sheet and everything and (records or not (out / "contact_sheet.png").exists()):
+                    write_contact_sheet(out, everything, targets, settings.samples, settings.seed, title)
+                if everything:
+                    write_metadata(out, [SampleRecord.from_dict(r) for r in everything])
+            else:
+                everything = canonical(own + records)
     finally:
-        writer.close()
-        records = manifest.records
-        if records:
-            write_metadata(out, records)
-        if settings.sheet and records:
-            write_contact_sheet(out, records, targets, settings.samples, settings.seed, title)
-    return DecodeSummary(out=out, records=records, seconds=time.perf_counter() - t0, n_targets=len(targets),
-                         samples=settings.samples, baseline_seconds=base_seconds)
+        for lk in reversed(locks):
+            lk.release()
+    return DecodeSummary(out=out, records=[SampleRecord.from_dict(r) for r in everything],
+                         seconds=time.perf_counter() - t0, n_targets=len(targets),
+                         samples=settings.samples, baseline_seconds=base_seconds,
+                         resumed=len(everything) - len(records))
+
+
+def _select(res: SampleResult, idx: Sequence[int]) -> SampleResult:
+    """The chains ``idx`` of a batch's result (all of them: the result itself)."""
+    if list(idx) == list(range(len(res.seeds))):
+        return res
+    pick = torch.as_tensor(list(idx), dtype=torch.long)
+    tensors = {f.name: getattr(res, f.name)[pick] for f in dataclasses.fields(res)
+               if isinstance(getattr(res, f.name), torch.Tensor)}
+    return dataclasses.replace(res, **tensors, seeds=[res.seeds[j] for j in idx],
+                               trajectory=[(step, frames[pick]) for step, frames in res.trajectory])
 
 
 def _write_batch(out: Path, res: SampleResult, batch: list[tuple[int, int]], targets: Sequence[Target],
                  encoder: Encoder, base_feats: np.ndarray | None, settings: DecodeSettings, common: dict,
-                 extra: dict, writer: _FeatureWriter, seconds: float, realism: np.ndarray) -> list[SampleRecord]:
+                 extra: dict, writer: _FeatureWriter, seconds: float, realism: np.ndarray,
+                 todo: Sequence[int] | None = None) -> list[dict]:
     """Save one batch's images, then its features, then return its manifest records — in that order,
     so a record only ever points at files that exist. ``realism`` is each best image's realism score
-    (probe.naturalness; NaN when there is no unguided reference)."""
+    (probe.naturalness; NaN when there is no unguided reference). Only members ``todo`` (default all)
+    are written: a resumed batch is decoded whole, as it was formed, but its finished pairs are kept."""
+    todo = list(range(len(batch))) if todo is None else list(todo)
+    res = _select(res, todo)
+    batch = [batch[j] for j in todo]
+    realism = np.asarray(realism)[todo]
     flagged = off_manifold(realism, settings.off_manifold_threshold)
     rel_paths = []
     for j, (ti, s) in enumerate(batch):
@@ -349,7 +484,7 @@ def _write_batch(out: Path, res: SampleResult, batch: list[tuple[int, int]], tar
         t = targets[ti]
         best, final = float(res.best_distance[j]), float(res.final_distance[j])
         base = float(((base_feats[s] - t.vector) ** 2).sum()) if base_feats is not None else None
-        records.append(SampleRecord.from_dict({
+        records.append({
             "target_id": t.id, "target_index": ti, "sample": s, "seed": settings.seed_of(s),
             "image": f"images/{rel_paths[j]}", "final_image": f"final/{rel_paths[j]}",
             "baseline_image": f"baseline/s{s:02d}.png" if base is not None else None,
@@ -364,5 +499,5 @@ def _write_batch(out: Path, res: SampleResult, batch: list[tuple[int, int]], tar
             "seconds": seconds / len(batch), "batch_seconds": seconds,
             "trajectory_image": f"trajectory/{rel_paths[j]}" if settings.trajectory_every else None,
             "target": t.record(), **common, **extra, **t.extra,
-        }))
+        })
     return records

@@ -17,10 +17,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from probe.errors import InputError
-from probe.images import DEFAULT_MAX_PIXELS, path_text, read_image01, sha256_file, sha256_text
+from probe.distributed import Shard
+from probe.errors import InputError, UsageError
+from probe.images import DEFAULT_MAX_PIXELS, path_text, read_image01, sha256_text
 from probe.models.encoder import Encoder
-from probe.store import FeatureStore, group_key
+from probe.sources import Item, decode_item, item_key, read_item
+from probe.store import FeatureStore, existing_hashes, group_key
 
 
 @dataclass
@@ -53,39 +55,45 @@ class ExtractSummary:
 
 
 class _ImageFiles(Dataset):
-    """Each item: (resized tensor or None, path, sha256, error or None)."""
+    """Each item: (resized tensor or None, recorded path, sha256, error or None, input position)."""
 
-    def __init__(self, paths: Sequence[Path], encoder: Encoder, skip: set[str],
+    def __init__(self, items: Sequence[Item], positions: Sequence[int], encoder: Encoder, skip: set[str],
                  max_pixels: int | None = DEFAULT_MAX_PIXELS):
-        self.paths = list(paths)
+        self.items = items
+        self.positions = list(positions)
         self.preprocess = encoder.preprocess
         self.skip = skip
         self.max_pixels = max_pixels
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.positions)
 
     def __getitem__(self, i: int):
-        path = self.paths[i]
-        name = path_text(path)  # storable text whatever bytes the file name has
+        pos = self.positions[i]
+        item = self.items[pos]
+        key = item_key(item)  # storable text whatever bytes a file name has
         try:
-            digest = sha256_file(path)
+            data, digest = read_item(item)
         except OSError as exc:
-            return None, name, "", f"cannot read file ({exc.strerror})"
+            return None, key, "", f"cannot read file ({exc.strerror or exc})", pos
         if digest in self.skip:
-            return None, name, digest, None
+            return None, key, digest, None, pos
         try:
-            x = self.preprocess.resize(read_image01(path, self.max_pixels)[None])[0]
+            image = (read_image01(item, self.max_pixels) if data is None
+                     else decode_item(item, data, self.max_pixels))
+            x = self.preprocess.resize(image[None])[0]
         except InputError as exc:
-            return None, name, digest, str(exc).removeprefix(name + ": ")
-        return x, name, digest, None
+            return None, key, digest, str(exc).removeprefix(key + ": "), pos
+        return x, key, digest, None, pos
 
 
 def _collate(items):
     return items
 
 
-def label_names_for(paths: Sequence[Path]) -> list[str]:
+def label_names_for(paths: Sequence[Item]) -> list[str]:
+    if any(not isinstance(p, Path) for p in paths):
+        raise UsageError("--labels parent needs image files in folders, not tar or parquet inputs")
     return sorted({Path(path_text(p)).parent.name for p in paths})
 
 
@@ -98,13 +106,19 @@ def _merge_label_names(group, names: Sequence[str]) -> list[str]:
     return merged
 
 
-def extract_images(encoder: Encoder, paths: Sequence[Path], store_path: Path, config: ExtractConfig,
+def extract_images(encoder: Encoder, paths: Sequence[Item], store_path: Path, config: ExtractConfig,
                    on_batch: Callable[[int, int], None] | None = None,
-                   on_warning: Callable[[str], None] | None = None) -> ExtractSummary:
-    """Extract every layer of ``encoder`` for ``paths`` into ``store_path``.
+                   on_warning: Callable[[str], None] | None = None,
+                   shard: Shard | None = None, skip_stores: Sequence[Path] = ()) -> ExtractSummary:
+    """Extract every layer of ``encoder`` for ``paths`` (files or container items) into ``store_path``.
 
     ``on_batch(done, total)`` reports progress; ``on_warning(line)`` gets one line per bad file.
+    With ``shard`` (i/N, N > 1) only that shard's batches of the single-process batch grid are read, and
+    ``store_path`` is the shard's own store, whose rows carry their input position (``input_index``) so
+    ``probe merge`` restores the single-process order; hashes already in ``skip_stores`` (the main store)
+    are skipped as well. Each content hash is stored once: the first occurrence in input order.
     """
+    shard = shard or Shard()
     names = [group_key(encoder.spec, layer) for layer in encoder.layers]
     summary = ExtractSummary(groups=names)
     label_names = label_names_for(paths) if config.labels == "parent" else None
@@ -114,7 +128,11 @@ def extract_images(encoder: Encoder, paths: Sequence[Path], store_path: Path, co
     else:
         have = store.hashes_of(names)
         skip = set.intersection(*have.values()) if have else set()
-    loader = DataLoader(_ImageFiles(paths, encoder, skip, config.max_pixels), batch_size=config.batch_size,
+        for path in skip_stores:  # a shard also skips what the main store holds
+            have = existing_hashes(path, names)
+            skip |= set.intersection(*have.values()) if have else set()
+    positions = [i for batch in shard.batches(len(paths), config.batch_size) for i in batch]
+    loader = DataLoader(_ImageFiles(paths, positions, encoder, skip, config.max_pixels), batch_size=config.batch_size,
                         num_workers=config.workers, collate_fn=_collate,
                         persistent_workers=False, prefetch_factor=4 if config.workers else None)
     start = time.perf_counter()
@@ -124,35 +142,40 @@ def extract_images(encoder: Encoder, paths: Sequence[Path], store_path: Path, co
         first_overwrite = config.overwrite
         try:
             for batch in loader:
-                good = [(x, p, h) for x, p, h, err in batch if x is not None]
-                for _, p, h, err in batch:
+                good, seen = [], set()
+                for x, p, h, err, pos in batch:
                     if err is not None:
                         summary.failed.append((p, err))
                         if on_warning:
                             on_warning(f"{p}: {err}")
-                    elif h in skip:
+                    elif h in skip or h in seen:  # stored before, or a copy earlier in this batch
                         summary.skipped += 1
+                    else:
+                        seen.add(h)
+                        good.append((x, p, h, pos))
                 if good:
                     with torch.inference_mode():
                         feats = encoder.forward_resized(torch.stack([g[0] for g in good]))
                     if groups is None:
                         groups = [store.create_group(n, feats[layer].shape[1], encoder.record(), layer,
                                                      dtype=config.dtype, overwrite=first_overwrite,
-                                                     feature_shape=encoder.layer_shapes.get(layer))
+                                                     feature_shape=encoder.layer_shapes.get(layer),
+                                                     ordered=not shard.single)
                                   for n, layer in zip(names, encoder.layers)]
                         if label_names is not None:
                             group_labels = [_merge_label_names(g, label_names) for g in groups]
                     for i, (g, layer) in enumerate(zip(groups, encoder.layers)):
-                        labels = ([group_labels[i].index(Path(p).parent.name) for _, p, _ in good]
+                        labels = ([group_labels[i].index(Path(p).parent.name) for _, p, _, _ in good]
                                   if label_names is not None else None)
-                        g.append(feats[layer].float().cpu().numpy(), [p for _, p, _ in good],
-                                 [h for _, _, h in good], labels)
+                        g.append(feats[layer].float().cpu().numpy(), [p for _, p, _, _ in good],
+                                 [h for _, _, h, _ in good], labels,
+                                 input_index=None if shard.single else [pos for *_, pos in good])
                     store.flush()
-                    skip.update(h for _, _, h in good)
+                    skip.update(h for _, _, h, _ in good)
                     summary.stored += len(good)
                 done += len(batch)
                 if on_batch:
-                    on_batch(done, len(paths))
+                    on_batch(done, len(positions))
         except KeyboardInterrupt:
             summary.interrupted = True
     summary.seconds = time.perf_counter() - start

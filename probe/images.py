@@ -112,6 +112,8 @@ def path_text(path: str | Path) -> str:
     h5py, JSON and most terminals refuse. Those bytes are written as ``\\xNN`` escapes instead
     (``fs_path`` turns them back into the real file name), so a row is never stored with an empty path.
     """
+    if hasattr(path, "read"):  # an in-memory image (a tar member, a parquet cell): its ``name`` attribute
+        return str(getattr(path, "name", "<image bytes>"))
     return os.fsencode(os.fspath(path)).decode("utf-8", "backslashreplace")
 
 
@@ -248,7 +250,7 @@ def read_image_array(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXE
     except IsADirectoryError as exc:
         raise InputError(f"{name}: is a directory, not an image file") from exc
     except UnidentifiedImageError as exc:
-        if Path(path).suffix.lower() in (".tif", ".tiff"):
+        if Path(name).suffix.lower() in (".tif", ".tiff") and not hasattr(path, "read"):
             return _read_tiff_fallback(path, max_pixels)
         raise InputError(f"{name}: not an image file") from exc
     except InputError:

@@ -13,9 +13,12 @@ an image is e(x) divided by the median e of the prior's own unguided samples of 
 (``reference``): about 1 for images like the prior's samples, well above 1 for textures. The noise draws
 come from a fixed seed, so the score of an image is deterministic.
 
-Calibrated on the bundled models (benchmarks/preset_score.py): unguided samples and real held-out images
-score about 0.9–1.1; the texture-heavy decodes of the old ``balanced`` preset 2–5; the threshold
-``OFF_MANIFOLD`` sits between them.
+Calibrated on the bundled models (fashion-ddpm, 100 held-out Fashion-MNIST targets decoded on an H100;
+benchmarks/results/preset_search.json): 200 real test images score median 1.00 (none above 2.0), the
+prior's unguided samples 1.00 (1 % above 2.0), and the striped decodes of the old ``balanced`` preset
+(w = 4) median 2.55 (100 % above 2.0): AUC 1.000 between them and real + unguided images. Decodes at
+w = 1 sit in between (median 1.54, 7 % above 2.0). Small noise levels separate best: at t/T ≥ 0.1 real
+images with fine detail (prints, knits) already score up to 2.3.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 
 from probe.diffusion.priors import Prior
 
-OFF_MANIFOLD = 1.5  # realism score above which a decode is flagged as off the prior's manifold
+OFF_MANIFOLD = 2.0  # realism score above which a decode is flagged as off the prior's manifold
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class RealismConfig:
     Small t only: at large t every image is mostly noise and the prior's error says little about the
     image's fine structure, which is where adversarial textures live."""
 
-    levels: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
+    levels: tuple[float, ...] = (0.01, 0.02, 0.05)
     draws: int = 2
     seed: int = 0
     batch_size: int = 64

@@ -7,6 +7,8 @@ Schema (README documents it)::
         paths      str [N]                   source path (or "text:<prompt>" for text features)
         sha256     S64 [N]                   content hash of the source: the resume key
         labels     int64 [N]                 optional; -1 = unknown
+        input_index int64 [N]                only in shard stores (STORE.shards/*.h5): the row's position in
+                                             the run's input list, the order ``probe merge`` restores
         attrs: model_spec, weights, layer, preprocess (JSON), keep_spatial, token_pool, feature_shape,
                kind (image|text|decoded), probe_version, torch_version, created, updated
     /<model key>/<layer>/artifacts/<key>/   cached analyses (PCA, fitted maps) with their own attrs
@@ -123,6 +125,10 @@ class StoreGroup:
         labels = self._g["labels"][:]
         return labels if (labels >= 0).any() else None
 
+    @property
+    def input_index(self) -> np.ndarray | None:
+        return self._g["input_index"][:] if "input_index" in self._g else None
+
     def rows(self, indices: Sequence[int] | np.ndarray | slice) -> np.ndarray:
         n = len(self)
         if isinstance(indices, slice):
@@ -154,14 +160,16 @@ class StoreGroup:
         raise UsageError(f"{self._path}: no row with path {path!r} in group {self.name}")
 
     def append(self, features: np.ndarray, paths: Sequence[str], hashes: Sequence[str],
-               labels: Sequence[int] | None = None) -> None:
+               labels: Sequence[int] | None = None, input_index: Sequence[int] | None = None) -> None:
         n, d = features.shape
         if d != self.dim:
             raise UsageError(f"{self._path}: features of dimension {d} do not fit group {self.name} ({self.dim})")
         if not (len(paths) == len(hashes) == n):
             raise ValueError("features, paths and hashes must have the same number of rows")
         start = len(self)
-        present = [name for name in ("features", "paths", "sha256", "labels") if name in self._g]
+        if "input_index" in self._g and input_index is None:
+            raise ValueError(f"{self._path}: a shard store needs each row's input_index")
+        present = [name for name in ("features", "paths", "sha256", "labels", "input_index") if name in self._g]
         try:
             for name in present:
                 self._g[name].resize(start + n, axis=0)
@@ -170,6 +178,8 @@ class StoreGroup:
             self._g["sha256"][start:] = [h.encode() for h in hashes]
             if "labels" in self._g:
                 self._g["labels"][start:] = -1 if labels is None else np.asarray(labels, dtype=np.int64)
+            if "input_index" in self._g:
+                self._g["input_index"][start:] = np.asarray(input_index, dtype=np.int64)
             self._g.attrs["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         except BaseException:
             # all or nothing: a row is never left with an empty path or hash
@@ -385,11 +395,12 @@ class FeatureStore:
 
     def create_group(self, name: str, dim: int, record: dict, layer: str, kind: str = "image",
                      dtype: str = "float32", feature_shape: Sequence[int] | None = None,
-                     overwrite: bool = False) -> StoreGroup:
+                     overwrite: bool = False, ordered: bool = False) -> StoreGroup:
         """Open ``name`` for appending, creating it if needed.
 
         An existing group made by another model (spec, weights, preprocessing or pooling) is refused:
         mixing features of two networks in one matrix silently corrupts every later analysis.
+        ``ordered`` adds the ``input_index`` dataset of a shard store.
         """
         if name in self._h5 and overwrite:
             self._dirty = True
@@ -413,6 +424,8 @@ class FeatureStore:
         g = self._h5.create_group(name)
         try:
             self._fill_new_group(g, dim, record, layer, kind, dtype, feature_shape)
+            if ordered:
+                g.create_dataset("input_index", shape=(0,), maxshape=(None,), dtype="int64", chunks=(1024,))
         except BaseException:
             del self._h5[name]  # never leave a half-made group that a rerun would trust
             raise

@@ -35,8 +35,11 @@ def test_decode_image_target_json(run_cli, prior_dir, tiny_encoder_args, small_i
     assert len(load_decode_dir(out).groups) == 1
 
     again = run_cli("decode", "--prior", prior_dir, *tiny_encoder_args, "--image", small_images[0], *FAST,
-                    "--out", out)
-    assert again.exit_code == 2 and "--overwrite" in again.stderr
+                    "--out", out, "--json")  # the same command resumes: nothing left to decode
+    assert again.exit_code == 0 and json.loads(again.stdout)["resumed"] == 2
+    other = run_cli("-q", "decode", "--prior", prior_dir, *tiny_encoder_args, "--image", small_images[0], *FAST,
+                    "--out", out, "--seed", "3")
+    assert other.exit_code == 2 and "--overwrite" in other.stderr and len(other.stderr.strip().splitlines()) == 1
 
 
 def test_decode_errors_are_one_line(run_cli, prior_dir, tiny_encoder_args, tmp_path):

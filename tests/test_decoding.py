@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -78,12 +79,16 @@ def test_output_directory_follows_the_contract(tmp_path, setup):
     assert [m.target_id for m in summary.records] == [r["target_id"] for r in recs]
 
 
-def test_existing_output_is_refused_then_overwritten(tmp_path, setup):
+def test_other_settings_are_refused_then_overwritten(tmp_path, setup):
     prior, enc, targets = setup
     settings = DecodeSettings(samples=1, config=CFG.replace(steps=2, early_steps=0, rounds=1))
     decode_targets(prior, enc, targets[:1], tmp_path, settings)
-    with pytest.raises(UsageError, match="--overwrite"):
-        decode_targets(prior, enc, targets[:1], tmp_path, settings)
+    again = decode_targets(prior, enc, targets[:1], tmp_path, settings)  # the same command: nothing left to do
+    assert again.resumed == 1 and len(again.records) == 1
+    with pytest.raises(UsageError, match=r"settings.seed=0, not 1; .*--overwrite"):
+        decode_targets(prior, enc, targets[:1], tmp_path, dataclasses.replace(settings, seed=1))
+    with pytest.raises(UsageError, match="other targets"):
+        decode_targets(prior, enc, targets[1:], tmp_path, settings)
     decode_targets(prior, enc, targets[1:], tmp_path, DecodeSettings(samples=1, config=settings.config,
                                                                    overwrite=True))
     assert [r["target_id"] for r in read_manifest(tmp_path)] == ["b"]
@@ -135,7 +140,7 @@ def test_records_carry_the_realism_score_and_flag(tmp_path, setup, monkeypatch):
 
     monkeypatch.setattr(decoding, "denoising_error", fake_error)
     summary = decode_targets(prior, enc, targets, tmp_path / "o", DecodeSettings(samples=2, batch_size=4, config=CFG))
-    # reference = median of the two unguided samples' errors = 2.0; threshold 1.5
+    # reference = median of the two unguided samples' errors = 2.0; threshold 2.0
     assert [r.naturalness for r in summary.records] == [1.0, 5.0, 0.5, 1.0]
     assert [r.off_manifold for r in summary.records] == [False, True, False, False]
     assert calls == [2, 4]

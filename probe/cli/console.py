@@ -48,7 +48,9 @@ class PlainProgress:
     def __init__(self, label: str, total: int, unit: str):
         self.label, self.total, self.unit, self._next = label, max(total, 1), unit, 0.0
 
-    def update(self, done: int, extra: str = "") -> None:
+    def update(self, done: int, extra: str = "", total: int | None = None) -> None:
+        if total:
+            self.total = total
         if quiet():
             return
         if done / self.total >= self._next or done >= self.total:
@@ -58,7 +60,7 @@ class PlainProgress:
 
 @contextmanager
 def progress(label: str, total: int, unit: str = "images"):
-    """Yields ``update(done, extra="")``: a rich bar with rate and ETA on a TTY, plain lines elsewhere."""
+    """Yields ``update(done, extra="", total=None)``: a rich bar with rate and ETA on a TTY, plain lines elsewhere."""
     if quiet() or not sys.stderr.isatty():
         yield PlainProgress(label, total, unit).update
         return
@@ -67,8 +69,8 @@ def progress(label: str, total: int, unit: str = "images"):
     with Progress(*columns, console=console(), transient=False) as bar:
         task = bar.add_task(label, total=total, extra="")
 
-        def update(done: int, extra: str = "") -> None:
-            bar.update(task, completed=done, extra=extra)
+        def update(done: int, extra: str = "", total: int | None = None) -> None:
+            bar.update(task, completed=done, extra=extra, **({"total": total} if total else {}))
         yield update
 
 

@@ -6,7 +6,9 @@ probe.workflows.decode, show progress and a result table (rich on stderr) or the
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import time
 from pathlib import Path
 
 import click
@@ -15,10 +17,14 @@ from rich.table import Table
 from probe.cli.console import LateProgress, console, emit_json, quiet, say, warn
 from probe.cli.options import decode_options
 from probe.decoding import DecodeEvent, DecodeSummary
+from probe.distributed import Runtime, Shard, runtime
+from probe.errors import ProbeError
 from probe.manifest import SampleRecord
+from probe.merging import merge_decodes
 from probe.naturalness import OFF_MANIFOLD
 from probe.targets import resolve_targets
 from probe.workflows import decode as workflow
+from probe.workflows.options import DecodeOptions
 
 
 class DecodeProgress(LateProgress):
@@ -90,22 +96,69 @@ def warn_off_manifold(records: list[SampleRecord], threshold: float) -> None:
               help="A raw vector file (.npy [D] or [N, D]; .txt one vector per line); repeatable.")
 @decode_options(samples=4, trajectory=True,
                 out_help="Output folder (images/, final/, baseline/, manifest.jsonl, features.h5, contact sheet).")
+@click.option("--shard", help="Decode only shard i of N (i/N, e.g. 0/4) into OUT/shards/; join with 'probe merge OUT'. "
+              "Under torchrun the ranks are the shards and rank 0 merges.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary and all records as JSON on stdout.")
-def decode(store, group, index, paths, images, texts, vectors, prior, encoder, decode, out, as_json) -> None:
+def decode(store, group, index, paths, images, texts, vectors, prior, encoder, decode, out, shard, as_json) -> None:
     """Decode target features into images with a guided diffusion prior (arXiv 2509.07936).
 
     Each target is decoded SAMPLES times; every image is saved with the squared feature distance it
     reached, relative to an unguided sample of the same seed. Targets: store rows (--from F.h5
     --index 0:8), images (--image), CLIP prompts (--text) or raw vectors (--vector). With --from and
     no --model, the encoder is the one that made the store.
+
+    A rerun of the same command into the same OUT resumes it (finished samples are kept); other
+    settings are refused. OUT is locked while a decode writes it.
     """
-    enc = encoder.load(store, group)
-    targets = resolve_targets(enc, store=store, group=group, index=index, paths=paths, images=images,
-                              texts=texts, vectors=vectors)
-    with DecodeProgress() as on_event:
-        result = workflow.run(enc, targets, prior=prior, out=out, options=decode, on_event=on_event)
+    rt = runtime(shard, encoder.device)
+    try:
+        if not rt.is_main and rt.group:
+            click.get_current_context().find_root().obj["quiet"] = True  # rank 0 speaks for the run
+        enc = dataclasses.replace(encoder, device=rt.device(encoder.device)).load(store, group)
+        targets = resolve_targets(enc, store=store, group=group, index=index, paths=paths, images=images,
+                                  texts=texts, vectors=vectors)
+        summary = decode_sharded(enc, targets, prior, out, decode, rt)
+    finally:
+        rt.close()
+    if summary is None:
+        return
     if as_json:
-        emit_json(result.to_dict())
-    show(result.summary)
+        emit_json(summary.to_dict())
+    show(summary)
     say(f"best images in {out / 'images'}, contact sheet {out / 'contact_sheet.png'}, "
-        f"records in {out / 'manifest.jsonl'} ({result.summary.seconds:.1f} s)")
+        f"records in {out / 'manifest.jsonl'} ({summary.seconds:.1f} s)")
+
+
+def decode_sharded(enc, targets, prior: str, out: Path, options: DecodeOptions, rt: Runtime,
+                   what: str = "decode") -> DecodeSummary | None:
+    """The decode workflow for this process's shard; under torchrun rank 0 merges once every rank is done.
+
+    Returns the summary to print (None on ranks that have nothing to report)."""
+    def one(shard: Shard | None) -> DecodeSummary:
+        with DecodeProgress(what) as on_event:
+            return workflow.run(enc, targets, prior=prior, out=out, options=options, on_event=on_event,
+                                shard=shard, on_warning=warn).summary
+
+    if rt.shard.single:
+        return one(None)
+    ok = False
+    try:
+        summary = one(rt.shard)
+        ok = True
+    finally:
+        all_ok = rt.all_ok(ok)  # every rank waits here, also when one failed (then nobody merges)
+    if not rt.group:
+        say(f"shard {rt.shard} done: {len(summary.records)} samples in {out / 'shards' / rt.shard.name}; "
+            f"run 'probe merge {out}' once all {rt.shard.count} shards are done")
+        return None
+    if not all_ok:
+        raise ProbeError(f"{out}: another rank failed; every finished batch is kept in {out / 'shards'}, "
+                         "rerun the same command to resume")
+    if not rt.is_main:
+        return None
+    t0 = time.perf_counter()
+    records = merge_decodes(out, sheet=True, on_warning=warn)
+    say(f"merged {rt.shard.count} shards into {out} ({time.perf_counter() - t0:.1f} s)")
+    return DecodeSummary(out=out, records=[SampleRecord.from_dict(r) for r in records],
+                         seconds=summary.seconds + time.perf_counter() - t0, n_targets=len(targets),
+                         samples=options.samples, baseline_seconds=summary.baseline_seconds, resumed=summary.resumed)

@@ -23,6 +23,7 @@ COMMANDS = {
     "perturb": ("probe.cli.directions", "perturb", "Decode a feature moved along PCA/class/random directions."),
     "map": ("probe.cli.directions", "map_", "2-D map (UMAP/PCA) of a feature set, optionally decoded on a grid."),
     "compare": ("probe.cli.compare", "compare", "Which attributes persist across decoded samples."),
+    "merge": ("probe.cli.merge", "merge", "Join the shards of a split extract or decode (--shard i/N, torchrun)."),
 }
 
 

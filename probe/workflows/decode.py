@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from probe.decoding import DecodeEvent, DecodeSummary, decode_targets
+from probe.distributed import Shard
 from probe.manifest import SampleRecord
 from probe.targets import Target
 from probe.workflows.common import as_targets, load_prior, output_dir, resolve_encoder
@@ -59,27 +60,34 @@ def read_images(out: Path, records: list[SampleRecord]) -> torch.Tensor:
 def run(encoder: Any, target: Any, *, prior: Any = None, out: str | Path | None = None,
         samples: int | None = None, schedule: str | None = None, steps: int | None = None,
         options: DecodeOptions | None = None, group: str | None = None, device: str | None = None,
-        on_event: Callable[[DecodeEvent], None] | None = None, **overrides: Any) -> DecodeResult:
+        on_event: Callable[[DecodeEvent], None] | None = None, shard: Shard | None = None,
+        on_warning: Callable[[str], None] | None = None, **overrides: Any) -> DecodeResult:
     """Decode ``target`` with ``encoder`` and the diffusion ``prior`` (default ``bundled:fashion-ddpm``).
 
     ``samples``, ``schedule`` (``fast``, ``balanced``, ``paper``, ``none``) and ``steps`` are the usual
     knobs; ``overrides`` take any other decode option (``seed``, ``batch_size``, ``baseline``,
     ``overwrite``, ``trajectory_every``) or sampler setting (``weight``, ``tau``, ``rounds``,
     ``patience`` …, see :class:`~probe.diffusion.schedules.GuidanceConfig`); an unknown name is an error.
-    With ``out`` the folder gets what ``probe decode`` writes (images, manifest, features, contact sheet).
+    With ``out`` the folder gets what ``probe decode`` writes (images, manifest, features, contact sheet);
+    a rerun into the same folder resumes it. ``shard`` (``probe.distributed.Shard``) decodes only that
+    part into ``out/shards/`` (join with ``probe.merging.merge_decodes``); its images are not read back.
     """
     opts = DecodeOptions.build(options, samples=samples, schedule=schedule, steps=steps, **overrides)
     enc = resolve_encoder(encoder, device=device)
     targets = as_targets(enc, target, group)
     with output_dir(out) as folder:
-        return decode_into(folder, enc, targets, prior, opts, on_event, keep=out is not None)
+        return decode_into(folder, enc, targets, prior, opts, on_event, keep=out is not None, shard=shard,
+                           on_warning=on_warning)
 
 
 def decode_into(folder: Path, encoder, targets: list[Target], prior: Any, options: DecodeOptions,
-                on_event: Callable[[DecodeEvent], None] | None = None, keep: bool = True) -> DecodeResult:
+                on_event: Callable[[DecodeEvent], None] | None = None, keep: bool = True,
+                shard: Shard | None = None, on_warning: Callable[[str], None] | None = None) -> DecodeResult:
     """Decode ``targets`` into ``folder`` and read the images back (the step every workflow shares)."""
     diffusion = load_prior(prior, encoder.device)
-    summary = decode_targets(diffusion, encoder, targets, folder, options.settings(), on_event=on_event)
+    summary = decode_targets(diffusion, encoder, targets, folder, options.settings(), on_event=on_event,
+                             shard=shard, on_warning=on_warning)
     distances = torch.tensor([r.best_distance for r in summary.records], dtype=torch.float32)
-    return DecodeResult(images=read_images(folder, summary.records), distances=distances, records=summary.records,
+    images = read_images(folder, summary.records) if shard is None or shard.single else torch.empty(0)
+    return DecodeResult(images=images, distances=distances, records=summary.records,
                         targets=list(targets), summary=summary, out=folder if keep else None)

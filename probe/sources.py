@@ -1,0 +1,203 @@
+"""Image sets at scale as ``probe extract`` inputs: webdataset tar shards and parquet image columns.
+
+Each image inside a container becomes one input item whose recorded path is ``CONTAINER::KEY``
+(``shards/00003.tar::000031234.jpg``, ``part-0.parquet::000031234``); its sha256 is the hash of the
+image's bytes, so resuming works exactly as for files. Nothing is unpacked to disk:
+
+* tar (webdataset / img2dataset layout: ``key.jpg|png|…`` beside ``key.json|txt|cls``, which are
+  ignored): the member headers are scanned once in file order, then each image is read by its byte
+  offset, so DataLoader workers and shards read only their own members. Compressed tars (.tar.gz) cannot
+  be read by offset and are refused: unpack them, or write plain .tar as img2dataset does by default.
+* parquet (img2dataset ``--output_format parquet``, Hugging Face image columns): read one row group
+  at a time (cached per reader process) with pyarrow; the key is the ``key`` column when there is one,
+  else the row number in the file.
+
+Brace patterns (``shards/{00000..00009}.tar``, ``{a,b}.tar``) expand as in bash, in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from probe.errors import InputError, UsageError
+from probe.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, collect_inputs, path_text, read_image01
+
+TAR_SUFFIXES = (".tar",)
+PARQUET_SUFFIXES = (".parquet",)
+IMAGE_COLUMNS = ("jpg", "jpeg", "png", "webp", "image", "img")
+
+
+@dataclass(frozen=True)
+class TarMember:
+    """One image inside an uncompressed tar, read by byte offset (picklable for DataLoader workers)."""
+
+    container: str
+    member: str
+    offset: int
+    size: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.container}::{self.member}"
+
+    def read(self) -> bytes:
+        with open(self.container, "rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read(self.size)
+        if len(data) != self.size:
+            raise OSError(f"truncated tar member ({len(data)} of {self.size} bytes)")
+        return data
+
+
+_ROW_GROUP_CACHE: dict[tuple[str, int, str], list] = {}
+
+
+@dataclass(frozen=True)
+class ParquetRow:
+    """One image cell of a parquet file: (row group, row within it, column)."""
+
+    container: str
+    row_group: int
+    row: int
+    column: str
+    name: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.container}::{self.name}"
+
+    def read(self) -> bytes:
+        cache_key = (self.container, self.row_group, self.column)
+        if cache_key not in _ROW_GROUP_CACHE:
+            pq = _pyarrow_parquet()
+            _ROW_GROUP_CACHE.clear()  # one row group per reader process: memory stays bounded
+            col = pq.ParquetFile(self.container).read_row_group(self.row_group, columns=[self.column]).column(0)
+            _ROW_GROUP_CACHE[cache_key] = col.to_pylist()
+        value = _ROW_GROUP_CACHE[cache_key][self.row]
+        if isinstance(value, dict):  # Hugging Face Image feature: {"bytes": ..., "path": ...}
+            value = value.get("bytes")
+        if not value:
+            raise OSError("empty image cell")
+        return bytes(value)
+
+
+SourceItem = TarMember | ParquetRow
+Item = Path | TarMember | ParquetRow
+
+
+def item_key(item: Item) -> str:
+    """The path recorded in the store for ``item`` (file names as storable text, see ``path_text``)."""
+    return path_text(item) if isinstance(item, Path) else item.key
+
+
+def read_item(item: Item) -> tuple[bytes | None, str]:
+    """(bytes or None for plain files, sha256); OSError when the bytes cannot be read."""
+    if isinstance(item, Path):
+        from probe.images import sha256_file
+
+        return None, sha256_file(item)
+    data = item.read()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def decode_item(item: Item, data: bytes | None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    """[C, H, W] in [0, 1]; InputError naming the item when it is not a readable image."""
+    if data is None:
+        return read_image01(item, max_pixels)
+    buffer = io.BytesIO(data)
+    buffer.name = item_key(item)  # what the reader's error lines name
+    return read_image01(buffer, max_pixels)
+
+
+# -- expanding inputs -------------------------------------------------------------------------------------
+def expand_braces(pattern: str) -> list[str]:
+    """bash-style ``{0000..0009}`` (zero padding kept) and ``{a,b}``, left to right, nested allowed."""
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if not m:
+        return [pattern]
+    body, head, tail = m.group(1), pattern[:m.start()], pattern[m.end():]
+    rng = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", body)
+    if rng:
+        a, b = rng.group(1), rng.group(2)
+        width = len(a) if a.lstrip("-").startswith("0") or len(a) == len(b) else 0
+        step = 1 if int(b) >= int(a) else -1
+        options = [str(i).zfill(width) for i in range(int(a), int(b) + step, step)]
+    elif "," in body:
+        options = body.split(",")
+    else:
+        return [head + "{" + body + "}" + t for t in expand_braces(tail)]
+    return [head + o + t for o in options for t in expand_braces(tail)]
+
+
+def tar_members(path: Path) -> list[TarMember]:
+    """The image members of an uncompressed tar, in file order."""
+    name = path.name.lower()
+    if name.endswith((".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
+        raise UsageError(f"{path}: compressed tar cannot be streamed by offset; unpack it or use a plain .tar")
+    try:
+        with tarfile.open(path, "r:") as tar:
+            return [TarMember(str(path), m.name, m.offset_data, m.size) for m in tar
+                    if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES]
+    except (tarfile.TarError, OSError) as exc:
+        raise InputError(f"{path}: not a readable tar file ({exc})") from exc
+
+
+def _pyarrow_parquet():
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise UsageError("reading parquet needs pyarrow: pip install pyarrow") from exc
+    return pq
+
+
+def parquet_rows(path: Path, column: str | None = None) -> list[ParquetRow]:
+    """Every row of ``path``'s image column (``column``, or the first of jpg/png/image/… present)."""
+    pq = _pyarrow_parquet()
+    try:
+        f = pq.ParquetFile(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        raise InputError(f"{path}: not a readable parquet file ({exc})") from exc
+    names = f.schema_arrow.names
+    if column is None:
+        column = next((c for c in IMAGE_COLUMNS if c in names), None)
+        if column is None:
+            raise UsageError(f"{path}: no image column ({', '.join(IMAGE_COLUMNS)}); name it with --image-column "
+                             f"(columns: {', '.join(names)})")
+    elif column not in names:
+        raise UsageError(f"{path}: no column {column!r} (columns: {', '.join(names)})")
+    keys = f.read(columns=["key"]).column(0).to_pylist() if "key" in names else None
+    out, start = [], 0
+    for rg in range(f.num_row_groups):
+        n = f.metadata.row_group(rg).num_rows
+        for r in range(n):
+            name = str(keys[start + r]) if keys is not None else f"{start + r:09d}"
+            out.append(ParquetRow(str(path), rg, r, column, name))
+        start += n
+    return out
+
+
+def is_container(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(TAR_SUFFIXES + PARQUET_SUFFIXES + (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"))
+
+
+def collect_sources(items: Iterable[str], list_file: str | None = None,
+                    image_column: str | None = None) -> list[Item]:
+    """``collect_inputs`` plus brace patterns and containers: each tar/parquet becomes its images, in order."""
+    entries = [e for item in items for e in expand_braces(item)]
+    out: list[Item] = []
+    for p in collect_inputs(entries, list_file):
+        name = p.name.lower()
+        if name.endswith(PARQUET_SUFFIXES):
+            out += parquet_rows(p, image_column)
+        elif is_container(p):
+            out += tar_members(p)
+        else:
+            out.append(p)
+    return out
