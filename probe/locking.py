@@ -16,7 +16,7 @@ import os
 import socket
 from pathlib import Path
 
-from probe.errors import UsageError
+from probe.errors import InputError, UsageError
 
 try:
     import fcntl
@@ -49,10 +49,13 @@ class ProbeLock:
     def acquire(self) -> ProbeLock:
         if fcntl is None or self._fh is not None:
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
         for _ in range(20):  # retry only if the file we locked was unlinked by a releasing holder meanwhile
-            fh = open(self.path, "a+")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fh = open(self.path, "a+")
+            except OSError as exc:  # read-only or full file system, no permission: bad input, not a bug
+                raise InputError(f"{self.target}: cannot write here ({exc.strerror or exc})") from exc
             try:
                 fcntl.flock(fh.fileno(), mode | fcntl.LOCK_NB)
             except OSError:

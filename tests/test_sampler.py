@@ -145,6 +145,9 @@ def test_presets():
         (1000, 4.0, 3.0, 8, 1000, 5, "ddpm")
     assert p.evaluations(1000) == 5 * 1000 + 995 * 8 == 12960
     assert PRESETS["none"].unguided and PRESETS["none"].evaluations(1000) == 0
+    # issue 10: the cheap presets guide gently (w >= 2 wrote adversarial textures) and stay >= 20x cheaper
+    assert PRESETS["balanced"].weight == PRESETS["fast"].weight == 0.5
+    assert (PRESETS["balanced"].evaluations(1000), PRESETS["fast"].evaluations(1000)) == (608, 248)
     assert preset("fast", steps=20, weight=None).steps == 20
     with pytest.raises(UsageError):
         preset("nope")

@@ -16,7 +16,6 @@ from probe.distributed import Runtime, runtime, take
 from probe.errors import InputError, UsageError
 from probe.extraction import ExtractConfig, ExtractSummary, extract_images, extract_text
 from probe.images import DEFAULT_MAX_PIXELS
-from probe.locking import ProbeLock
 from probe.merging import merge_stores, store_shard_dir, store_shard_path
 from probe.sources import collect_sources
 from probe.workflows.options import EncoderOptions
@@ -97,14 +96,13 @@ def _extract_shard(rt: Runtime, paths, prompts, store: Path, config: ExtractConf
     results = []
     ok = False
     try:
-        with ProbeLock(target):
-            if paths:
-                with progress("extract", n_mine) as update:
-                    results.append(extract_images(encoder, paths, target, config, on_batch=lambda d, t: update(d),
-                                                  on_warning=warn, shard=rt.shard,
-                                                  skip_stores=[] if rt.shard.single else [store]))
-            if prompts and rt.shard.single:
-                results.append(extract_text(encoder, prompts, target, config))
+        if paths:
+            with progress("extract", n_mine) as update:
+                results.append(extract_images(encoder, paths, target, config, on_batch=lambda d, t: update(d),
+                                              on_warning=warn, shard=rt.shard,
+                                              skip_stores=[] if rt.shard.single else [store]))
+        if prompts and rt.shard.single:
+            results.append(extract_text(encoder, prompts, target, config))
         ok = not any(s.interrupted for s in results)
     finally:
         all_ok = rt.all_ok(ok) if not rt.shard.single else ok

@@ -180,17 +180,20 @@ PRESETS: dict[str, GuidanceConfig] = {
     # first 5 steps (--optim_num_steps 1000 8 --optim_early_emp_end 995): 12,960 evaluations.
     "paper": GuidanceConfig(name="paper", steps=1000, weight=4.0, tau=3.0, rounds=8, early_rounds=1000,
                             early_steps=5, update="ddpm"),
-    # probe's presets: 50 timesteps spaced quadratically (denser near t = 0), DDIM η = 1.
-    # Measured by benchmarks/decode_fidelity.py on the bundled models (16 targets; the paper schedule on
-    # the first 12): quadratic spacing halved the distance at equal cost (0.95 vs 1.71 for linear), and
-    # the late-step rounds of ``balanced`` halved it again.
-    # fast: 4 rounds, 20 on the first 3 steps, w = 2: 248 evaluations (52× fewer than the paper).
-    "fast": GuidanceConfig(name="fast", steps=50, weight=2.0, tau=3.0, rounds=4, early_rounds=20,
+    # probe's presets: 50 timesteps spaced quadratically (denser near t = 0), DDIM η = 1, 20 rounds on the
+    # first 3 steps, and the guidance weight w = 0.5. Retuned for issue 10 on both axes at once
+    # (benchmarks/preset_search.py + preset_score.py, 100 held-out Fashion-MNIST targets decoded on an H100,
+    # 42 configurations): every w ≥ 2 preset wrote full-frame striped textures that the independent judges
+    # could not name (the old balanced, w = 4: prior realism 2.55× the unguided samples', 100 % flagged
+    # off-manifold); lowering w was the one lever that helped every naturalness figure at no cost in
+    # distance (w = 4 / 1 / 0.5: mean distance 0.39 / 0.49 / 0.46, retrieval@1 1.00 each; judges 0.64 → 0.77
+    # of their accuracy on the real targets from w = 1 to 0.5). Weight schedules, leaving the last steps
+    # unguided, EOT shifts and gradient blur were all worse than a plain low weight (README table).
+    # fast: 4 rounds per step: 248 evaluations (52× fewer than the paper).
+    "fast": GuidanceConfig(name="fast", steps=50, weight=0.5, tau=3.0, rounds=4, early_rounds=20,
                            early_steps=3, spacing="quadratic", update="ddim", eta=1.0),
-    # balanced (the default): fast plus 40 rounds on the last 10 steps, and the paper's w = 4: 608
-    # evaluations (21× fewer), mean distance 0.415 where the paper reaches 0.480 on the same 12 targets
-    # (w = 2: 0.541, with slightly less textured images).
-    "balanced": GuidanceConfig(name="balanced", steps=50, weight=4.0, tau=3.0, rounds=4, early_rounds=20,
+    # balanced (the default): fast plus 40 rounds on the last 10 steps: 608 evaluations (21× fewer).
+    "balanced": GuidanceConfig(name="balanced", steps=50, weight=0.5, tau=3.0, rounds=4, early_rounds=20,
                                early_steps=3, late_rounds=40, late_steps=10, spacing="quadratic",
                                update="ddim", eta=1.0),
     # no guidance: what the prior draws from the same seed, on the timesteps of ``fast``/``balanced``
