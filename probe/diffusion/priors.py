@@ -308,17 +308,32 @@ def _load_local(root: Path, spec: str, recipe: str | None = None) -> Prior:
 
 
 def _load_hub(repo: str, spec: str) -> Prior:
-    """Hub repositories: read model_index.json to pick the layout, then load the components."""
-    try:
-        from huggingface_hub import hf_hub_download
+    """Hub repositories: read model_index.json to pick the layout, then load the components.
 
-        index = json.loads(Path(hf_hub_download(repo, "model_index.json")).read_text())
-    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, gated: all mean "cannot get it"
-        raise InputError(f"{repo}: no such prior directory, and it could not be fetched as a Hugging Face "
-                         f"hub repository ({type(exc).__name__})") from exc
-    layout = _layout_of_index(index)
-    try:
-        return _load_components(repo, layout, spec)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{repo}: hub prior could not be loaded ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from exc
+    Offline (or with HF_HUB_OFFLINE set) only the local cache is used, without retries (probe.models.hub).
+    """
+    from probe.errors import ProbeError
+    from probe.models.hub import hub_access
+
+    with hub_access(repo):
+        try:
+            from huggingface_hub import hf_hub_download
+
+            index = json.loads(Path(hf_hub_download(repo, "model_index.json")).read_text())
+        except ProbeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - offline, unknown repo, gated: all mean "cannot get it"
+            raise InputError(f"{repo}: no such prior directory, and it could not be fetched as a Hugging Face "
+                             f"hub repository ({type(exc).__name__}: {_first(exc)})") from exc
+        layout = _layout_of_index(index)
+        try:
+            return _load_components(repo, layout, spec)
+        except ProbeError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"{repo}: hub prior could not be loaded ({type(exc).__name__}: {_first(exc)})") from exc
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else ""

@@ -44,6 +44,7 @@ class Preprocess:
       * ``squash``: both sides to ``scale`` (aspect not kept), centre crop;
       * ``border``: the longer side to ``scale`` (aspect kept), centre crop, padding any side that falls
         short with the mean colour (timm's ``CenterCropOrPad`` fill).
+    ``resize_size`` (torchvision weights name it directly, 256 for 224) overrides ``scale``.
     """
 
     size: int
@@ -53,6 +54,7 @@ class Preprocess:
     interpolation: str = "bicubic"
     in_chans: int = 3
     crop_mode: str = "center"
+    resize_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.crop_mode not in CROP_MODES:
@@ -63,6 +65,8 @@ class Preprocess:
         d["mean"], d["std"] = list(self.mean), list(self.std)
         if self.crop_mode == "center":  # the record of stores made before crop modes existed: they resume
             del d["crop_mode"]
+        if d["resize_size"] is None:  # stores written before the field existed compare equal
+            del d["resize_size"]
         return d
 
     def adapt_channels(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,7 +82,7 @@ class Preprocess:
         raise UsageError(f"cannot feed {c}-channel images to a network expecting {self.in_chans} channels")
 
     def _scaled_size(self, h: int, w: int) -> tuple[int, int]:
-        scale = math.floor(self.size / self.crop_pct)
+        scale = self.resize_size or math.floor(self.size / self.crop_pct)
         if self.crop_mode == "squash":
             return scale, scale
         if self.crop_mode == "border":  # timm's ResizeKeepRatio(longest=1): the longer side to scale
@@ -109,6 +113,17 @@ class Preprocess:
         # torchvision's CenterCrop rounds the offset (timm/open_clip eval transforms use it)
         top, left = int(round((nh - self.size) / 2.0)), int(round((nw - self.size) / 2.0))
         return x[..., top:top + self.size, left:left + self.size]
+
+    def resize_whole(self, x: torch.Tensor) -> torch.Tensor:
+        """The whole image resized to size×size, bicubic, no crop, no antialias, no clamp, differentiable.
+
+        The official code's loss path (``TF.resize(x, (224, 224), BICUBIC)`` on a tensor under torchvision
+        0.12, which does not antialias); used by ``GuidanceConfig.loss_resize = "whole"``.
+        """
+        x = self.adapt_channels(x)
+        if tuple(x.shape[-2:]) == (self.size, self.size):
+            return x
+        return F.interpolate(x, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=False)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)

@@ -3,8 +3,12 @@
 Forms:
   ``bundled:NAME``             shipped with probe (``probe models list``)
   ``timm:NAME``                timm architecture with hub weights; ``--weights PATH`` loads a local
-                               checkpoint instead, ``--weights random`` keeps random init
-  ``open_clip:ARCH/TAG``       open_clip model with pretrained tag (hub); ``open_clip:ARCH`` + --weights
+                               checkpoint instead, ``--weights random`` keeps random init;
+                               ``timm:hf-hub:ORG/NAME`` a timm model hosted on the Hugging Face hub
+  ``open_clip:ARCH/TAG``       open_clip model with pretrained tag (hub); ``open_clip:ARCH`` + --weights;
+                               ``open_clip:hf-hub:ORG/NAME`` a model hosted on the Hugging Face hub
+  ``torchvision:ARCH/WEIGHTS`` torchvision classifier with a weights enum name (torch.hub download);
+                               ``--weights random|PATH`` builds ARCH with WEIGHTS' preprocessing
   ``torchscript:PATH``         a scripted/traced module whose output is the embedding
 """
 
@@ -18,11 +22,12 @@ import torch
 from probe.errors import UsageError
 from probe.models.encoder import Encoder, EncoderParts
 
-FAMILIES = ("bundled", "timm", "open_clip", "torchscript")
+FAMILIES = ("bundled", "timm", "open_clip", "torchvision", "torchscript")
 SPEC_FORMS = (
     ("bundled:NAME", "a model shipped with probe, e.g. bundled:fashion-cnn"),
     ("timm:NAME", "any timm model; hub weights, or --weights PATH|random"),
     ("open_clip:ARCH/TAG", "an open_clip model, e.g. open_clip:ViT-B-32/openai; or open_clip:ARCH --weights"),
+    ("torchvision:ARCH/WEIGHTS", "a torchvision classifier, e.g. torchvision:vit_h_14/IMAGENET1K_SWAG_E2E_V1"),
     ("torchscript:PATH", "a TorchScript file; preprocessing from PATH.json if present"),
 )
 DEFAULT_ENCODER = "bundled:fashion-cnn"
@@ -60,7 +65,7 @@ def _load_parts(spec: str, weights: str | None = None) -> EncoderParts:
     s = parse_spec(spec)
     if s.family == "bundled":
         if weights is not None:
-            raise UsageError("--weights applies to timm: and open_clip: specs, not bundled ones")
+            raise UsageError("--weights applies to timm:, open_clip: and torchvision: specs, not bundled ones")
         from probe.models.bundled import load_bundled_encoder
 
         return load_bundled_encoder(s.name)
@@ -72,6 +77,10 @@ def _load_parts(spec: str, weights: str | None = None) -> EncoderParts:
         from probe.models.open_clip_models import load_open_clip
 
         return load_open_clip(s.name, weights)
+    if s.family == "torchvision":
+        from probe.models.torchvision_models import load_torchvision
+
+        return load_torchvision(s.name, weights)
     from probe.models.torchscript_models import load_torchscript
 
     return load_torchscript(s.name)

@@ -1,4 +1,5 @@
-"""timm networks: ``timm:NAME`` (hub weights), with ``--weights PATH`` or ``--weights random``."""
+"""timm networks: ``timm:NAME`` (hub weights), with ``--weights PATH`` or ``--weights random``;
+``timm:hf-hub:ORG/NAME`` for a timm model hosted on the Hugging Face hub (its config comes from there too)."""
 
 from __future__ import annotations
 
@@ -47,12 +48,19 @@ def timm_parts(model: nn.Module) -> EncoderParts:
 def load_timm(name: str, weights: str | None) -> EncoderParts:
     import timm
 
-    if not timm.is_model(name):
+    from probe.models.hub import hub_access
+
+    on_hub = name.startswith("hf-hub:")
+    if on_hub and name.count("/") != 1:
+        raise UsageError(f"timm:{name}: use timm:hf-hub:ORG/NAME")
+    if not on_hub and not timm.is_model(name):
         raise UsageError(f"timm has no model {name!r}; see timm.list_models() for the names")
     if weights is None:
-        model = timm.create_model(name, pretrained=True)
+        with hub_access(f"timm:{name}"):
+            model = timm.create_model(name, pretrained=True)
     else:
-        model = timm.create_model(name, pretrained=False)
+        with hub_access(f"timm:{name}"):  # an hf-hub: model reads its config from the hub
+            model = timm.create_model(name, pretrained=False)
         if weights != "random":
             from probe.models.checkpoints import load_state_dict_into
 
