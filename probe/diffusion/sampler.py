@@ -1,4 +1,4 @@
-"""The guided decoder of arXiv 2509.07936 (shared/research/method.md), readable top to bottom.
+"""The guided decoder of arXiv 2509.07936 (docs/method.md), readable top to bottom.
 
 Given target features f* and a network f, draw z_T ~ N(0, I) and walk the prior's reverse chain. At
 each timestep t, K times (self-recurrence):
@@ -19,7 +19,7 @@ each timestep t, K times (self-recurrence):
 The first ``early_steps`` timesteps use ``early_rounds`` rounds (early step emphasis). At the last
 timestep the chain's output is ẑ0'.
 
-probe's generalisations (method.md, last section): a batch holds independent chains (normalisation and
+probe's generalisations (docs/method.md): a batch holds independent chains (normalisation and
 thresholding per sample); strided timesteps use the posterior of the strided chain; a sample may stop
 early on patience or on reaching a distance bound; every sample draws all of its noise from its own
 CPU generator, so its chain does not depend on what else is in the batch, and equal seeds give equal
@@ -55,23 +55,27 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 def to_unit_image(x: torch.Tensor, quantize: bool, clamp: str = "straight-through") -> torch.Tensor:
     """Prior output in [−1, 1] -> [0, 1] image, clamped like a saved PNG, optionally on the 8-bit grid.
 
-    The forward value is always the saved PNG's. ``clamp`` picks the backward pass of the clamp:
-    "straight-through" (default) passes the gradient of saturated pixels on as if unclamped, as the
-    paper's code (which never clamps) does; "hard" gives them none. At the first, noisiest steps x̂0 is
-    far outside [−1, 1] almost everywhere, so a hard clamp zeroes the whole gradient and wastes the
-    early-step emphasis rounds (measured in benchmarks/decode_fidelity.py).
+    ``clamp`` picks the clamp: "straight-through" (default) clamps the forward value (the saved PNG's)
+    and passes the gradient of saturated pixels on as if unclamped; "hard" gives them none; "none" does
+    not clamp at all, as the official code (values outside [0, 1] reach the network). At the first,
+    noisiest steps x̂0 is far outside [−1, 1] almost everywhere, so a hard clamp zeroes the whole
+    gradient and wastes the early-step emphasis rounds (measured in benchmarks/decode_fidelity.py).
     """
     x01 = (x + 1) / 2
     if clamp == "hard":
         x01 = x01.clamp(0, 1)
-    else:
+    elif clamp != "none":
         x01 = x01 + (x01.clamp(0, 1) - x01).detach()
     return round_ste(x01 * 255) / 255 if quantize else x01
 
 
-def network_input(encoder: Encoder, img01: torch.Tensor, quantize: bool) -> torch.Tensor:
-    """Resize to the network's input and round to 8 bits again (straight-through), as method.md says."""
-    x = encoder.resize(img01)
+def network_input(encoder: Encoder, img01: torch.Tensor, quantize: bool, whole: bool = False) -> torch.Tensor:
+    """Resize to the network's input and round to 8 bits again (straight-through), as docs/method.md says.
+
+    ``whole``: the whole image resized bicubic without crop, antialias or clamp (the official loss path,
+    ``GuidanceConfig.loss_resize = "whole"``); otherwise the encoder's eval transform.
+    """
+    x = encoder.preprocess.resize_whole(img01) if whole else encoder.resize(img01)
     return round_ste(x * 255) / 255 if quantize else x
 
 
@@ -87,6 +91,13 @@ def concat_features(encoder: Encoder, x_resized: torch.Tensor) -> torch.Tensor:
 def squared_distance(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """‖f − f*‖² per sample, in float32."""
     return (features.float() - target.float()).pow(2).sum(dim=1)
+
+
+def loss_path_distance(encoder: Encoder, img01: torch.Tensor, target: torch.Tensor,
+                       config: GuidanceConfig) -> torch.Tensor:
+    """The optimised loss of an image (``to_unit_image`` output), as the guided round computes it."""
+    x = network_input(encoder, img01, config.quantize, whole=config.loss_resize == "whole")
+    return squared_distance(concat_features(encoder, x), target)
 
 
 @torch.no_grad()
@@ -131,16 +142,20 @@ def predict_eps(z: torch.Tensor, x0: torch.Tensor, a: float) -> torch.Tensor:
 
 
 def reverse_step(z: torch.Tensor, x0: torch.Tensor, a_t: float, a_prev: float, config: GuidanceConfig,
-                 noise: torch.Tensor | None) -> torch.Tensor:
+                 noise: torch.Tensor | None, beta: float | None = None) -> torch.Tensor:
     """z_{t_prev} from z_t and the (guided) x̂0, for consecutive or strided timesteps.
 
     'ddpm': the posterior mean of the strided chain (β' = 1 − ᾱ_t/ᾱ_prev) with σ² = β' — for
-    consecutive steps exactly method.md's z_{t−1} = (z_t − β_t/√(1−ᾱ_t)·ε'')/√(1−β_t) + √β_t·n.
+    consecutive steps exactly method.md's z_{t−1} = (z_t − β_t/√(1−ᾱ_t)·ε'')/√(1−β_t) + √β_t·n, which
+    is what runs, with the scheduler's β_t, when ``beta`` is given (``GuidanceConfig.beta = "scheduler"``).
     'ddim': DDIM with η (η = 1 is the same mean with the posterior variance β̃).
     ``noise`` is None only at the chain's end (a_prev = 1), where the output is x̂0 itself.
     """
     if noise is None:
         return x0
+    if beta is not None and config.update == "ddpm":
+        eps = (z / math.sqrt(a_t) - x0) / math.sqrt(1 / a_t - 1)                  # predict_noise_from_xstart
+        return (z - beta / math.sqrt(1 - a_t) * eps) / math.sqrt(1 - beta) + math.sqrt(beta) * noise
     alpha = a_t / a_prev
     beta = 1 - alpha
     if config.update == "ddpm":
@@ -151,9 +166,11 @@ def reverse_step(z: torch.Tensor, x0: torch.Tensor, a_t: float, a_prev: float, c
     return math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma ** 2, 0.0)) * eps + sigma * noise
 
 
-def renoise(z_prev: torch.Tensor, a_t: float, a_prev: float, noise: torch.Tensor) -> torch.Tensor:
-    """Forward diffusion from t_prev back to t (self-recurrence): √(ᾱ_t/ᾱ_prev)·z + √(1 − ᾱ_t/ᾱ_prev)·n."""
-    alpha = a_t / a_prev
+def renoise(z_prev: torch.Tensor, a_t: float, a_prev: float, noise: torch.Tensor,
+            beta: float | None = None) -> torch.Tensor:
+    """Forward diffusion from t_prev back to t (self-recurrence): √(ᾱ_t/ᾱ_prev)·z + √(1 − ᾱ_t/ᾱ_prev)·n
+    (with ``beta`` given: √(1 − β)·z + √β·n, the scheduler's β_t)."""
+    alpha = a_t / a_prev if beta is None else 1 - beta
     return math.sqrt(alpha) * z_prev + math.sqrt(1 - alpha) * noise
 
 
@@ -166,7 +183,8 @@ class SampleResult:
 
     ``best_images``/``final_images`` are [B, C, H, W] in [0, 1] on the 8-bit grid (value·255 is an
     integer), at the prior's resolution — exactly what gets saved. Distances are of those 8-bit images.
-    ``best_step`` is the 0-based index of the timestep at which the best image was seen;
+    ``best_step`` is the 0-based index of the timestep at which the best image was seen; ``best_loss``
+    is, when the config picks the best image by the optimised loss (``best_by = "loss"``), that loss;
     ``evaluations`` counts guided UNet + decode + encoder forward/backward passes; ``stopped_step`` is
     the step after which a chain stopped (len(timesteps) − 1 when it ran to the end); ``skipped`` counts
     steps whose guidance was dropped because the gradient was not finite.
@@ -186,6 +204,7 @@ class SampleResult:
     seeds: list[int]
     config: GuidanceConfig
     trajectory: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    best_loss: torch.Tensor | None = None
 
 
 class _Best:
@@ -292,14 +311,14 @@ def _guided_round(prior: Prior, encoder: Encoder, z: torch.Tensor, t: int, a_t: 
             e = config.eot_samples
             shifts, flips = draw_transforms(eot_generators, config)
             seen = shift_flip(img.repeat_interleave(e, dim=0), shifts, flips)
-            feats = concat_features(encoder, network_input(encoder, seen, config.quantize))
+            feats = concat_features(encoder, network_input(encoder, seen, config.quantize,
+                                                           whole=config.loss_resize == "whole"))
             loss = squared_distance(feats, target.repeat_interleave(e, dim=0)).view(-1, e).mean(dim=1)
         else:
-            feats = concat_features(encoder, network_input(encoder, img, config.quantize))
-            loss = squared_distance(feats, target)                              # 4
+            loss = loss_path_distance(encoder, img, target, config)             # 4
         (grad_loss,) = torch.autograd.grad(loss.sum(), z)                       # chains are independent
-    img = img.detach()
-    if loss_is_saved_distance and not eot:
+    img = img.detach().clamp(0, 1)                                               # the saved image
+    if config.best_by == "loss" or (loss_is_saved_distance and not eot):
         distance = loss.detach()
     else:
         distance = saved_image_distance(encoder, torch.round(img * 255) / 255, target)
@@ -316,6 +335,13 @@ def _guided_round(prior: Prior, encoder: Encoder, z: torch.Tensor, t: int, a_t: 
 @torch.no_grad()
 def _x0_image(prior: Prior, x0: torch.Tensor, quantize: bool = True) -> torch.Tensor:
     return to_unit_image(prior.decode(x0), quantize)
+
+
+def _scheduler_beta(prior: Prior, config: GuidanceConfig, t: int, t_prev: int) -> float | None:
+    """The scheduler's β_t where ``config.beta`` asks for it and the step is a consecutive DDPM step."""
+    if config.beta == "scheduler" and config.update == "ddpm" and t_prev in (t - 1, -1):
+        return float(prior.betas[t])
+    return None
 
 
 def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, seeds: Sequence[int],
@@ -343,8 +369,9 @@ def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, s
     n_steps = len(timesteps)
     acp = prior.alphas_cumprod
     img_shape = (prior.channels, prior.image_size, prior.image_size)
-    loss_is_saved = config.quantize and encoder is not None and \
+    loss_is_saved = config.quantize and config.clamp != "none" and encoder is not None and \
         (encoder.in_chans, encoder.input_size, encoder.input_size) == img_shape
+    by_loss = guided and config.track_best and config.best_by == "loss"
 
     def distance_of(img: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         if not has_target:
@@ -371,6 +398,7 @@ def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, s
         a_prev = 1.0 if last else float(acp[t_prev])
         gens = [generators[j] for j in idx.tolist()]
         z_t = z[idx]
+        beta_t = _scheduler_beta(prior, config, t, t_prev)
         rounds = config.rounds_at(i, n_steps)
         guided_now = guided and config.guided_at(i, n_steps)
         weight = config.weight_at(i, n_steps)
@@ -389,19 +417,23 @@ def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, s
                     eps_g = prior.eps(z_t, t)
             with torch.no_grad():
                 x0 = predict_x0(z_t, eps_g, a_t)                                   # 9: ẑ0'
-                if prior.clip_sample:
+                if prior.clip_sample and config.clip_x0:
                     x0 = x0.clamp(-prior.clip_sample_range, prior.clip_sample_range)
                 final_round = k == rounds - 1
                 if config.track_best or (final_round and (guided or last or keep_frame)):
-                    img_post = _x0_image(prior, x0)
-                    d_post = distance_of(img_post, idx) if (config.track_best or guided or last) \
-                        else torch.full((len(idx),), math.nan)
+                    decoded = prior.decode(x0)
+                    img_post = to_unit_image(decoded, True)
+                    saved_needed = (config.track_best and not by_loss) or \
+                        (final_round and (config.track_best or guided or last))
+                    d_post = distance_of(img_post, idx) if saved_needed else torch.full((len(idx),), math.nan)
                     if config.track_best:
-                        best.update(idx, d_post, img_post, i, t)
+                        d_sel = loss_path_distance(encoder, to_unit_image(decoded, config.quantize, config.clamp),
+                                                   target[idx], config) if by_loss else d_post
+                        best.update(idx, d_sel, img_post, i, t)
                 noise = None if last else draw_noise(gens, prior.latent_shape, device)
-                z_prev = reverse_step(z_t, x0, a_t, a_prev, config, noise)         # 10
+                z_prev = reverse_step(z_t, x0, a_t, a_prev, config, noise, beta_t)  # 10
                 if not final_round:                                                 # 11: self-recurrence
-                    z_t = renoise(z_prev, a_t, a_prev, draw_noise(gens, prior.latent_shape, device))
+                    z_t = renoise(z_prev, a_t, a_prev, draw_noise(gens, prior.latent_shape, device), beta_t)
         z[idx] = z_prev
         if config.track_best or guided or last or keep_frame:                       # chain's current output
             final_images[idx] = img_post.cpu()
@@ -423,8 +455,13 @@ def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, s
         if callback is not None:
             callback(i + 1, n_steps, best.distance.clone())
 
+    best_loss = None
+    if by_loss:  # the loss picked the best images; report the distance their saved PNGs give
+        best_loss = best.distance.clone()
+        best.distance = torch.cat([distance_of(best.images[j:j + 1].to(encoder.device), torch.tensor([j])).cpu()
+                                   for j in range(b)])
     return SampleResult(best_images=best.images, final_images=final_images, best_distance=best.distance,
                         final_distance=final_distance, best_step=best.step, best_timestep=best.timestep,
                         evaluations=evaluations, stopped_step=stopped_step, skipped=skipped,
                         seconds=time.perf_counter() - t_start, timesteps=timesteps,
-                        seeds=[int(s) for s in seeds], config=config, trajectory=trajectory)
+                        seeds=[int(s) for s in seeds], config=config, trajectory=trajectory, best_loss=best_loss)

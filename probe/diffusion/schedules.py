@@ -2,7 +2,7 @@
 
 The presets are plain values so that ``probe decode --schedule NAME`` plus per-field overrides gives a
 reproducible record (it is written into every manifest line). ``paper`` is exactly the published run of
-arXiv 2509.07936 (see shared/research/method.md); the others are probe's own cheaper settings, chosen by
+arXiv 2509.07936 (see docs/method.md); the others are probe's own cheaper settings, chosen by
 measurement (benchmarks/decode_fidelity.py; figures in benchmarks/results/).
 """
 
@@ -17,7 +17,10 @@ from probe.errors import UsageError
 
 UPDATES = ("ddpm", "ddim")
 SPACINGS = ("linear", "quadratic")
-CLAMPS = ("straight-through", "hard")
+CLAMPS = ("straight-through", "hard", "none")
+BETAS = ("chain", "scheduler")
+LOSS_RESIZES = ("eval", "whole")
+BEST_BY = ("saved", "loss")
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,9 @@ class GuidanceConfig:
         or "quadratic" (t ∝ (1 − i/(n−1))², denser near t = 0, as in DDIM's CIFAR runs).
       quantize: 8-bit straight-through rounding before and after resizing, so the optimised distance is
         the one a saved PNG gives.
-      clamp: backward pass of the [0, 1] clamp of x̂0 — "straight-through" (saturated pixels still pass
-        their gradient on, as in the paper's unclamped code) or "hard" (they get none).
+      clamp: the [0, 1] clamp of x̂0 in the loss path — "straight-through" (clamped forward, saturated
+        pixels still pass their gradient on), "hard" (they get none) or "none" (no clamp at all: values
+        outside [0, 1] reach the network, as in the official code).
       weight_end: guidance weight at the last guided timestep; the weight moves linearly (in step index)
         from ``weight`` to ``weight_end`` (None: constant ``weight``). Strong guidance early fixes layout
         and class; weak guidance late keeps the pixel-space refinement near t = 0 from writing textures.
@@ -63,6 +67,18 @@ class GuidanceConfig:
       track_best: keep the best image over all rounds and steps (the paper's output); when False the
         best image is the final one.
       unguided: sample the prior with no guidance at all (the baseline, and the ``none`` preset).
+      clip_x0: clip the guided x̂0 to [−1, 1] when the prior's scheduler asks for it (``clip_sample``,
+        the bundled pixel priors); the official code never clips.
+      beta: β of a DDPM step between consecutive timesteps (and of its re-noising) — "chain" uses
+        1 − ᾱ_t/ᾱ_{t−1} from the stored ᾱ (the strided-chain formula, which float32 ᾱ makes inexact at small
+        t), "scheduler" the scheduler's own β_t (the official code); strided chains always use "chain".
+      loss_resize: how the loss path brings the decoded image to the network's input — "eval" the
+        encoder's eval transform (resize, centre crop, antialias, clamp: the same as extraction), "whole"
+        the whole image resized to the input, bicubic, no crop, no antialias, no clamp (the official
+        code, torchvision 0.12's tensor resize). Targets always go through the eval transform.
+      best_by: which distance picks the best image — "saved" the distance of the saved 8-bit PNG,
+        "loss" the optimised loss itself (the official code's check_image); the reported distance is
+        always the saved image's (``SampleResult.best_loss`` keeps the loss that picked it).
     """
 
     name: str = "custom"
@@ -89,6 +105,10 @@ class GuidanceConfig:
     eta: float = 1.0
     track_best: bool = True
     unguided: bool = False
+    clip_x0: bool = True
+    beta: str = "chain"
+    loss_resize: str = "eval"
+    best_by: str = "saved"
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -112,6 +132,9 @@ class GuidanceConfig:
             raise UsageError(f"clamp must be one of {', '.join(CLAMPS)}, not {self.clamp!r}")
         if not 0.0 <= self.eta <= 1.0:
             raise UsageError(f"eta must be in [0, 1], not {self.eta}")
+        for name, allowed in (("beta", BETAS), ("loss_resize", LOSS_RESIZES), ("best_by", BEST_BY)):
+            if getattr(self, name) not in allowed:
+                raise UsageError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
 
     def timesteps(self, num_train_timesteps: int) -> list[int]:
         """Descending timesteps strided from T−1 down to 0 (both ends always included, all distinct).
@@ -178,8 +201,11 @@ class GuidanceConfig:
 PRESETS: dict[str, GuidanceConfig] = {
     # arXiv 2509.07936 as published: all 1000 DDPM steps, w = 4, τ = 3, K = 8, K_early = 1000 on the
     # first 5 steps (--optim_num_steps 1000 8 --optim_early_emp_end 995): 12,960 evaluations.
+    # The official code's loop exactly (docs/method.md): no clamp of the loss image, no x̂0 clip, the
+    # scheduler's β_t, the whole image resized bicubic to the network input, best image by the loss.
     "paper": GuidanceConfig(name="paper", steps=1000, weight=4.0, tau=3.0, rounds=8, early_rounds=1000,
-                            early_steps=5, update="ddpm"),
+                            early_steps=5, update="ddpm", clamp="none", clip_x0=False, beta="scheduler",
+                            loss_resize="whole", best_by="loss"),
     # probe's presets: 50 timesteps spaced quadratically (denser near t = 0), DDIM η = 1, 20 rounds on the
     # first 3 steps, and the guidance weight w = 0.5. Retuned for issue 10 on both axes at once
     # (benchmarks/preset_search.py + preset_score.py, 100 held-out Fashion-MNIST targets decoded on an H100,

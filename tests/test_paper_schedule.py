@@ -1,0 +1,122 @@
+"""``--schedule paper`` against an independent transcription of the official code (tests/paper_reference.py):
+ε' of one guided round and of every round of a short consecutive chain agree to 1e-5·‖ε‖."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from probe.diffusion import sampler as S
+from probe.diffusion.priors import load_prior, pixel_prior
+from probe.diffusion.schedules import GuidanceConfig, preset
+from probe.models.registry import load_encoder
+from tests.paper_reference import OfficialSchedule, guided_round, official_loss, operation_diffusion
+from tests.tiny_diffusion import save_tiny_sd, tiny_encoder, tiny_unet
+
+PAPER = preset("paper")
+TOL = 1e-5
+
+
+def _reference_parts(prior, enc):
+    sched = OfficialSchedule(prior.betas.numpy())
+    pre = enc.preprocess
+    net = lambda x: enc._parts.embed(enc.model, x).flatten(1)  # noqa: E731 - the network after Normalize
+    return sched, prior.eps, prior.decode, official_loss(net, pre.size, pre.mean, pre.std)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((a - b).norm() / ref.norm())
+
+
+def test_paper_preset_names_every_departure():
+    assert (PAPER.clamp, PAPER.clip_x0, PAPER.beta, PAPER.loss_resize, PAPER.best_by) == \
+        ("none", False, "scheduler", "whole", "loss")
+    assert PAPER.evaluations(1000) == 12_960
+    default = GuidanceConfig()
+    assert (default.clamp, default.clip_x0, default.beta, default.loss_resize, default.best_by) == \
+        ("straight-through", True, "chain", "eval", "saved")
+    with pytest.raises(Exception, match="loss_resize"):
+        GuidanceConfig(loss_resize="crop")
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    return load_prior("bundled:fashion-ddpm", "cpu"), load_encoder("bundled:fashion-cnn", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    return load_prior(str(save_tiny_sd(tmp_path_factory.mktemp("sd") / "sd")), "cpu")
+
+
+@pytest.mark.parametrize("t", [999, 600, 200, 20, 0])
+def test_one_guided_round_matches_the_official_code_bundled(fashion, t):
+    prior, enc = fashion
+    sched, eps_fn, decode, loss = _reference_parts(prior, enc)
+    gen = torch.Generator().manual_seed(t)
+    z = torch.randn(1, *prior.latent_shape, generator=gen)
+    with torch.no_grad():
+        target = enc(torch.rand(1, 1, 32, 32, generator=gen))
+    eps, eps_ref, sim, _ = guided_round(sched, eps_fn, decode, loss, target, z, t, PAPER.weight, PAPER.tau)
+    eps_probe, _img, d, bad = S._guided_round(prior, enc, z, t, float(prior.alphas_cumprod[t]), target, PAPER,
+                                              False)
+    assert not bad.any()
+    assert _rel(eps_probe, eps_ref, eps) < TOL
+    assert abs(float(d[0]) + sim.item()) <= TOL * abs(sim.item())  # best picked by the optimised loss
+
+
+@pytest.mark.parametrize("t", [999, 500, 3])
+def test_one_guided_round_matches_the_official_code_latent_resized(tiny_sd, t):
+    """SD layout (VAE decode) and an encoder of another input size: the whole-image bicubic resize."""
+    enc = tiny_encoder(in_chans=3, size=12)
+    sched, eps_fn, decode, loss = _reference_parts(tiny_sd, enc)
+    gen = torch.Generator().manual_seed(t)
+    z = torch.randn(1, 4, 8, 8, generator=gen)
+    with torch.no_grad():
+        target = enc(torch.rand(1, 3, 16, 16, generator=gen))
+    eps, eps_ref, sim, _ = guided_round(sched, eps_fn, decode, loss, target, z, t, PAPER.weight, PAPER.tau)
+    eps_probe = S._guided_round(tiny_sd, enc, z, t, float(tiny_sd.alphas_cumprod[t]), target, PAPER, False)[0]
+    assert _rel(eps_probe, eps_ref, eps) < TOL
+
+
+def test_a_consecutive_chain_matches_the_official_loop(monkeypatch):
+    """Every round of a 12-step chain (K = 3 on the first 2 steps, 2 after), a pixel prior whose scheduler
+    asks for x̂0 clipping (the paper never clips), an encoder of another size: z_t and ε' per round,
+    the best image's loss, step and the final image."""
+    from diffusers import DDPMScheduler
+
+    T = 12
+    sched_cfg = DDPMScheduler(num_train_timesteps=T, beta_schedule="linear", beta_start=0.01, beta_end=0.3,
+                              clip_sample=True)
+    prior = pixel_prior("test:tiny-ddpm", tiny_unet(1, 16), sched_cfg)
+    enc = tiny_encoder(in_chans=1, size=12)
+    with torch.no_grad():
+        target = enc(torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(1)))
+    cfg = PAPER.replace(rounds=2, early_rounds=3, early_steps=2)
+
+    seen = []
+    real = S._guided_round
+
+    def spy(prior_, enc_, z, t, *args, **kwargs):
+        out = real(prior_, enc_, z, t, *args, **kwargs)
+        seen.append((t, z.clone(), out[0].clone()))
+        return out
+
+    monkeypatch.setattr(S, "_guided_round", spy)
+    res = S.sample(prior, enc, target, [7], cfg)
+
+    sched, eps_fn, decode, loss = _reference_parts(prior, enc)
+    ref = operation_diffusion(sched, eps_fn, decode, loss, target, (1, 1, 16, 16),
+                              torch.Generator("cpu").manual_seed(7), cfg.weight, cfg.tau,
+                              lambda i: 3 if i >= T - 2 else 2)
+    assert len(seen) == len(ref.rounds) == 2 * 3 + 10 * 2 == int(res.evaluations[0])
+    for (t, z, eps_g), r in zip(seen, ref.rounds):
+        assert t == r["t"]
+        assert _rel(z, r["z_t"], r["z_t"]) < TOL
+        assert _rel(eps_g, r["eps_guided"], r["eps"]) < TOL
+    assert abs(float(res.best_loss[0]) + ref.best_val) <= TOL * abs(ref.best_val)
+    assert int(res.best_timestep[0]) == ref.best_t
+    ref_final = torch.round(((ref.z_prev + 1) / 2).clamp(0, 1) * 255) / 255
+    assert (res.final_images - ref_final).abs().max() <= 1 / 255 + 1e-6
+    # the reported distance is the saved PNG's, not the unclamped loss that picked the image
+    assert torch.allclose(res.best_distance, S.saved_image_distance(enc, res.best_images, target))
