@@ -8,6 +8,7 @@ through ``encode_text`` into the same space, so a prompt can be a decoding targe
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -37,7 +38,7 @@ def load_open_clip(name: str, weights: str | None) -> EncoderParts:
     if weights is None and not tag and not on_hub:
         raise UsageError(f"open_clip:{arch} needs a pretrained tag (open_clip:{arch}/TAG) or --weights PATH|random")
     pretrained = tag or (None if weights == "random" else weights)
-    with hub_access(f"open_clip:{name}"):
+    with hub_access(f"open_clip:{name}") if (tag or on_hub) else nullcontext():  # local: no network
         model = open_clip.create_model(arch, pretrained=pretrained)
         tokenizer = open_clip.get_tokenizer(arch)
     cfg = open_clip.get_model_preprocess_cfg(model)

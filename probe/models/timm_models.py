@@ -58,9 +58,11 @@ def load_timm(name: str, weights: str | None) -> EncoderParts:
     if weights is None:
         with hub_access(f"timm:{name}"):
             model = timm.create_model(name, pretrained=True)
-    else:
+    elif on_hub:
         with hub_access(f"timm:{name}"):  # an hf-hub: model reads its config from the hub
             model = timm.create_model(name, pretrained=False)
+    else:  # no network involved
+        model = timm.create_model(name, pretrained=False)
         if weights != "random":
             from probe.models.checkpoints import load_state_dict_into
 
