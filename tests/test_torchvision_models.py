@@ -137,7 +137,26 @@ def test_unreachable_hub_switches_to_the_cache_without_retries(monkeypatch, run_
     assert "Retrying" not in res.stderr
 
 
-@pytest.mark.parametrize("recipe", ["clip_rn50.sh", "resnet50.sh", "vit_h14.sh"])
+def test_paper_recipes_name_the_papers_networks_and_taus():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "recipes" / "paper"
+    found = {}
+    for name in ("clip_rn50.sh", "resnet50.sh", "vit_h14.sh"):
+        m = re.search(r"^NETWORK=(\S+) TAU=(\S+)", (root / name).read_text(), re.M)
+        found[name] = (m.group(1), float(m.group(2)))
+    assert found == {"clip_rn50.sh": ("open_clip:RN50/openai", 3.0),
+                     "resnet50.sh": ("torchvision:resnet50/IMAGENET1K_V1", 3.0),
+                     "vit_h14.sh": ("torchvision:vit_h_14/IMAGENET1K_SWAG_E2E_V1", 2.0)}
+    for spec, _tau in found.values():
+        if spec.startswith("torchvision:"):
+            resolve_weights(parse_torchvision(parse_spec(spec).name))
+
+
+# the two download paths (Hugging Face hub for open_clip and SD, torch.hub for torchvision); vit_h14.sh
+# takes the same path as resnet50.sh
+@pytest.mark.parametrize("recipe", ["clip_rn50.sh", "resnet50.sh"])
 def test_paper_recipes_offline_fail_in_one_line_exit_3(recipe, tmp_path, photos):
     """The recipes for users with hub access, run with every download blocked: one line, exit 3."""
     import os
