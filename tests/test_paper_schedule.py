@@ -13,6 +13,7 @@ from probe.models.registry import load_encoder
 from tests.paper_reference import OfficialSchedule, guided_round, official_loss, operation_diffusion
 from tests.tiny_diffusion import save_tiny_sd, tiny_encoder, tiny_unet
 
+torch.set_num_threads(1)  # as the other sampler tests: the suite runs single-threaded
 PAPER = preset("paper")
 TOL = 1e-5
 
@@ -22,6 +23,11 @@ def _reference_parts(prior, enc):
     pre = enc.preprocess
     net = lambda x: enc._parts.embed(enc.model, x).flatten(1)  # noqa: E731 - the network after Normalize
     return sched, prior.eps, prior.decode, official_loss(net, pre.size, pre.mean, pre.std)
+
+
+def _abar(prior, t: int) -> float:
+    """ᾱ_t as the paper schedule's sampler computes it (from the scheduler's β, in float64)."""
+    return float(torch.cumprod(1 - prior.betas.double(), 0)[t])
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor, ref: torch.Tensor) -> float:
@@ -58,7 +64,7 @@ def test_one_guided_round_matches_the_official_code_bundled(fashion, t):
     with torch.no_grad():
         target = enc(torch.rand(1, 1, 32, 32, generator=gen))
     eps, eps_ref, sim, _ = guided_round(sched, eps_fn, decode, loss, target, z, t, PAPER.weight, PAPER.tau)
-    eps_probe, _img, d, bad = S._guided_round(prior, enc, z, t, float(prior.alphas_cumprod[t]), target, PAPER,
+    eps_probe, _img, d, bad = S._guided_round(prior, enc, z, t, _abar(prior, t), target, PAPER,
                                               False)
     assert not bad.any()
     assert _rel(eps_probe, eps_ref, eps) < TOL
@@ -75,7 +81,7 @@ def test_one_guided_round_matches_the_official_code_latent_resized(tiny_sd, t):
     with torch.no_grad():
         target = enc(torch.rand(1, 3, 16, 16, generator=gen))
     eps, eps_ref, sim, _ = guided_round(sched, eps_fn, decode, loss, target, z, t, PAPER.weight, PAPER.tau)
-    eps_probe = S._guided_round(tiny_sd, enc, z, t, float(tiny_sd.alphas_cumprod[t]), target, PAPER, False)[0]
+    eps_probe = S._guided_round(tiny_sd, enc, z, t, _abar(tiny_sd, t), target, PAPER, False)[0]
     assert _rel(eps_probe, eps_ref, eps) < TOL
 
 

@@ -133,7 +133,12 @@ def draw_noise(generators: Sequence[torch.Generator], shape: Sequence[int],
     return torch.stack([torch.randn(tuple(shape), generator=g) for g in generators]).to(device)
 
 
-def predict_x0(z: torch.Tensor, eps: torch.Tensor, a: float) -> torch.Tensor:
+def predict_x0(z: torch.Tensor, eps: torch.Tensor, a: float, official: bool = False) -> torch.Tensor:
+    """x̂0 from z_t and ε. ``official``: the official code's float32 arithmetic (predict_start_from_noise,
+    √(1/ᾱ)·z − √(1/ᾱ − 1)·ε): at t ≈ T with a cosine schedule 1/√ᾱ ≈ 2·10⁴ amplifies float32 round-off,
+    so only the same arithmetic gives the same x̂0 there."""
+    if official:
+        return math.sqrt(1 / a) * z - math.sqrt(1 / a - 1) * eps
     return (z - math.sqrt(1 - a) * eps) / math.sqrt(a)
 
 
@@ -153,9 +158,9 @@ def reverse_step(z: torch.Tensor, x0: torch.Tensor, a_t: float, a_prev: float, c
     """
     if noise is None:
         return x0
-    if beta is not None and config.update == "ddpm":
-        eps = (z / math.sqrt(a_t) - x0) / math.sqrt(1 / a_t - 1)                  # predict_noise_from_xstart
-        return (z - beta / math.sqrt(1 - a_t) * eps) / math.sqrt(1 - beta) + math.sqrt(beta) * noise
+    if beta is not None and config.update == "ddpm":  # the official code's arithmetic, term by term
+        eps = (math.sqrt(1 / a_t) * z - x0) / math.sqrt(1 / a_t - 1)              # predict_noise_from_xstart
+        return (1 / math.sqrt(1 - beta)) * (z - (1 / math.sqrt(1 - a_t)) * beta * eps) + math.sqrt(beta) * noise
     alpha = a_t / a_prev
     beta = 1 - alpha
     if config.update == "ddpm":
@@ -305,7 +310,7 @@ def _guided_round(prior: Prior, encoder: Encoder, z: torch.Tensor, t: int, a_t: 
     with torch.enable_grad():
         z = z.detach().requires_grad_(True)
         eps = prior.eps(z, t)                                                    # 1
-        x0 = predict_x0(z, eps, a_t)                                            # 2
+        x0 = predict_x0(z, eps, a_t, official=config.beta == "scheduler")       # 2
         img = to_unit_image(prior.decode(x0), config.quantize, config.clamp)    # 3 (+ [0,1], 8-bit STE)
         if eot:
             e = config.eot_samples
@@ -367,7 +372,9 @@ def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, s
     eot_generators = [torch.Generator("cpu").manual_seed(int(s) + EOT_SEED_OFFSET) for s in seeds]
     timesteps = config.timesteps(prior.num_train_timesteps)
     n_steps = len(timesteps)
-    acp = prior.alphas_cumprod
+    # beta = "scheduler": ᾱ = Π(1 − β_s) in float64 from the scheduler's β, as the official code computes it
+    # (diffusers accumulates ᾱ in float32)
+    acp = prior.alphas_cumprod if config.beta == "chain" else torch.cumprod(1 - prior.betas.double(), 0)
     img_shape = (prior.channels, prior.image_size, prior.image_size)
     loss_is_saved = config.quantize and config.clamp != "none" and encoder is not None and \
         (encoder.in_chans, encoder.input_size, encoder.input_size) == img_shape
@@ -416,7 +423,7 @@ def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, s
                 with torch.no_grad():
                     eps_g = prior.eps(z_t, t)
             with torch.no_grad():
-                x0 = predict_x0(z_t, eps_g, a_t)                                   # 9: ẑ0'
+                x0 = predict_x0(z_t, eps_g, a_t, official=config.beta == "scheduler")  # 9: ẑ0'
                 if prior.clip_sample and config.clip_x0:
                     x0 = x0.clamp(-prior.clip_sample_range, prior.clip_sample_range)
                 final_round = k == rounds - 1

@@ -71,7 +71,8 @@ class GuidanceConfig:
         the bundled pixel priors); the official code never clips.
       beta: β of a DDPM step between consecutive timesteps (and of its re-noising) — "chain" uses
         1 − ᾱ_t/ᾱ_{t−1} from the stored ᾱ (the strided-chain formula, which float32 ᾱ makes inexact at small
-        t), "scheduler" the scheduler's own β_t (the official code); strided chains always use "chain".
+        t), "scheduler" the scheduler's own β_t with the official code's arithmetic (ᾱ = Π(1 − β) in
+        float64, x̂0 = √(1/ᾱ)·z − √(1/ᾱ − 1)·ε); strided chains always use the chain's β.
       loss_resize: how the loss path brings the decoded image to the network's input — "eval" the
         encoder's eval transform (resize, centre crop, antialias, clamp: the same as extraction), "whole"
         the whole image resized to the input, bicubic, no crop, no antialias, no clamp (the official

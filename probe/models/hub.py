@@ -65,8 +65,12 @@ def hub_access(spec: str, host: str | None = None) -> Iterator[None]:
     ``host`` is the URL the loader downloads from (default: the Hugging Face hub endpoint); only the
     Hugging Face hub is switched to offline mode when unreachable (torch.hub fails at once by itself).
     """
-    quiet = [logging.getLogger(name) for name in ("huggingface_hub", "huggingface_hub.utils._http")]
+    # the hub's retry warnings, and loaders that log their failure on the root logger before raising
+    # (open_clip: "ERROR:root:Failed to download weights ..."): the InputError line says it once
+    root = logging.getLogger()
+    quiet = [logging.getLogger(name) for name in ("huggingface_hub", "huggingface_hub.utils._http")] + [root]
     levels = [log.level for log in quiet]
+    root_handlers = list(root.handlers)
     constants = None
     offline_before = None
     url = host or hub_endpoint()
@@ -80,7 +84,7 @@ def hub_access(spec: str, host: str | None = None) -> Iterator[None]:
     except ImportError:
         pass
     for log in quiet:
-        log.setLevel(logging.ERROR)
+        log.setLevel(logging.CRITICAL if log is root else logging.ERROR)
     try:
         yield
     except ProbeError:
@@ -95,5 +99,8 @@ def hub_access(spec: str, host: str | None = None) -> Iterator[None]:
     finally:
         for log, level in zip(quiet, levels):
             log.setLevel(level)
+        for handler in root.handlers[:]:  # logging.error() on an unconfigured root adds a stderr handler
+            if handler not in root_handlers:
+                root.removeHandler(handler)
         if constants is not None and offline_before is not None:
             constants.HF_HUB_OFFLINE = offline_before
