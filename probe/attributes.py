@@ -111,6 +111,10 @@ class Attribute:
     description: str = ""
     dispersion: Dispersion = "auto"
     batch_fn: Callable[[list[np.ndarray]], list[Value]] | None = field(default=None, repr=False)
+    #: the network that measures this attribute, for model-based ones: ``{"spec", "weights"}`` (+ an
+    #: optional ``"role"``, e.g. "independent classifier for bundled:fashion-cnn"). ``probe compare`` marks
+    #: the attribute *circular* when this is the network the samples were decoded with.
+    model: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -444,6 +448,29 @@ def thumbnail(img: np.ndarray) -> np.ndarray:
 
 BUILTIN_ATTRIBUTES: tuple[str, ...] = tuple(ATTRIBUTES)
 
+#: On grey images (R = G = B in every pixel) the built-in colour measurements carry no colour: the channel
+#: means and HSV value equal ``brightness`` (luma weights sum to 1), the channel and value spreads equal
+#: ``contrast``, and hue and saturation are constant (no chroma), so their scores are NaN. ``probe
+#: compare`` reports them once, as "colour (grey images: same as luminance)", instead of eleven rows.
+GREY_EQUIVALENT: dict[str, str | None] = {
+    "red": "brightness", "green": "brightness", "blue": "brightness", "value": "brightness",
+    "rgb_spread": "contrast", "value_spread": "contrast",
+    "hue": None, "hue_spread": None, "hue_histogram": None, "saturation": None, "saturation_spread": None,
+}
+#: Largest channel difference (on the 0–1 scale) that still counts as grey: one 8-bit level.
+GREY_TOLERANCE = 1.0 / 255.0
+
+
+def is_grey(img: np.ndarray) -> bool:
+    """True when every pixel has R = G = B (within one 8-bit level): the image has no colour."""
+    rgb = np.asarray(img)
+    if rgb.ndim == 2 or rgb.shape[-1] == 1:
+        return True
+    rgb = rgb[..., :3].astype(np.float64)
+    if np.issubdtype(np.asarray(img).dtype, np.integer):
+        rgb = rgb / float(np.iinfo(np.asarray(img).dtype).max)
+    return float(np.abs(rgb - rgb[..., :1]).max()) <= GREY_TOLERANCE
+
 
 # --------------------------------------------------------------------------------------------------
 # model-based attributes
@@ -506,8 +533,39 @@ def _spec(enc: Any, fallback: str) -> str:
     return str(getattr(enc, "spec", None) or fallback)
 
 
+def _model_info(enc: Any, fallback: str, role: str | None = None) -> dict[str, str]:
+    info = {"spec": _spec(enc, fallback), "weights": str(getattr(enc, "weights", None) or "")}
+    if role:
+        info["role"] = role
+    return info
+
+
+#: The independent classifier ``probe compare`` reads the class attribute with, by the encoder a run was
+#: decoded with: a network of another kind, trained separately and never used for guidance, so the class it
+#: reads is evidence about the image and not the guided network agreeing with itself (see
+#: :func:`default_classifier`). One table, one place: add a row when a bundled pair exists.
+INDEPENDENT_CLASSIFIERS: dict[str, str] = {
+    "bundled:fashion-cnn": "bundled:fashion-mlp",
+}
+#: The class attribute when the decoded encoder is unknown (an image folder) or has no row above.
+FALLBACK_CLASSIFIER = "bundled:fashion-cnn"
+
+
+def default_classifier(decoded_encoders: Iterable[str] = ()) -> tuple[str, str | None]:
+    """The classifier for compare's default class attribute, and why (``None`` = the plain fallback).
+
+    With one decoded encoder that has an independent classifier in :data:`INDEPENDENT_CLASSIFIERS`, that
+    one; otherwise :data:`FALLBACK_CLASSIFIER` (which compare marks circular if it is the decoded network).
+    """
+    specs = sorted({s for s in decoded_encoders if s})
+    if len(specs) == 1 and specs[0] in INDEPENDENT_CLASSIFIERS:
+        return INDEPENDENT_CLASSIFIERS[specs[0]], f"independent classifier for {specs[0]}"
+    return FALLBACK_CLASSIFIER, None
+
+
 def classifier_attribute(
-    spec_or_encoder: Any, *, device: str | None = None, name: str | None = None, batch_size: int = 32
+    spec_or_encoder: Any, *, device: str | None = None, name: str | None = None, batch_size: int = 32,
+    role: str | None = None,
 ) -> Attribute:
     """Categorical attribute: the class an encoder's classifier head predicts (its ``class_names``).
 
@@ -525,7 +583,8 @@ def classifier_attribute(
 
     return Attribute(
         name or f"class ({spec})", "categorical", lambda img: batch([img])[0], group="semantics",
-        description=f"class predicted by {spec}", batch_fn=batch,
+        description=f"class predicted by {spec}" + (f" ({role})" if role else ""), batch_fn=batch,
+        model=_model_info(enc, "classifier", role),
     )
 
 
@@ -589,6 +648,7 @@ def clip_prompt_attributes(
         attrs.append(Attribute(
             f"clip: {prompt}", "continuous", lambda img, b=batch: b([img])[0], group="semantics",
             description=f"cosine similarity to {prompt!r} in {spec}", batch_fn=batch,
+            model=_model_info(enc, "clip"),
         ))
     if len(prompts) >= 2:
         def best(images: list[np.ndarray]) -> list[str]:
@@ -596,7 +656,7 @@ def clip_prompt_attributes(
 
         attrs.append(Attribute(
             "clip best prompt", "categorical", lambda img: best([img])[0], group="semantics",
-            description=f"the best-matching prompt in {spec}", batch_fn=best,
+            description=f"the best-matching prompt in {spec}", batch_fn=best, model=_model_info(enc, "clip"),
         ))
     return attrs
 
@@ -618,7 +678,7 @@ def cross_model_attribute(
 
     return Attribute(
         name or f"features ({spec})", "vector", lambda img: batch([img])[0], group="cross-model",
-        description=f"features of {spec}", batch_fn=batch,
+        description=f"features of {spec}", batch_fn=batch, model=_model_info(enc, "model"),
     )
 
 
@@ -627,6 +687,8 @@ class ModelAttributeOptions:
     """Which model-based attributes to build (the CLI's --classifier/--clip/--prompt/--cross-model)."""
 
     classifiers: list[str] = field(default_factory=list)
+    #: why each classifier was chosen (e.g. "independent classifier for bundled:fashion-cnn"), by spec
+    classifier_roles: dict[str, str] = field(default_factory=dict)
     clip: str | None = None
     prompts: list[str] = field(default_factory=list)
     cross_models: list[str] = field(default_factory=list)
@@ -642,7 +704,8 @@ def model_attributes(options: ModelAttributeOptions) -> list[Attribute]:
         raise UsageError("--prompt needs --clip SPEC (a CLIP model to score the prompts)")
     out: list[Attribute] = []
     for spec in options.classifiers:
-        out.append(classifier_attribute(spec, device=options.device, batch_size=options.batch_size))
+        out.append(classifier_attribute(spec, device=options.device, batch_size=options.batch_size,
+                                        role=options.classifier_roles.get(spec)))
     if options.clip:
         out.extend(clip_prompt_attributes(options.clip, options.prompts, device=options.device,
                                           batch_size=options.batch_size))

@@ -76,13 +76,19 @@ from typing import Any
 
 import numpy as np
 
-from probe.attributes import Attribute, Value, get_attributes
+from probe.attributes import ATTRIBUTES, GREY_EQUIVALENT, Attribute, Value, get_attributes, is_grey
 from probe.errors import InputError, UsageError
 from probe.images import list_images
 from probe.manifest import Manifest
 
 #: Reference dispersions at or below this count as "constant in reference".
 CONSTANT_EPS = 1e-12
+#: Below this many scored targets a bootstrap CI is too rough to lean on: compare warns.
+MIN_CI_TARGETS = 10
+#: What to do with samples the decode flagged off the prior's manifold (manifest ``off_manifold``).
+OFF_MANIFOLD_POLICIES = ("exclude", "mark", "keep")
+TOO_FEW_NATURAL = "too few natural samples"
+CIRCULAR = "circular: the decoded network"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -97,6 +103,10 @@ class SampleGroup:
     paths: list[Path]
     label: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: per path in ``paths``: the decode's ``off_manifold`` flag (None = not recorded)
+    off_manifold: list[bool | None] = field(default_factory=list)
+    #: samples left out because the decode flagged them off-manifold (``--off-manifold exclude``)
+    excluded: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -108,6 +118,10 @@ class SampleSet:
     groups: list[SampleGroup]
     reference: list[Path]
     reference_source: str
+    #: the networks the samples were decoded with: ``{"spec", "weights"}`` (weights None = not recorded)
+    decoded_encoders: list[dict[str, str | None]] = field(default_factory=list)
+    #: the off-manifold flags and what was done with them (see :func:`off_manifold_summary`); None for folders
+    off_manifold: dict[str, Any] | None = None
 
     @property
     def n_images(self) -> int:
@@ -136,16 +150,55 @@ def _check_groups(groups: list[SampleGroup], where: Path, allow_unequal: bool) -
         )
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def _flag(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def off_manifold_summary(groups: Sequence[SampleGroup], policy: str) -> dict[str, Any]:
+    """How many samples the decode flagged off the prior's manifold, and what compare did with them.
+
+    ``share`` is over the samples whose flag was recorded (None when none was: an older manifest).
+    """
+    flags = [f for g in groups for f in g.off_manifold] + [True for g in groups for _ in g.excluded]
+    known = [f for f in flags if f is not None]
+    n_flagged = sum(known)
+    return {
+        "policy": policy, "n_samples": len(flags), "n_recorded": len(known), "n_flagged": n_flagged,
+        "share": n_flagged / len(known) if known else None,
+        "excluded": {g.group_id: len(g.excluded) for g in groups if g.excluded},
+        "too_few": [g.group_id for g in groups if g.excluded and len(g.paths) < 2],
+    }
+
+
 def load_decode_dir(
     out_dir: Path | str, reference: Path | str | None = None, image_key: str = "image",
-    allow_unequal: bool = False,
+    allow_unequal: bool = False, off_manifold: str = "exclude",
 ) -> SampleSet:
-    """Groups from a decode/interpolate/perturb output directory's ``manifest.jsonl``."""
+    """Groups from a decode/interpolate/perturb output directory's ``manifest.jsonl``.
+
+    ``off_manifold`` says what to do with samples whose record has ``off_manifold: true`` (the decode's
+    realism check found them unlike the prior's own samples): ``exclude`` them from the scores (a target
+    left with fewer than two is NaN, "too few natural samples"), ``mark`` them (scored, reported) or
+    ``keep`` them (scored as any other). Records without the flag count as unknown and are always kept.
+    """
     out = Path(out_dir)
     if image_key not in ("image", "final_image"):
         raise UsageError(f"image key must be 'image' or 'final_image', got {image_key!r}")
+    if off_manifold not in OFF_MANIFOLD_POLICIES:
+        raise UsageError(f"off-manifold policy must be one of {', '.join(OFF_MANIFOLD_POLICIES)}, "
+                         f"got {off_manifold!r}")
     manifest = Manifest.read(out)
     by_target: dict[str, dict[int, Path]] = {}
+    flags: dict[str, dict[int, bool | None]] = {}
+    encoders: dict[tuple[str, str | None, str], None] = {}
     meta: dict[str, dict[str, Any]] = {}
     for lineno, rec in enumerate(manifest, 1):
         rel = getattr(rec, image_key)
@@ -154,24 +207,41 @@ def load_decode_dir(
         path = out / rel
         if not path.is_file():
             raise InputError(f"{manifest.path}: record {lineno}: image {rel} does not exist")
-        by_target.setdefault(rec.target_id, {})[rec.sample] = path  # a resumed run may repeat: last wins
-        if rec.target_id not in meta:
+        tid = rec.target_id
+        by_target.setdefault(tid, {})[rec.sample] = path  # a resumed run may repeat: last wins
+        flags.setdefault(tid, {})[rec.sample] = _flag(rec.off_manifold)
+        if rec.encoder:
+            weights = rec.extra.get("encoder_weights")
+            encoders[(str(rec.encoder), None if weights is None else str(weights),
+                      str(rec.extra.get("encoder_weights_sha256") or ""))] = None
+        if tid not in meta:
             walk = {"path_position": rec.path_position, "direction": rec.direction, "scale": rec.scale}
-            meta[rec.target_id] = {
+            meta[tid] = {
                 "target_index": rec.target_index, "label": rec.label, "target_source": rec.target.get("source"),
                 "encoder": rec.encoder, "layer": rec.layer, "prior": rec.prior,
                 **{k: v for k, v in walk.items() if v is not None},
             }
+            # the target's picture, embedded in the HTML report only from inside the run folder
+            timg = rec.extra.get("target_image")
+            if isinstance(timg, str) and timg and _inside(out / timg, out) and (out / timg).is_file():
+                meta[tid]["target_image"] = str(out / timg)
     if not by_target:
         raise InputError(f"{manifest.path}: no records")
     groups = [
         SampleGroup(
             tid, [items[k] for k in sorted(items)],
             label=None if meta[tid].get("label") is None else str(meta[tid]["label"]), meta=meta[tid],
+            off_manifold=[flags[tid][k] for k in sorted(items)],
         )
         for tid, items in by_target.items()
     ]
-    _check_groups(groups, manifest.path, allow_unequal)
+    _check_groups(groups, manifest.path, allow_unequal)  # on the decode as written, before any exclusion
+    if off_manifold == "exclude":
+        for g in groups:
+            keep = [f is not True for f in g.off_manifold]
+            g.excluded = [p for p, k in zip(g.paths, keep, strict=True) if not k]
+            g.paths = [p for p, k in zip(g.paths, keep, strict=True) if k]
+            g.off_manifold = [f for f, k in zip(g.off_manifold, keep, strict=True) if k]
     if reference is not None:
         ref, ref_source = _reference_from_dir(Path(reference)), str(reference)
     else:
@@ -180,7 +250,8 @@ def load_decode_dir(
         if not ref:
             raise InputError(f"{base}: no unguided baseline images; pass --reference DIR")
         ref_source = f"{base} (unguided samples, same prior and seeds)"
-    return SampleSet(out, "decode", groups, ref, ref_source)
+    decoded = [{"spec": spec, "weights": weights, "weights_sha256": sha} for spec, weights, sha in encoders]
+    return SampleSet(out, "decode", groups, ref, ref_source, decoded, off_manifold_summary(groups, off_manifold))
 
 
 def load_image_folders(
@@ -217,7 +288,7 @@ def load_image_folders(
 
 def load_samples(
     path: Path | str, reference: Path | str | None = None, image_key: str = "image",
-    allow_unequal: bool = False,
+    allow_unequal: bool = False, off_manifold: str = "exclude",
 ) -> SampleSet:
     """A decode output directory (has ``manifest.jsonl``) or an image folder of sub-folders."""
     path = Path(path)
@@ -226,7 +297,7 @@ def load_samples(
     if not path.is_dir():
         raise InputError(f"{path}: not a folder (expected a decode output directory or an image folder)")
     if (path / "manifest.jsonl").is_file():
-        return load_decode_dir(path, reference, image_key, allow_unequal)
+        return load_decode_dir(path, reference, image_key, allow_unequal, off_manifold)
     return load_image_folders(path, reference, allow_unequal)
 
 
@@ -304,12 +375,19 @@ class Score:
     reason: str | None = None
 
 
-def persistence(attr: Attribute, samples: Sequence[Value], reference_dispersion: float) -> Score:
-    """Score one group's values against the reference dispersion, with a reason when undefined."""
+def persistence(
+    attr: Attribute, samples: Sequence[Value], reference_dispersion: float, few_reason: str | None = None
+) -> Score:
+    """Score one group's values against the reference dispersion, with a reason when undefined.
+
+    ``few_reason`` names why a group has fewer than two samples when that is not simply how it was decoded
+    (e.g. "too few natural samples" after off-manifold samples were excluded).
+    """
     n = len(samples)
     within = dispersion(attr, samples)
     if n < 2:
-        return Score(attr.name, n, math.nan, reference_dispersion, math.nan, "one sample")
+        reason = few_reason or ("one sample" if n == 1 else "no sample")
+        return Score(attr.name, n, math.nan, reference_dispersion, math.nan, reason)
     if math.isnan(within):
         return Score(attr.name, n, within, reference_dispersion, math.nan, "measurement undefined")
     if math.isnan(reference_dispersion):
@@ -378,6 +456,12 @@ class AttributeSummary:
     reference_dispersion: float
     excluded_reasons: dict[str, int] = field(default_factory=dict)
     verdict: str = "undefined"
+    #: measured by the network the samples were decoded with: its agreement is no evidence (the decode
+    #: optimised exactly that network), so it is ranked apart and its verdict reads "circular"
+    circular: bool = False
+    circular_reason: str | None = None
+    #: the measuring network of a model-based attribute (spec, weights, role)
+    model: dict[str, str] | None = None
 
 
 @dataclass
@@ -404,6 +488,19 @@ class CompareResult:
     targets: list[TargetResult]
     config: CompareConfig
     warnings: list[str] = field(default_factory=list)
+    #: attributes reported once instead of scored (e.g. colour on grey images): [{label, attributes, note}]
+    collapsed: list[dict[str, Any]] = field(default_factory=list)
+    #: the off-manifold flags of the decode and what was done with them (None for image folders)
+    off_manifold: dict[str, Any] | None = None
+
+    @property
+    def ranked(self) -> list[AttributeSummary]:
+        """The summaries that make the verdict ranking: every attribute not measured by the decoded network."""
+        return [s for s in self.summaries if not s.circular]
+
+    @property
+    def circular(self) -> list[AttributeSummary]:
+        return [s for s in self.summaries if s.circular]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict; NaN becomes ``null`` (strict JSON has no NaN)."""
@@ -420,6 +517,8 @@ class CompareResult:
                 }
                 for t in self.targets
             ],
+            "collapsed": self.collapsed,
+            "off_manifold": self.off_manifold,
             "warnings": self.warnings,
         })
 
@@ -432,18 +531,21 @@ class CompareResult:
         w = csv.writer(buf)
         if not per_target:
             w.writerow(["rank", "attribute", "kind", "group", "dispersion", "mean", "ci_low", "ci_high",
-                        "median", "n_targets", "n_excluded", "reference_dispersion", "verdict"])
-            for i, s in enumerate(self.summaries, 1):
-                w.writerow([i, s.name, s.kind, s.group, s.dispersion, _num(s.mean), _num(s.ci_low),
-                            _num(s.ci_high), _num(s.median), s.n_targets, s.n_excluded,
-                            _num(s.reference_dispersion), s.verdict])
+                        "median", "n_targets", "n_excluded", "reference_dispersion", "verdict", "circular"])
+            # circular attributes have no rank: they are listed after the ranking
+            for i, s in enumerate(self.ranked + self.circular, 1):
+                w.writerow(["" if s.circular else i, s.name, s.kind, s.group, s.dispersion, _num(s.mean),
+                            _num(s.ci_low), _num(s.ci_high), _num(s.median), s.n_targets, s.n_excluded,
+                            _num(s.reference_dispersion), s.verdict, "true" if s.circular else "false"])
         else:
             w.writerow(["target_id", "label", "attribute", "n_samples", "within", "reference", "score",
-                        "reason"])
+                        "reason", "circular"])
+            circ = {s.name for s in self.circular}
             for t in self.targets:
                 for sc in t.scores.values():
                     w.writerow([t.target_id, t.label or "", sc.attribute, sc.n_samples, _num(sc.within),
-                                _num(sc.reference), _num(sc.score), sc.reason or ""])
+                                _num(sc.reference), _num(sc.score), sc.reason or "",
+                                "true" if sc.attribute in circ else "false"])
         return buf.getvalue()
 
 
@@ -467,12 +569,17 @@ def _nan_to_none(obj: Any) -> Any:
 
 def measure_paths(
     attributes: Sequence[Attribute], paths: Sequence[Path], size: tuple[int, int] | None, batch_size: int,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, stats: dict[str, Any] | None = None,
 ) -> dict[str, list[Value]]:
-    """Measure every attribute on every image, loading images in chunks to bound memory."""
+    """Measure every attribute on every image, loading images in chunks to bound memory.
+
+    ``stats``, when given, gets ``grey`` = whether every image measured so far has no colour.
+    """
     values: dict[str, list[Value]] = {a.name: [] for a in attributes}
     for start in range(0, len(paths), batch_size):
         chunk = [load_image(p, size) for p in paths[start:start + batch_size]]
+        if stats is not None:
+            stats["grey"] = stats.get("grey", True) and all(is_grey(im) for im in chunk)
         for a in attributes:
             values[a.name].extend(a.measure(chunk))
         if progress is not None:
@@ -493,20 +600,26 @@ def score_values(
     group_values: Sequence[dict[str, list[Value]]],
     reference_values: dict[str, list[Value]],
     config: CompareConfig | None = None,
+    few_reasons: Sequence[str | None] | None = None,
+    circular: dict[str, str] | None = None,
 ) -> tuple[list[AttributeSummary], list[list[Score]]]:
     """Scores and summaries from measured values (the part of :func:`compare` without image files).
 
-    Returns the summaries ranked from most to least persistent (undefined last) and, per group, its
-    list of scores in attribute order.
+    Returns the summaries ranked from most to least persistent (undefined last, circular ones — names in
+    ``circular``, mapped to the reason — after all others) and, per group, its list of scores in attribute
+    order. ``few_reasons[g]`` names why group ``g`` may hold fewer than two samples (see
+    :func:`persistence`).
     """
     cfg = config or CompareConfig()
+    circular = circular or {}
+    few = list(few_reasons) if few_reasons is not None else [None] * len(group_values)
     per_group: list[list[Score]] = [[] for _ in group_values]
     summaries = []
     for attr in attributes:
         ref_disp = dispersion(attr, reference_values[attr.name])
         scores = []
         for gi, gv in enumerate(group_values):
-            sc = persistence(attr, gv[attr.name], ref_disp)
+            sc = persistence(attr, gv[attr.name], ref_disp, few[gi])
             per_group[gi].append(sc)
             scores.append(sc)
         valid = np.array([s.score for s in scores if not math.isnan(s.score)], dtype=np.float64)
@@ -519,10 +632,74 @@ def score_values(
             description=attr.description, mean=mean, ci_low=lo, ci_high=hi,
             median=float(np.median(valid)) if len(valid) else math.nan,
             n_targets=len(valid), n_excluded=len(scores) - len(valid), reference_dispersion=ref_disp,
-            excluded_reasons=dict(reasons), verdict=_verdict(mean, cfg),
+            excluded_reasons=dict(reasons),
+            verdict="circular" if attr.name in circular else _verdict(mean, cfg),
+            circular=attr.name in circular, circular_reason=circular.get(attr.name), model=attr.model,
         ))
-    summaries.sort(key=lambda s: (math.isnan(s.mean), 0.0 if math.isnan(s.mean) else s.mean))
+    summaries.sort(key=lambda s: (s.circular, math.isnan(s.mean), 0.0 if math.isnan(s.mean) else s.mean))
     return summaries, per_group
+
+
+def circular_attributes(
+    attributes: Sequence[Attribute], decoded_encoders: Sequence[dict[str, str | None]]
+) -> dict[str, str]:
+    """Attributes measured by a network the samples were decoded with, mapped to the reason.
+
+    Same spec and same weights (``""`` = the spec's default weights) is the same network. When the decode
+    did not record its weights (manifests before ``encoder_weights``), the same spec counts as circular:
+    the cautious reading, since the default weights are by far the common case.
+    """
+    out: dict[str, str] = {}
+    for a in attributes:
+        m = a.model or {}
+        for d in decoded_encoders:
+            if not m.get("spec") or m.get("spec") != d.get("spec"):
+                continue
+            if d.get("weights") is None:
+                out[a.name] = f"{CIRCULAR} ({d['spec']}; the decode did not record its weights)"
+            elif (m.get("weights") or "") == (d.get("weights") or ""):
+                out[a.name] = f"{CIRCULAR} ({d['spec']})"
+    return out
+
+
+GREY_LABEL = "colour (grey images: same as luminance)"
+
+
+def _grey_collapse(attrs: Sequence[Attribute]) -> tuple[list[Attribute], dict[str, Any] | None]:
+    """Drop the built-in colour measurements that say nothing on grey images (see GREY_EQUIVALENT)."""
+    dup = [a.name for a in attrs if a.name in GREY_EQUIVALENT and ATTRIBUTES.get(a.name) is a]
+    if not dup or len(dup) == len(attrs):  # nothing to collapse, or nothing would be left to score
+        return list(attrs), None
+    same = {n: GREY_EQUIVALENT[n] for n in dup}
+    parts = [f"{', '.join(n for n in dup if same[n] == t)} = {t}" for t in ("brightness", "contrast")
+             if any(same[n] == t for n in dup)]
+    undefined = [n for n in dup if same[n] is None]
+    if undefined:
+        parts.append(f"{', '.join(undefined)}: undefined (no chroma)")
+    note = ("every image is grey (R = G = B), so " + "; ".join(parts)
+            + " — not scored; read brightness and contrast instead")
+    return [a for a in attrs if a.name not in same], {"label": GREY_LABEL, "attributes": dup, "same_as": same,
+                                                      "note": note}
+
+
+def _off_manifold_warnings(summary: dict[str, Any] | None) -> list[str]:
+    if not summary or not summary["n_recorded"]:
+        return []
+    n, n_flag, share = summary["n_recorded"], summary["n_flagged"], summary["share"]
+    head = f"off-manifold: {n_flag} of {n} samples ({share:.0%}) flagged by the decode's realism check"
+    if not n_flag:
+        return []
+    if summary["policy"] == "exclude":
+        per = ", ".join(f"{tid} {k}" for tid, k in list(summary["excluded"].items())[:10])
+        more = " …" if len(summary["excluded"]) > 10 else ""
+        out = [f"{head}; excluded from the scores (per target: {per}{more}); --off-manifold mark keeps them"]
+        if summary["too_few"]:
+            few = summary["too_few"]
+            out.append(f"{len(few)} target(s) left with fewer than 2 natural samples have no score "
+                       f"({TOO_FEW_NATURAL}): " + ", ".join(few[:5]) + (" …" if len(few) > 5 else ""))
+        return out
+    verb = "scored and marked" if summary["policy"] == "mark" else "scored (--off-manifold keep)"
+    return [f"{head}; {verb}: their texture can read as 'encoded'"]
 
 
 def compare(
@@ -531,7 +708,13 @@ def compare(
     config: CompareConfig | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> CompareResult:
-    """Measure every group and the reference, score persistence, aggregate with bootstrap CIs."""
+    """Measure every group and the reference, score persistence, aggregate with bootstrap CIs.
+
+    Honesty checks on top of the scores (issue 10): attributes measured by the decoded network are marked
+    circular and ranked apart; the built-in colour measurements are collapsed into one note when every
+    image is grey; off-manifold samples were handled when the samples were loaded (their counts are
+    reported); a warning says when the CIs rest on fewer than :data:`MIN_CI_TARGETS` targets.
+    """
     cfg = config or CompareConfig()
     attrs = list(attributes) if attributes is not None else get_attributes()
     if not attrs:
@@ -540,31 +723,55 @@ def compare(
     dup = [n for n, c in Counter(names).items() if c > 1]
     if dup:
         raise UsageError(f"attribute {dup[0]!r} given twice")
-    first = load_image(samples.groups[0].paths[0])
+    first_path = next((p for g in samples.groups for p in g.paths), None)
+    if first_path is None:
+        if not samples.reference:
+            raise InputError(f"{samples.source}: no images to score")
+        first_path = samples.reference[0]
+    first = load_image(first_path)
     size = (first.shape[1], first.shape[0])
-    group_values = [measure_paths(attrs, g.paths, size, cfg.batch_size, progress) for g in samples.groups]
-    reference_values = measure_paths(attrs, samples.reference, size, cfg.batch_size, progress)
-    summaries, per_group = score_values(attrs, group_values, reference_values, cfg)
+    stats: dict[str, Any] = {}
+    group_values = [measure_paths(attrs, g.paths, size, cfg.batch_size, progress, stats) for g in samples.groups]
+    reference_values = measure_paths(attrs, samples.reference, size, cfg.batch_size, progress, stats)
+    collapsed: list[dict[str, Any]] = []
+    if stats.get("grey"):
+        attrs, grey = _grey_collapse(attrs)
+        if grey:
+            collapsed.append(grey)
+    circular = circular_attributes(attrs, samples.decoded_encoders)
+    few = [TOO_FEW_NATURAL if g.excluded else None for g in samples.groups]
+    summaries, per_group = score_values(attrs, group_values, reference_values, cfg, few, circular)
 
     warnings = []
     if len(samples.reference) < 2:
         warnings.append(f"reference {samples.reference_source} has {len(samples.reference)} image; "
                         "every score is undefined")
-    singles = [g.group_id for g in samples.groups if len(g.paths) < 2]
+    singles = [g.group_id for g in samples.groups if len(g.paths) < 2 and not g.excluded]
     if singles:
         warnings.append(f"{len(singles)} target(s) with one sample have no score (excluded): "
                         + ", ".join(singles[:5]) + (" …" if len(singles) > 5 else ""))
+    warnings += _off_manifold_warnings(samples.off_manifold)
     constant = [s.name for s in summaries if s.excluded_reasons.get("constant in reference")]
     if constant:
         warnings.append("constant in the reference (no score): " + ", ".join(constant))
+    if circular:
+        warnings.append("circular (measured by the network that was decoded, so its agreement is no evidence; "
+                        "ranked apart): " + ", ".join(circular))
+    scored = max((s.n_targets for s in summaries if not s.circular), default=0)
+    if 0 < scored < MIN_CI_TARGETS:
+        warnings.append(f"the confidence intervals rest on {scored} target(s), fewer than {MIN_CI_TARGETS}: "
+                        "read them as rough (decode more targets for firm ones)")
 
-    targets = [
-        TargetResult(g.group_id, g.label, len(g.paths), [str(p) for p in g.paths],
-                     {sc.attribute: sc for sc in scores}, g.meta)
-        for g, scores in zip(samples.groups, per_group, strict=True)
-    ]
+    targets = []
+    for g, scores in zip(samples.groups, per_group, strict=True):
+        meta = dict(g.meta)
+        if samples.off_manifold is not None and samples.off_manifold["n_recorded"]:
+            meta["off_manifold"] = {"excluded": len(g.excluded),
+                                    "flagged_scored": sum(f is True for f in g.off_manifold)}
+        targets.append(TargetResult(g.group_id, g.label, len(g.paths), [str(p) for p in g.paths],
+                                    {sc.attribute: sc for sc in scores}, meta))
     return CompareResult(str(samples.source), samples.kind, samples.reference_source, len(samples.reference),
-                         summaries, targets, cfg, warnings)
+                         summaries, targets, cfg, warnings, collapsed, samples.off_manifold)
 
 
 class _CallableModule(type(sys.modules[__name__])):

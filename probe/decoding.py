@@ -10,6 +10,7 @@ directory (docs/contracts.md, "Decode output directory")::
     OUT/baseline/s{sample:02d}.png             unguided sample of the same prior and seed
     OUT/features.h5                            the best images' features (FeatureStore, kind=decoded)
     OUT/contact_sheet.png                      targets × samples with distances, plus the baseline row
+    OUT/targets/{target_id}.png                the target's own picture, when it has one (≤ 256 px side)
     OUT/trajectory/{target_id}_s{sample:02d}.png   x̂0 every N steps (--save-trajectory N)
 
 The manifest and the feature store are flushed after every batch, so if a later target fails (or the
@@ -43,7 +44,9 @@ from probe.models.encoder import Encoder
 from probe.naturalness import OFF_MANIFOLD, denoising_error, off_manifold, realism_scores
 from probe.targets import Target, encode_images01
 
-OUTPUT_DIRS = ("images", "final", "baseline", "trajectory")
+OUTPUT_DIRS = ("images", "final", "baseline", "trajectory", "targets")
+#: Longest side of the target picture copied into OUT/targets/ (a copy to look at, not the data).
+TARGET_IMAGE_SIDE = 256
 OUTPUT_FILES = ("manifest.jsonl", "features.h5", "contact_sheet.png")
 
 
@@ -201,6 +204,42 @@ def _save_trajectory(res: SampleResult, j: int, path: Path) -> None:
     save_sheet(image_grid([frames], captions=captions), path)
 
 
+def save_target_images(out: Path, targets: Sequence[Target]) -> list[Target]:
+    """Copy each target's picture (when it is a readable file) into ``OUT/targets/{id}.png`` and return the
+    targets with ``target_image`` (relative to OUT) in their manifest extras.
+
+    Reports built from the run folder alone (``probe compare --html``) show the target from this copy and
+    never follow a path out of the folder. Pictures larger than :data:`TARGET_IMAGE_SIDE` are shrunk.
+    """
+    import os
+
+    from PIL import Image
+
+    from probe.errors import InputError
+    from probe.images import fs_path, read_image01
+
+    result = []
+    for t in targets:
+        src = fs_path(t.image_path) if t.image_path else None
+        if src is None or not src.is_file():
+            result.append(t)
+            continue
+        try:
+            img = read_image01(src)
+        except InputError:
+            result.append(t)
+            continue
+        rel = f"targets/{t.id}.png"
+        (out / "targets").mkdir(parents=True, exist_ok=True)
+        pic = Image.fromarray(to_uint8(img))
+        pic.thumbnail((TARGET_IMAGE_SIDE, TARGET_IMAGE_SIDE), Image.Resampling.LANCZOS)
+        tmp = out / "targets" / f".{t.id}.{os.getpid()}.png"  # shards write the same picture: atomic replace
+        pic.save(tmp)
+        os.replace(tmp, out / rel)
+        result.append(dataclasses.replace(t, extra={**t.extra, "target_image": rel}))
+    return result
+
+
 def write_contact_sheet(out: Path, records: list[dict], targets: Sequence[Target], samples: int, seed: int,
                         title: str) -> Path | None:
     """Targets down, samples across (with the target image first when there is one), the unguided
@@ -352,6 +391,9 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
     t0 = time.perf_counter()
     layer = "+".join(encoder.layers)
     common = {"prior": prior.spec, "encoder": encoder.spec, "layer": layer, "settings": settings.to_dict()}
+    # which weights the encoder ran with, for compare's circularity check; kept out of ``common`` so folders
+    # decoded before these keys existed still resume
+    identity = {"encoder_weights": encoder.weights or "", "encoder_weights_sha256": encoder.weights_sha256}
     title = f"{encoder.spec} [{layer}] <- {prior.spec} ({settings.config.name})"
     try:
         if not shard.single:
@@ -367,6 +409,7 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
         _compatible(old, common, targets, out)
         done = {pair(r) for r in old}
         _drop_unrecorded_rows(work / "features.h5", {r["image"] for r in own})
+        targets = save_target_images(out, targets)
 
         jobs = [(ti, s) for ti in range(len(targets)) for s in range(settings.samples)]
         grid = [jobs[i:i + settings.batch_size] for i in range(0, len(jobs), settings.batch_size)]
@@ -411,7 +454,8 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
                     realism = realism_scores(denoising_error(prior, res.best_images), reference_error) \
                         if settings.realism else np.full(len(batch), np.nan)
                     batch_records = _write_batch(work, res, batch, targets, encoder, base_feats, settings, common,
-                                                 extra_record or {}, writer, time.perf_counter() - tb, realism,
+                                                 {**identity, **(extra_record or {})}, writer,
+                                                 time.perf_counter() - tb, realism,
                                                  todo)
                     for rec in batch_records:
                         manifest.write(json.dumps(rec) + "\n")

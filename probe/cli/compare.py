@@ -10,14 +10,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from probe.attributes import ATTRIBUTES
+from probe.attributes import ATTRIBUTES, INDEPENDENT_CLASSIFIERS
 from probe.cli.console import LateProgress, quiet, say, warn
-from probe.compare import CompareResult
+from probe.compare import OFF_MANIFOLD_POLICIES, CompareResult
 from probe.errors import UsageError
 from probe.workflows import compare as workflow
 from probe.workflows.compare import DEFAULT_CLASSIFIER
 
-_STYLE = {"encoded": "bold green", "partly": "yellow", "free": "dim", "undefined": "dim italic"}
+_STYLE = {"encoded": "bold green", "partly": "yellow", "free": "dim", "undefined": "dim italic",
+          "circular": "magenta"}
 
 
 def _fmt(x: float) -> str:
@@ -45,13 +46,45 @@ def _summary_table(result: CompareResult) -> Table:
     table.add_column(f"{level}% CI", justify="right")
     table.add_column("scored", justify="right")
     table.add_column("reading")
-    for i, s in enumerate(result.summaries, 1):
+    def row(rank: str, s) -> None:
         ci = "—" if math.isnan(s.ci_low) else f"{s.ci_low:.3f}–{s.ci_high:.3f}"
         n = f"{s.n_targets}/{s.n_targets + s.n_excluded}"
-        reading = s.verdict if s.verdict != "undefined" else "undefined: " + ", ".join(s.excluded_reasons)
-        table.add_row(str(i), escape(s.name), escape(s.group), _fmt(s.mean), ci, n, escape(reading),
+        if s.circular:
+            reading = "(circular: the decoded network)"
+        elif s.verdict == "undefined":
+            reading = "undefined: " + ", ".join(s.excluded_reasons)
+        else:
+            reading = s.verdict
+        table.add_row(rank, escape(s.name), escape(s.group), _fmt(s.mean), ci, n, escape(reading),
                       style=_STYLE.get(s.verdict))
+
+    for i, s in enumerate(result.ranked, 1):
+        row(str(i), s)
+    if result.circular:
+        table.add_section()
+        for s in result.circular:
+            row("—", s)
+    for c in result.collapsed:
+        table.add_section()
+        table.add_row("—", escape(c["label"]), "colour", "—", "—", "—", escape("see brightness, contrast"),
+                      style="dim")
     return table
+
+
+def _notes(result: CompareResult) -> list[str]:
+    """Lines under the table: which classifier read the class, what was collapsed, off-manifold counts."""
+    out = []
+    for s in result.summaries:
+        if s.model and s.kind == "categorical" and s.group == "semantics" and s.model.get("role"):
+            out.append(f"class attribute read by {s.model['spec']} ({s.model['role']}, not the decoded network)")
+    out += [f"{c['label']}: {c['note']}" for c in result.collapsed]
+    om = result.off_manifold
+    if om and om["n_recorded"]:
+        out.append(f"off-manifold samples: {om['n_flagged']} of {om['n_recorded']} ({om['share']:.0%}), "
+                   f"policy {om['policy']}")
+    elif om is not None:
+        out.append("off-manifold flags: not recorded in this manifest (older decode): samples unchecked")
+    return out
 
 
 def _target_table(result: CompareResult, max_targets: int = 10) -> Table:
@@ -62,10 +95,14 @@ def _target_table(result: CompareResult, max_targets: int = 10) -> Table:
     table = Table(title="Per-target scores" + note)
     table.add_column("attribute")
     for t in shown:
-        table.add_column(escape(t.target_id + (f" ({t.label})" if t.label and t.label != t.target_id else "")),
+        om = t.meta.get("off_manifold") or {}
+        flag = (f" [{om['excluded']} off-manifold excl.]" if om.get("excluded") else
+                f" [{om['flagged_scored']} off-manifold]" if om.get("flagged_scored") else "")
+        table.add_column(escape(t.target_id + (f" ({t.label})" if t.label and t.label != t.target_id else "") + flag),
                          justify="right")
-    for s in result.summaries:
-        table.add_row(escape(s.name), *[_fmt(t.scores[s.name].score) for t in shown])
+    for s in result.ranked + result.circular:
+        table.add_row(escape(s.name + (" (circular)" if s.circular else "")),
+                      *[_fmt(t.scores[s.name].score) for t in shown])
     return table
 
 
@@ -80,8 +117,10 @@ def _target_table(result: CompareResult, max_targets: int = 10) -> Table:
               show_default=True,
               help="Which decoded image of each sample to measure (decode output directories).")
 @click.option("--classifier", "classifiers", multiple=True, metavar="SPEC",
-              help=f"Classifier whose predicted class is an attribute (repeatable; 'none' for no class). "
-                   f"Default: {DEFAULT_CLASSIFIER} when available.")
+              help="Classifier whose predicted class is an attribute (repeatable; 'none' for no class). "
+                   "Default: an independent classifier for the decoded network ("
+                   + ", ".join(f"{v} for {k}" for k, v in INDEPENDENT_CLASSIFIERS.items())
+                   + f"), else {DEFAULT_CLASSIFIER}. The decoded network's own class is marked circular.")
 @click.option("--clip", "clip_spec", metavar="SPEC", help="CLIP model scoring the --prompt texts.")
 @click.option("--prompt", "prompts", multiple=True, metavar="TEXT",
               help="Zero-shot attribute prompt for --clip, e.g. 'a red object' (repeatable).")
@@ -97,6 +136,10 @@ def _target_table(result: CompareResult, max_targets: int = 10) -> Table:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--allow-unequal", is_flag=True, help="Score groups even when their sample counts differ.")
+@click.option("--off-manifold", "off_manifold", type=click.Choice(OFF_MANIFOLD_POLICIES), default="exclude",
+              show_default=True,
+              help="Samples the decode flagged off the prior's manifold (manifest 'off_manifold'): exclude them "
+                   "from the scores, mark them, or keep them as any other.")
 @click.option("--per-target", is_flag=True, help="Also print the per-target score table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON instead of tables.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Write the ranked summary as CSV.")
@@ -110,8 +153,8 @@ def compare(
     image_kind: str, classifiers: tuple[str, ...], clip_spec: str | None, prompts: tuple[str, ...],
     cross_models: tuple[str, ...], cross_model_weights: str | None, device: str, n_boot: int, ci_level: float,
     seed: int, batch_size: int,
-    allow_unequal: bool, per_target: bool, as_json: bool, csv_path: Path | None, targets_csv: Path | None,
-    chart_path: Path | None, html_path: Path | None,
+    allow_unequal: bool, off_manifold: str, per_target: bool, as_json: bool, csv_path: Path | None,
+    targets_csv: Path | None, chart_path: Path | None, html_path: Path | None,
 ) -> None:
     """Rank attributes by how persistently INPUT's decoded samples share them.
 
@@ -138,7 +181,8 @@ def compare(
                               classifiers=classifiers or None, clip=clip_spec, prompts=prompts,
                               cross_models=cross_models, cross_model_weights=cross_model_weights,
                               device=None if device == "auto" else device, n_boot=n_boot, ci_level=ci_level,
-                              seed=seed, batch_size=batch_size, allow_unequal=allow_unequal, csv=csv_path,
+                              seed=seed, batch_size=batch_size, allow_unequal=allow_unequal,
+                              off_manifold=off_manifold, csv=csv_path,
                               targets_csv=targets_csv, chart=chart_path, html=html_path, progress=advance,
                               on_start=bar.start, on_note=lambda m: say(f"[dim]note: {escape(m)}[/dim]"))
 
@@ -148,6 +192,8 @@ def compare(
         click.echo(result.to_json())
         return
     out.print(_summary_table(result))
+    for line in _notes(result):
+        say(f"[dim]{escape(line)}[/dim]")
     if per_target:
         out.print(_target_table(result))
     for label, p in (("summary CSV", csv_path), ("per-target CSV", targets_csv), ("chart", chart_path),

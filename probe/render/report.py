@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from probe.compare import CompareResult, SampleSet, load_image
+from probe.compare import CompareResult, SampleGroup, SampleSet, load_image
 
 #: bar colours by verdict, so the chart reads at a glance
-VERDICT_COLOURS = {"encoded": "#2b8a3e", "partly": "#e8a33d", "free": "#868e96", "undefined": "#ced4da"}
+VERDICT_COLOURS = {"encoded": "#2b8a3e", "partly": "#e8a33d", "free": "#868e96", "undefined": "#ced4da",
+                   "circular": "#ae3ec9"}
 
 
 @dataclass
@@ -60,7 +61,7 @@ def persistence_chart(result: CompareResult, path: Path | str | None = None, dpi
                     error_kw={"elinewidth": 1, "ecolor": "#343a40"})
             # a dot at each mean, so a score of exactly 0 (a zero-length bar) is still visible
             ax.scatter(means, y, s=14, c=colours, edgecolors="#343a40", linewidths=0.6, zorder=3)
-            ax.set_yticks(y, [s.name for s in defined], fontsize=8)
+            ax.set_yticks(y, [s.name + (" (circular)" if s.circular else "") for s in defined], fontsize=8)
         else:
             ax.set_yticks([])
         ax.axvline(1.0, color="#c92a2a", lw=1, ls="--")
@@ -86,14 +87,35 @@ def persistence_chart(result: CompareResult, path: Path | str | None = None, dpi
 
 def contact_sheet(
     rows: Sequence[tuple[str, Sequence[Path]]], tile: int = 96, max_samples: int = 8, title: str | None = None,
+    targets: Sequence[Path | None] | None = None, captions: Sequence[Sequence[str]] | None = None,
 ) -> Image.Image:
     """A grid with one labelled row per group (its first ``max_samples`` images), drawn by
-    :func:`probe.render.sheets.image_grid` so it looks like the decode/interpolate sheets."""
+    :func:`probe.render.sheets.image_grid` so it looks like the decode/interpolate sheets.
+
+    ``targets`` (one per row, None for none) puts the target's picture first in its row, captioned
+    "target"; ``captions`` (per row, per sample) go under the samples.
+    """
     from probe.render.sheets import image_grid
 
-    cells = [[load_image(p) for p in list(paths)[:max_samples]] for _, paths in rows]
+    cells: list[list[np.ndarray | None]] = [[load_image(p) for p in list(paths)[:max_samples]] for _, paths in rows]
+    caps = [list(c)[:max_samples] for c in captions] if captions is not None else [[""] * len(r) for r in cells]
+    caps = [c + [""] * (len(r) - len(c)) for c, r in zip(caps, cells, strict=True)]
+    if targets is not None and any(t is not None for t in targets):
+        cells = [[None if t is None else load_image(t)] + r for t, r in zip(targets, cells, strict=True)]
+        caps = [["target" if t is not None else ""] + c for t, c in zip(targets, caps, strict=True)]
     labels = [label for label, _ in rows]
-    return image_grid(cells, row_labels=labels if any(labels) else None, title=title, cell_size=tile)
+    return image_grid(cells, captions=caps if any(x for c in caps for x in c) else None,
+                      row_labels=labels if any(labels) else None, title=title, cell_size=tile)
+
+
+def _target_path(meta: dict) -> Path | None:
+    """The target's picture recorded by the decode, only if it lies inside the run folder (checked at load)."""
+    p = meta.get("target_image")
+    return Path(p) if p and Path(p).is_file() else None
+
+
+def _sample_captions(group: SampleGroup) -> list[str]:
+    return ["off-manifold" if f else "" for f in group.off_manifold] if group.off_manifold else []
 
 
 def _png_b64(data: bytes) -> str:
@@ -140,6 +162,16 @@ def html_report(
         "dispersion across the reference: near 0 the attribute persists (the feature encodes it), "
         "near 1 it varies as freely as in the reference.</p>",
     ]
+    om = result.off_manifold
+    if om is not None:
+        if om["n_recorded"]:
+            parts.append(f"<p class='meta'>Off-manifold samples (the decode's realism check): {om['n_flagged']} of "
+                         f"{om['n_recorded']} ({om['share']:.0%}); policy <b>{esc(om['policy'])}</b>"
+                         + (f", {sum(om['excluded'].values())} excluded from the scores" if om["excluded"] else "")
+                         + ".</p>")
+        else:
+            parts.append("<p class='meta'>Off-manifold flags: not recorded in this manifest (an older decode); "
+                         "samples unchecked.</p>")
     for w in result.warnings:
         parts.append(f"<p class='warn'>{esc(w)}</p>")
     parts.append(f"<img alt='persistence chart' src='{_png_b64(persistence_chart(result))}'>")
@@ -148,42 +180,67 @@ def html_report(
     parts.append(f"<h2>Attributes, most to least persistent</h2><table><tr><th>#</th><th>attribute</th>"
                  f"<th>group</th><th>kind</th><th>score</th><th>{level}% CI</th><th>targets</th>"
                  "<th>reading</th><th>measures</th></tr>")
-    for i, s in enumerate(result.summaries, 1):
+    def row(rank: str, s) -> str:
         excl = f" (+{s.n_excluded} excl.)" if s.n_excluded else ""
-        parts.append(
-            f"<tr><td>{i}</td><td>{esc(s.name)}</td><td>{esc(s.group)}</td><td>{esc(s.kind)}</td>"
-            f"<td class='num'>{_fmt(s.mean)}</td><td class='num'>{_fmt(s.ci_low)} – {_fmt(s.ci_high)}</td>"
-            f"<td class='num'>{s.n_targets}{excl}</td><td class='{esc(s.verdict)}'>{esc(s.verdict)}</td>"
-            f"<td class='meta'>{esc(s.description)}</td></tr>"
-        )
+        reading = "(circular: the decoded network)" if s.circular else s.verdict
+        return (f"<tr><td>{rank}</td><td>{esc(s.name)}</td><td>{esc(s.group)}</td><td>{esc(s.kind)}</td>"
+                f"<td class='num'>{_fmt(s.mean)}</td><td class='num'>{_fmt(s.ci_low)} – {_fmt(s.ci_high)}</td>"
+                f"<td class='num'>{s.n_targets}{excl}</td><td class='{esc(s.verdict)}'>{esc(reading)}</td>"
+                f"<td class='meta'>{esc(s.description)}</td></tr>")
+
+    for i, s in enumerate(result.ranked, 1):
+        parts.append(row(str(i), s))
+    if result.circular:
+        parts.append("<tr><th colspan='9'>Circular: measured by the network that was decoded (its agreement is "
+                     "no evidence: the decode optimised it), not ranked</th></tr>")
+        parts += [row("—", s) for s in result.circular]
+    for c in result.collapsed:
+        parts.append(f"<tr><td>—</td><td>{esc(c['label'])}</td><td>colour</td><td></td><td class='num'>—</td>"
+                     f"<td></td><td></td><td class='undefined'>see brightness, contrast</td>"
+                     f"<td class='meta'>{esc(c['note'])}</td></tr>")
     parts.append("</table>")
 
+    shown = samples.groups[: opt.max_groups]
     rows: list[tuple[str, Sequence[Path]]] = [
         (g.group_id if not g.label or g.label == g.group_id else f"{g.group_id} ({g.label})", g.paths)
-        for g in samples.groups[: opt.max_groups]
+        for g in shown
     ]
     rows.append(("reference", samples.reference))
+    targets = [_target_path(g.meta) for g in shown] + [None]
+    captions = [_sample_captions(g) for g in shown] + [[]]
     parts.append("<h2>Contact sheet</h2>")
+    if any(t is not None for t in targets):
+        parts.append("<p class='meta'>First column: the target's own picture (the decode's copy in the run "
+                     "folder).</p>")
+    elif samples.kind == "decode":
+        parts.append("<p class='meta'>No target pictures in the run folder (targets without a picture, or a "
+                     "decode older than OUT/targets/).</p>")
     if len(samples.groups) > opt.max_groups:
         parts.append(f"<p class='meta'>first {opt.max_groups} of {len(samples.groups)} targets</p>")
-    sheet = contact_sheet(rows, opt.tile, opt.max_samples)
+    sheet = contact_sheet(rows, opt.tile, opt.max_samples, targets=targets, captions=captions)
     parts.append(f"<img alt='contact sheet' src='{_image_b64(sheet)}'>")
 
     parts.append("<h2>Per target</h2>")
     order = [s.name for s in result.summaries]
+    circular = {s.name for s in result.circular}
     groups = {g.group_id: g for g in samples.groups}
     for t in result.targets[: opt.max_target_tables]:
         title = t.target_id + (f" — {t.label}" if t.label and t.label != t.target_id else "")
-        parts.append(f"<details><summary>{esc(title)} ({t.n_samples} samples)</summary>")
+        om = t.meta.get("off_manifold") or {}
+        note = (f", {om['excluded']} off-manifold excluded" if om.get("excluded") else
+                f", {om['flagged_scored']} off-manifold (scored)" if om.get("flagged_scored") else "")
+        parts.append(f"<details><summary>{esc(title)} ({t.n_samples} samples{esc(note)})</summary>")
         g = groups.get(t.target_id)
-        if g is not None:
-            strip = contact_sheet([("", g.paths)], opt.tile, opt.max_samples)
+        if g is not None and (g.paths or _target_path(g.meta)):
+            strip = contact_sheet([("", g.paths)], opt.tile, opt.max_samples, targets=[_target_path(g.meta)],
+                                  captions=[_sample_captions(g)])
             parts.append(f"<img alt='samples of {esc(t.target_id)}' src='{_image_b64(strip)}'>")
         parts.append("<table><tr><th>attribute</th><th>score</th><th>within</th><th>reference</th>"
                      "<th>note</th></tr>")
         for name in order:
             sc = t.scores[name]
-            parts.append(f"<tr><td>{esc(name)}</td><td class='num'>{_fmt(sc.score)}</td>"
+            shown_name = name + (" (circular)" if name in circular else "")
+            parts.append(f"<tr><td>{esc(shown_name)}</td><td class='num'>{_fmt(sc.score)}</td>"
                          f"<td class='num'>{_fmt(sc.within)}</td><td class='num'>{_fmt(sc.reference)}</td>"
                          f"<td class='meta'>{esc(sc.reason or '')}</td></tr>")
         parts.append("</table></details>")

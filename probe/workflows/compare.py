@@ -9,30 +9,40 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from probe.attributes import Attribute, ModelAttributeOptions, get_attributes, model_attributes
+from probe.attributes import (
+    FALLBACK_CLASSIFIER,
+    Attribute,
+    ModelAttributeOptions,
+    default_classifier,
+    get_attributes,
+    model_attributes,
+)
 from probe.compare import CompareConfig, CompareResult, load_samples
 from probe.compare import compare as score
 from probe.errors import ProbeError, UsageError
 from probe.workflows.common import Note
 
-DEFAULT_CLASSIFIER = "bundled:fashion-cnn"
+DEFAULT_CLASSIFIER = FALLBACK_CLASSIFIER  # when the decoded encoder has no independent classifier
 IMAGE_KEYS = {"best": "image", "final": "final_image"}
 
 
 def model_attrs(classifiers: Sequence[str] | None = None, clip: str | None = None, prompts: Sequence[str] = (),
                 cross_models: Sequence[str] = (), cross_model_weights: str | None = None,
-                device: str | None = None, batch_size: int = 32, on_note: Note | None = None) -> list[Attribute]:
-    """Model-based attributes. ``classifiers=None`` means the default classifier, skipped with a note when
-    it cannot load; ``'none'`` among them means no class attribute."""
+                device: str | None = None, batch_size: int = 32, on_note: Note | None = None,
+                decoded: Sequence[str] = ()) -> list[Attribute]:
+    """Model-based attributes. ``classifiers=None`` means the default classifier — the independent one for
+    the ``decoded`` encoder (``INDEPENDENT_CLASSIFIERS``), else ``DEFAULT_CLASSIFIER`` — skipped with a note
+    when it cannot load; ``'none'`` among them means no class attribute."""
     explicit = [c for c in classifiers or () if c.lower() != "none"]
     out: list[Attribute] = []
     if classifiers is None or len(classifiers) == 0:
+        spec, role = default_classifier(decoded)
         try:
-            out += model_attributes(ModelAttributeOptions(classifiers=[DEFAULT_CLASSIFIER], device=device,
-                                                          batch_size=batch_size))
+            out += model_attributes(ModelAttributeOptions(classifiers=[spec], device=device, batch_size=batch_size,
+                                                          classifier_roles={spec: role} if role else {}))
         except (ProbeError, ImportError, OSError, RuntimeError) as e:
             if on_note:
-                on_note(f"default classifier {DEFAULT_CLASSIFIER} unavailable ({e}); no class attribute "
+                on_note(f"default classifier {spec} unavailable ({e}); no class attribute "
                         "(use --classifier SPEC)")
     out += model_attributes(ModelAttributeOptions(
         classifiers=explicit, clip=clip, prompts=list(prompts), cross_models=list(cross_models),
@@ -45,7 +55,8 @@ def run(input: Any, *, reference: str | Path | None = None, attributes: Sequence
         image: str = "best", classifiers: Sequence[str] | None = None, clip: str | None = None,
         prompts: Sequence[str] = (), cross_models: Sequence[str] = (), cross_model_weights: str | None = None,
         device: str | None = None, n_boot: int = 1000, ci_level: float = 0.95, seed: int = 0,
-        batch_size: int = 32, allow_unequal: bool = False, csv: str | Path | None = None,
+        batch_size: int = 32, allow_unequal: bool = False, off_manifold: str = "exclude",
+        csv: str | Path | None = None,
         targets_csv: str | Path | None = None, chart: str | Path | None = None, html: str | Path | None = None,
         progress: Callable[[int], None] | None = None, on_start: Callable[[int], None] | None = None,
         on_note: Note | None = None) -> CompareResult:
@@ -63,11 +74,12 @@ def run(input: Any, *, reference: str | Path | None = None, attributes: Sequence
         raise UsageError("compare reads a decode output folder: decode with out=FOLDER first")
     if image not in IMAGE_KEYS:
         raise UsageError(f"image must be one of {', '.join(IMAGE_KEYS)}, not {image!r}")
-    samples = load_samples(Path(folder), reference, IMAGE_KEYS[image], allow_unequal)
+    samples = load_samples(Path(folder), reference, IMAGE_KEYS[image], allow_unequal, off_manifold)
     config = CompareConfig(n_boot=n_boot, ci_level=ci_level, seed=seed, batch_size=batch_size)
     names = [v.strip() for item in attributes or () for v in str(item).split(",") if v.strip()]
     attrs = get_attributes(names or None)
-    attrs += model_attrs(classifiers, clip, prompts, cross_models, cross_model_weights, device, batch_size, on_note)
+    attrs += model_attrs(classifiers, clip, prompts, cross_models, cross_model_weights, device, batch_size, on_note,
+                         [str(d["spec"]) for d in samples.decoded_encoders])
     if on_start:
         on_start(samples.n_images)
     result = score(samples, attrs, config, progress=progress)
