@@ -534,7 +534,8 @@ def _spec(enc: Any, fallback: str) -> str:
 
 
 def _model_info(enc: Any, fallback: str, role: str | None = None) -> dict[str, str]:
-    info = {"spec": _spec(enc, fallback), "weights": str(getattr(enc, "weights", None) or "")}
+    info = {"spec": _spec(enc, fallback), "weights": str(getattr(enc, "weights", None) or ""),
+            "weights_sha256": str(getattr(enc, "weights_sha256", None) or "")}
     if role:
         info["role"] = role
     return info

@@ -118,7 +118,8 @@ class SampleSet:
     groups: list[SampleGroup]
     reference: list[Path]
     reference_source: str
-    #: the networks the samples were decoded with: ``{"spec", "weights"}`` (weights None = not recorded)
+    #: the networks the samples were decoded with: ``{"spec", "weights", "weights_sha256"}`` (weights None =
+    #: not recorded)
     decoded_encoders: list[dict[str, str | None]] = field(default_factory=list)
     #: the off-manifold flags and what was done with them (see :func:`off_manifold_summary`); None for folders
     off_manifold: dict[str, Any] | None = None
@@ -645,7 +646,8 @@ def circular_attributes(
 ) -> dict[str, str]:
     """Attributes measured by a network the samples were decoded with, mapped to the reason.
 
-    Same spec and same weights (``""`` = the spec's default weights) is the same network. When the decode
+    Same spec and same weights is the same network: the weights file's sha256 when both sides know it
+    (a local checkpoint), else the weights as given (``""`` = the spec's default weights). When the decode
     did not record its weights (manifests before ``encoder_weights``), the same spec counts as circular:
     the cautious reading, since the default weights are by far the common case.
     """
@@ -655,9 +657,10 @@ def circular_attributes(
         for d in decoded_encoders:
             if not m.get("spec") or m.get("spec") != d.get("spec"):
                 continue
+            sha_a, sha_d = m.get("weights_sha256") or "", d.get("weights_sha256") or ""
             if d.get("weights") is None:
                 out[a.name] = f"{CIRCULAR} ({d['spec']}; the decode did not record its weights)"
-            elif (m.get("weights") or "") == (d.get("weights") or ""):
+            elif (sha_a == sha_d) if sha_a and sha_d else ((m.get("weights") or "") == (d.get("weights") or "")):
                 out[a.name] = f"{CIRCULAR} ({d['spec']})"
     return out
 

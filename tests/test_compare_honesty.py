@@ -83,7 +83,7 @@ def test_decoded_networks_class_is_circular_and_ranked_apart(tmp_path):
     pytest.importorskip("torch")
     run = make_run(tmp_path, encoder="bundled:fashion-cnn", weights="")
     ss = C.load_samples(run)
-    assert ss.decoded_encoders == [{"spec": "bundled:fashion-cnn", "weights": ""}]
+    assert ss.decoded_encoders == [{"spec": "bundled:fashion-cnn", "weights": "", "weights_sha256": ""}]
     own = A.classifier_attribute(Double("bundled:fashion-cnn"))
     other = A.classifier_attribute(Double("bundled:fashion-mlp"), role="independent classifier for x")
     result = C.compare(ss, [own, other, *A.get_attributes(["brightness"])], FAST)
@@ -97,7 +97,8 @@ def test_decoded_networks_class_is_circular_and_ranked_apart(tmp_path):
     assert {a["name"]: a["circular"] for a in doc["attributes"]} == {own.name: True, other.name: False,
                                                                      "brightness": False}
     models = {a["name"]: a["model"] for a in doc["attributes"]}
-    assert models[other.name] == {"spec": "bundled:fashion-mlp", "weights": "", "role": "independent classifier for x"}
+    assert models[other.name] == {"spec": "bundled:fashion-mlp", "weights": "", "weights_sha256": "",
+                                  "role": "independent classifier for x"}
     assert models["brightness"] is None
     rows = list(csv.DictReader(io.StringIO(result.to_csv())))
     circ = [r for r in rows if r["circular"] == "true"]
@@ -120,6 +121,17 @@ def test_circular_needs_same_spec_and_weights(recorded, attr_weights, circular):
     if recorded is None:
         assert "did not record its weights" in got[attr.name]
     assert C.circular_attributes([attr], [{"spec": "timm:resnet50", "weights": ""}]) == {}
+
+
+def test_circular_compares_weight_files_by_content():
+    """A checkpoint moved to another path is the same network; one overwritten at the same path is not."""
+    moved = Double("timm:resnet18", "/new/place.pt")
+    moved.weights_sha256 = "aa"
+    attr = A.classifier_attribute(moved)
+    assert attr.name in C.circular_attributes([attr], [{"spec": "timm:resnet18", "weights": "/old/place.pt",
+                                                        "weights_sha256": "aa"}])
+    assert C.circular_attributes([attr], [{"spec": "timm:resnet18", "weights": "/new/place.pt",
+                                           "weights_sha256": "bb"}]) == {}
     assert C.circular_attributes(A.get_attributes(["red"]), [{"spec": "timm:resnet18", "weights": ""}]) == {}
 
 
@@ -259,10 +271,11 @@ def test_decode_copies_the_target_picture_and_records_the_encoder_weights(tmp_pa
     recs = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert {r["target_id"]: r.get("target_image") for r in recs} == {"p": "targets/p.png", "v": None}
     assert Image.open(out / "targets" / "p.png").size == (171, 256)  # shrunk to ≤ 256 px, aspect kept
-    assert all(r["encoder_weights"] == "" and r["encoder"] == enc.spec for r in recs)
+    assert all(r["encoder_weights"] == "" and r["encoder_weights_sha256"] == "" and r["encoder"] == enc.spec
+               for r in recs)
     ss = C.load_samples(out)
     assert ss.groups[0].meta["target_image"] == str(out / "targets" / "p.png")
-    assert ss.decoded_encoders == [{"spec": enc.spec, "weights": ""}]
+    assert ss.decoded_encoders == [{"spec": enc.spec, "weights": "", "weights_sha256": ""}]
 
 
 # ---------------------------------------------------------------------------------------------- grey, few targets
