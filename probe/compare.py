@@ -206,6 +206,12 @@ def load_decode_dir(
         if rel is None:
             raise InputError(f"{manifest.path}: record {lineno} ({rec.target_id}) lacks {image_key!r}")
         path = out / rel
+        try:  # a manifest names files of its own run only: "../../x" or "/etc/x" would leak other files
+            inside = path.resolve().is_relative_to(out.resolve())
+        except (OSError, ValueError):
+            inside = False
+        if not inside:
+            raise InputError(f"{manifest.path}: record {lineno}: image {rel!r} lies outside the run folder")
         if not path.is_file():
             raise InputError(f"{manifest.path}: record {lineno}: image {rel} does not exist")
         tid = rec.target_id
@@ -529,7 +535,7 @@ class CompareResult:
     def to_csv(self, per_target: bool = False) -> str:
         """Summary CSV (one row per attribute, ranked) or, with ``per_target``, one row per score."""
         buf = io.StringIO()
-        w = csv.writer(buf)
+        w = _SafeCsv(csv.writer(buf))
         if not per_target:
             w.writerow(["rank", "attribute", "kind", "group", "dispersion", "mean", "ci_low", "ci_high",
                         "median", "n_targets", "n_excluded", "reference_dispersion", "verdict", "circular"])
@@ -548,6 +554,33 @@ class CompareResult:
                                 _num(sc.reference), _num(sc.score), sc.reason or "",
                                 "true" if sc.attribute in circ else "false"])
         return buf.getvalue()
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(cell: object) -> object:
+    """A cell a spreadsheet will not run: text starting with = + - @ (or tab/CR) gets a leading quote.
+
+    Names come from manifests and folder names, i.e. from whoever made the run; numbers pass unchanged.
+    """
+    if isinstance(cell, str) and cell.startswith(_FORMULA_START):
+        try:
+            float(cell)
+            return cell  # "-0.25" is a number, not a formula
+        except ValueError:
+            return "'" + cell
+    return cell
+
+
+class _SafeCsv:
+    """csv.writer whose rows go through ``csv_safe``."""
+
+    def __init__(self, writer):
+        self._w = writer
+
+    def writerow(self, row) -> None:
+        self._w.writerow([csv_safe(c) for c in row])
 
 
 def _num(x: float) -> str:

@@ -387,6 +387,9 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
         raise UsageError(f"{out}: exists and is not a folder")
     work = out if shard.single else decode_shard_dir(out, shard)
     work.mkdir(parents=True, exist_ok=True)
+    from probe.outputs import check_writable_dir
+
+    check_writable_dir(work)  # a read-only --out fails now, not after the first (slow) batch
     locks = [ProbeLock(out, lock_file=out / ".probe.lock", shared=not shard.single).acquire()]
     t0 = time.perf_counter()
     layer = "+".join(encoder.layers)

@@ -211,6 +211,9 @@ def extract_text(encoder: Encoder, prompts: Sequence[str], store_path: Path, con
 def export_group(store_path: Path, group: str | None, out: Path) -> dict:
     """Write a group's features to ``out`` (.npy) and its paths/labels beside it (.paths.txt, .labels.npy,
     and .label_names.txt: line k names label k, so the integer labels can be read without the store)."""
+    from probe.outputs import check_writable_file
+
+    check_writable_file(out, "-o")
     with FeatureStore(store_path, "r") as st:
         g = st.group(group)
         feats = g.rows(slice(None))

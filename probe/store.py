@@ -86,6 +86,25 @@ def _unattr(value: object) -> object:
     return value
 
 
+def _check_group(path: Path, name: str, g: h5py.Group) -> None:
+    """A group probe can read: 2-D features and row-aligned paths and hashes (InputError, exit 3, if not)."""
+    problem = None
+    feats = g.get("features")
+    if not isinstance(feats, h5py.Dataset) or feats.ndim != 2:
+        problem = "features is not a 2-D dataset"
+    else:
+        for key in ("paths", "sha256"):
+            ds = g.get(key)
+            if not isinstance(ds, h5py.Dataset):
+                problem = f"no {key} dataset"
+                break
+            if ds.shape[:1] != feats.shape[:1]:
+                problem = f"{key} has {ds.shape[0] if ds.ndim else 0} rows but features {feats.shape[0]}"
+                break
+    if problem:
+        raise InputError(f"{path}: group {name} is not a probe feature group ({problem})")
+
+
 class StoreGroup:
     """Row-aligned datasets of one (model, layer)."""
 
@@ -391,6 +410,7 @@ class FeatureStore:
         if name not in names:
             listing = ", ".join(names) or "none"
             raise UsageError(f"{self.path}: no group {name!r}; groups: {listing}")
+        _check_group(self.path, name, self._h5[name])
         return StoreGroup(name, self._h5[name], self.path, self)
 
     def create_group(self, name: str, dim: int, record: dict, layer: str, kind: str = "image",

@@ -260,7 +260,7 @@ def test_info_json_and_table(run_cli, tmp_path, small_images, tiny_encoder_args,
     assert g["attrs"]["model_spec"] == "timm:test_resnet" and g["attrs"]["weights"] == str(tiny_ckpt)
     assert g["attrs"]["preprocess"]["size"] == 160 and g["attrs"]["feature_shape"] == [96]
     r = run_cli("info", store)
-    assert r.exit_code == 0 and GROUP in r.stderr and "timm:test_resnet" in r.stderr
+    assert r.exit_code == 0 and GROUP in r.stdout and "timm:test_resnet" in r.stdout  # listings: stdout
 
 
 def test_float16(run_cli, tmp_path, small_images, tiny_encoder_args, tiny_enc):

@@ -170,6 +170,11 @@ def compare(
         return
     if input_path is None:
         raise UsageError("give INPUT: a decode output directory or a folder of image sub-folders")
+    from probe.outputs import check_writable_file
+
+    for option, p in (("--csv", csv_path), ("--targets-csv", targets_csv), ("--chart", chart_path),
+                      ("--html", html_path)):
+        check_writable_file(p, option)
     with LateProgress("measuring") as bar:
         done = [0]
 
@@ -199,4 +204,4 @@ def compare(
     for label, p in (("summary CSV", csv_path), ("per-target CSV", targets_csv), ("chart", chart_path),
                      ("report", html_path)):
         if p:
-            say(f"wrote {label}: {escape(str(p))}")
+            say(f"wrote {label}: {p}")

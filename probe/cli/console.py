@@ -28,9 +28,39 @@ def console() -> Console:
     return Console(stderr=True, quiet=quiet(), soft_wrap=True)
 
 
-def say(message: str) -> None:
+def say(message: str, markup: bool = False) -> None:
+    """A progress/info line on stderr. Plain text by default: names, paths and prompts are the user's, and
+    rich would swallow ``[embedding]`` or crash on ``[/]`` in them."""
     if not quiet():
-        console().print(message, highlight=False)
+        console().print(message, highlight=False, markup=markup)
+
+
+def _cell(value: object) -> str:
+    return " ".join(str(value).split("\t")).replace("\n", " ")
+
+
+def print_table(title: str, columns: list[str], rows: list[list[object]], err: bool = False,
+                caption: str | None = None) -> None:
+    """A listing: a rich table on a terminal, else plain tab-separated lines (header first) that no
+    width limit wraps or cuts, so identifiers survive ``| grep`` and ``| cut``. Cells are never markup.
+    Listings go to stdout; ``err=True`` for result tables printed beside progress on stderr."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    if err and quiet():
+        return
+    stream = sys.stderr if err else sys.stdout
+    if not stream.isatty():
+        click.echo("\t".join(columns), err=err)
+        for row in rows:
+            click.echo("\t".join(_cell(c) for c in row), err=err)
+        return
+    table = Table(title=escape(title), caption=escape(caption) if caption else None)
+    for col in columns:
+        table.add_column(escape(col), overflow="fold")
+    for row in rows:
+        table.add_row(*[escape(str(c)) for c in row])
+    Console(stderr=err, soft_wrap=True).print(table)
 
 
 def warn(message: str) -> None:

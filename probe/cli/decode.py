@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import click
-from rich.table import Table
 
-from probe.cli.console import LateProgress, console, emit_json, quiet, say, warn
+from probe.cli.console import LateProgress, emit_json, print_table, quiet, say, warn
 from probe.cli.options import decode_options
 from probe.decoding import DecodeEvent, DecodeSummary
 from probe.distributed import Runtime, Shard, runtime
@@ -37,7 +36,7 @@ class DecodeProgress(LateProgress):
     def __call__(self, ev: DecodeEvent) -> None:
         if ev.phase == "start":
             p = ev.plan or {}
-            say(f"[bold]{p['encoder']}[/] [{'+'.join(p['layers'])}] <- [bold]{p['prior']}[/] on {p['device']}: "
+            say(f"{p['encoder']} [{'+'.join(p['layers'])}] <- {p['prior']} on {p['device']}: "
                 f"{self.label}: {p['targets']} target(s) x {p['samples']} sample(s), schedule {p['schedule']} "
                 f"({ev.n_steps} steps, {p['evaluations']} guided evaluations per sample) -> {p['out']}")
             self._work = list(itertools.accumulate(p["rounds"]))
@@ -51,26 +50,26 @@ class DecodeProgress(LateProgress):
             self.update(self._base * self._n_steps + (ev.batch - 1) * self._work[-1] + self._work[ev.step - 1], extra)
 
 
-def result_table(summary: DecodeSummary, limit: int = 40) -> Table:
-    table = Table(title=f"decoded {len(summary.records)} samples -> {summary.out}", show_lines=False)
-    for col in ("target", "s", "best d", "rel", "cos", "realism", "best step", "evals", "s/sample"):
-        table.add_column(col, justify="left" if col == "target" else "right")
+def print_result_table(summary: DecodeSummary, limit: int = 40) -> None:
+    """The decoded samples with their distances (stderr, beside the progress; tab-separated when piped)."""
+    rows = []
     for r in summary.records[:limit]:
         rel, nat = r.relative_distance, r.naturalness
-        table.add_row(r.target_id, str(r.sample), f"{r.best_distance:.4g}",
-                      "-" if rel is None else f"{rel:.3f}", f"{r.cosine:.3f}",
-                      "-" if nat is None else f"{nat:.2f}" + (" OFF" if r.off_manifold else ""),
-                      f"{r.best_step + 1}/{r.steps}", str(r.evaluations), f"{r.seconds:.2f}")
-    if len(summary.records) > limit:
-        table.caption = f"first {limit} of {len(summary.records)}; all in manifest.jsonl"
-    return table
+        rows.append([r.target_id, r.sample, f"{r.best_distance:.4g}", "-" if rel is None else f"{rel:.3f}",
+                     f"{r.cosine:.3f}", "-" if nat is None else f"{nat:.2f}" + (" OFF" if r.off_manifold else ""),
+                     f"{r.best_step + 1}/{r.steps}", r.evaluations, f"{r.seconds:.2f}"])
+    caption = (f"first {limit} of {len(summary.records)}; all in manifest.jsonl"
+               if len(summary.records) > limit else None)
+    print_table(f"decoded {len(summary.records)} samples -> {summary.out}",
+                ["target", "s", "best d", "rel", "cos", "realism", "best step", "evals", "s/sample"], rows,
+                err=True, caption=caption)
 
 
 def show(summary: DecodeSummary) -> None:
     """The off-manifold warning (even with --quiet), then the result table."""
     warn_off_manifold(summary.records, OFF_MANIFOLD)
     if not quiet():
-        console().print(result_table(summary))
+        print_result_table(summary)
 
 
 def warn_off_manifold(records: list[SampleRecord], threshold: float) -> None:

@@ -29,8 +29,9 @@ from probe.workflows.options import EncoderOptions
 @click.option("--list", "list_file", help="File with one input per line ('-' reads stdin).")
 @click.option("--text", "texts", multiple=True, help="A text prompt to encode (CLIP models); repeatable.")
 @click.option("--text-file", type=click.Path(exists=True, dir_okay=False), help="Prompts, one per line.")
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--workers", default=None, type=int, help="Reader processes [default: min(4, cores - 1)].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--workers", default=None, type=click.IntRange(min=0),
+              help="Reader processes [default: min(4, cores - 1)].")
 @click.option("--float16", "half", is_flag=True, help="Store features as float16 (half the size).")
 @click.option("--labels", type=click.Choice(["parent"]), help="Store each image's parent folder as its label.")
 @click.option("--overwrite", is_flag=True, help="Replace the group(s) instead of resuming.")
@@ -47,7 +48,16 @@ def extract(inputs, store, list_file, texts, text_file, batch_size, workers, hal
 
     A rerun skips images already stored (by content hash), so an interrupted run resumes.
     """
-    prompts = list(texts) + (Path(text_file).read_text().splitlines() if text_file else [])
+    from probe.outputs import check_writable_file
+
+    check_writable_file(store, "-o")
+    file_prompts: list[str] = []
+    if text_file:
+        try:
+            file_prompts = Path(text_file).read_bytes().decode("utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{text_file}: not a UTF-8 text file of prompts (byte {exc.start})") from None
+    prompts = list(texts) + file_prompts
     prompts = [p.strip() for p in prompts if p.strip()]
     if not inputs and not list_file and not prompts:
         raise UsageError("give images (files, folders, globs), --list FILE, or --text PROMPT")
@@ -88,7 +98,7 @@ def _extract_shard(rt: Runtime, paths, prompts, store: Path, config: ExtractConf
     target = store if rt.shard.single else store_shard_path(store, rt.shard)
     part = "" if rt.shard.single else f" (shard {rt.shard}: {target})"
     n_mine = len(take(paths, rt.shard, batch_size))
-    say(f"[bold]{encoder.spec}[/] layers {', '.join(encoder.layers)} on {encoder.device}; "
+    say(f"{encoder.spec} layers {', '.join(encoder.layers)} on {encoder.device}; "
         f"{n_mine} images, {len(prompts) if rt.is_main else 0} prompts -> {store}{part}")
     if overwrite and not rt.shard.single:
         raise UsageError("--overwrite replaces groups of one store; with shards, delete STORE and STORE.shards/ "

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.table import Table
 
-from probe.cli.console import console, emit_json, say
+from probe.cli.console import emit_json, print_table, say
 from probe.extraction import export_group
 from probe.store import FeatureStore
 
@@ -22,17 +21,12 @@ def info(store: Path, as_json: bool) -> None:
     if as_json:
         emit_json(desc)
         return
-    table = Table(title=str(store))
-    for col in ("group", "rows", "dim", "dtype", "labels", "model", "layer", "created"):
-        table.add_column(col)
+    rows = []
     for g in desc["groups"]:
         a = g["attrs"]
-        table.add_row(g["name"], str(g["rows"]), str(g["dim"]), g["dtype"], "yes" if g["labelled"] else "-",
-                      str(a.get("model_spec", "")), str(a.get("layer", "")), str(a.get("created", "")))
-    out = console()
-    if not out.is_terminal:  # piped: rich would assume 80 columns and cut names with an ellipsis
-        out.width = 240
-    out.print(table)
+        rows.append([g["name"], g["rows"], g["dim"], g["dtype"], "yes" if g["labelled"] else "-",
+                     a.get("model_spec", ""), a.get("layer", ""), a.get("created", "")])
+    print_table(str(store), ["group", "rows", "dim", "dtype", "labels", "model", "layer", "created"], rows)
 
 
 @click.command()

@@ -74,6 +74,12 @@ class LazyGroup(click.Group):
             sys.exit(130)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
+        except OSError as exc:  # the file system said no (permissions, full disk, a folder for a file)
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+            click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+            sys.exit(3)
         except Exception as exc:  # noqa: BLE001 - a bug: one line here, the traceback with --debug
             if ctx.obj and ctx.obj.get("debug"):
                 raise

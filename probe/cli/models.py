@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
 
-from probe.cli.console import console, emit_json
+from probe.cli.console import emit_json, print_table
 from probe.models.bundled import BUNDLED
 from probe.models.registry import SPEC_FORMS, list_layers
 
@@ -25,20 +24,10 @@ def list_(as_json: bool) -> None:
     if as_json:
         emit_json({"bundled": rows, "spec_forms": [{"form": f, "meaning": d} for f, d in SPEC_FORMS]})
         return
-    table = Table(title="bundled models (no network needed)")
-    for col in ("spec", "kind", "size", "data", "licence", "rebuild"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        size = f"{r['size_mb']} MB" if r["installed"] else "[red]missing[/]"
-        table.add_row(r["spec"], r["kind"], size, r["data"], r["licence"], r["recipe"])
-    out = console()
-    out.print(table)
-    forms = Table(title="spec forms")
-    forms.add_column("form")
-    forms.add_column("meaning")
-    for f, d in SPEC_FORMS:
-        forms.add_row(f, d)
-    out.print(forms)
+    print_table("bundled models (no network needed)", ["spec", "kind", "size", "data", "licence", "rebuild"],
+                [[r["spec"], r["kind"], f"{r['size_mb']} MB" if r["installed"] else "missing", r["data"],
+                  r["licence"], r["recipe"]] for r in rows])
+    print_table("spec forms", ["form", "meaning"], [list(f) for f in SPEC_FORMS])
 
 
 @models.command("layers")
@@ -51,9 +40,5 @@ def layers(spec: str, weights: str | None, as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return
-    table = Table(title=f"layers of {spec}")
-    for col in ("name", "type", "output shape"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["name"], r["type"], r["shape"])
-    console().print(table)
+    print_table(f"layers of {spec}", ["name", "type", "output shape"],
+                [[r["name"], r["type"], r["shape"]] for r in rows])

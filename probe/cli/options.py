@@ -140,10 +140,11 @@ def decode_options(samples: int = 4, trajectory: bool = False, out_help: str = "
         click.option("--prior", default=DEFAULT_PRIOR, show_default=True,
                      help="Diffusion prior: bundled:NAME, a local diffusers folder (DDPM or Stable Diffusion), "
                           "or a Hugging Face hub id."),
-        click.option("-n", "--samples", default=samples, show_default=True,
+        click.option("-n", "--samples", type=click.IntRange(min=1), default=samples, show_default=True,
                      help="Decoded images per target; sample s uses seed SEED+s for every target."),
         click.option("--seed", default=0, show_default=True, help="Base seed of the samples."),
-        click.option("--batch-size", default=8, show_default=True, help="Chains decoded together."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+                     help="Chains decoded together."),
         click.option("--schedule", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
                      help=f"Guidance preset. {SCHEDULE_HELP}."),
         click.option("--steps", type=int, help="Override: reverse timesteps (strided over 1000; 0 = all)."),

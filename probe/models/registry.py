@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from probe.errors import UsageError
+from probe.errors import InputError, ProbeError, UsageError
 from probe.models.encoder import Encoder, EncoderParts
 
 FAMILIES = ("bundled", "timm", "open_clip", "torchvision", "torchscript")
@@ -53,7 +53,35 @@ def parse_spec(spec: str) -> Spec:
 RANDOM_SEED = 0  # --weights random: the same random network in every process, so a rerun resumes correctly
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """A usable torch device, or a UsageError naming the bad ``--device`` (before any model is loaded)."""
+    if device is None:
+        return default_device()
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f"--device {device!r}: not a device; use cpu, cuda, cuda:N or mps") from None
+    if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
+        raise UsageError(f"--device {device}: no such CUDA device here (use cpu)")
+    if d.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UsageError(f"--device {device}: MPS is not available here (use cpu)")
+    if d.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {device}: unsupported device type {d.type!r}; use cpu, cuda, cuda:N or mps")
+    return d
+
+
 def load_parts(spec: str, weights: str | None = None) -> EncoderParts:
+    try:
+        return _load_parts_seeded(spec, weights)
+    except ProbeError:
+        raise
+    except OSError as exc:  # hub weights not downloadable (offline), missing cache, unreadable file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(f"{spec}: cannot load the model's weights ({first}); offline? pass --weights PATH "
+                         "for a local checkpoint") from exc
+
+
+def _load_parts_seeded(spec: str, weights: str | None = None) -> EncoderParts:
     if weights == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)
@@ -94,9 +122,10 @@ def load_encoder(spec: str, layers: Sequence[str] | None = None, weights: str | 
                  device: str | torch.device | None = None, keep_spatial: bool = False,
                  token_pool: str = "cls") -> Encoder:
     """Build an Encoder for ``spec`` reading ``layers`` (default: the final embedding)."""
+    target = resolve_device(device)
     parts = load_parts(spec, weights)
     enc = Encoder(spec, parts, layers=layers, keep_spatial=keep_spatial, token_pool=token_pool, weights=weights)
-    return enc.to(device or default_device())
+    return enc.to(target)
 
 
 def list_layers(spec: str, weights: str | None = None) -> list[dict]:
