@@ -191,6 +191,9 @@ CASES = [
     ("map-too-few-rows", ["map", "{store}", "--method", "umap", "-o", "{root}/w4"], 2, "needs at least"),
     ("map-grid-garbage", ["map", "{store}", "--method", "pca", "--grid", "axb", "-o", "{root}/w5"], 2, "--grid"),
     ("map-store-without-paths", ["map", "{no_paths}", "--method", "pca", "-o", "{root}/w6"], 3, "no paths dataset"),
+    # ---- merge
+    ("merge-no-shards", ["merge", "{root}/nothing.h5"], 2, "no shards to merge"),
+    ("merge-junk-dir", ["merge", "{a_file}"], 2, ""),
     # ---- compare
     ("compare-missing", ["compare", "{root}/nope"], 3, "does not exist"),
     ("compare-file", ["compare", "{a_file}"], 3, "not a folder"),
