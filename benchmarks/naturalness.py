@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import linalg
-from torch import nn
+
+from probe.models.nets import FashionMLP
 
 JUDGE_DIR = Path(__file__).resolve().parent / "judges"
 HOG_PARAMS = {"orientations": 9, "pixels_per_cell": (4, 4), "cells_per_block": (2, 2), "block_norm": "L2-Hys"}
@@ -79,20 +80,11 @@ def _to01(x: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------- judges
 
-class JudgeMLP(nn.Module):
-    """The neural judge: a plain MLP on the 32×32 pixels, with a 64-d bottleneck used as FD space."""
-
-    def __init__(self, hidden: tuple[int, ...] = (512, 256), embed_dim: int = 64, num_classes: int = 10,
-                 dropout: float = 0.3):
-        super().__init__()
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = 32 * 32
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
-            width = h
-        layers += [nn.Linear(width, embed_dim), nn.ReLU()]
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(embed_dim, num_classes)
+class JudgeMLP(FashionMLP):
+    """The neural judge: ``probe.models.nets.FashionMLP`` (a plain MLP on the 32×32 pixels with a 64-d
+    bottleneck, the FD space) taking images in [0, 1] and normalising them itself (mean 0.5, std 0.5).
+    The same weights ship as ``bundled:fashion-mlp``, the independent classifier of ``probe compare``;
+    probe never guides with it."""
 
     @staticmethod
     def prepare(x01: torch.Tensor) -> torch.Tensor:

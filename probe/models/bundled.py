@@ -82,43 +82,34 @@ def bundled_entry(name: str, kind: str | None = None) -> BundledModel:
     return entry
 
 
-def load_fashion_cnn(entry: BundledModel) -> EncoderParts:
+def _load_fashion_net(entry: BundledModel, net: str) -> EncoderParts:
+    """A small Fashion-MNIST classifier of ``probe.models.nets`` from its folder (config.json + safetensors,
+    loaded as float32 whatever the stored dtype); damaged files name the recipe that rebuilds them."""
     from safetensors.torch import load_file
 
-    from probe.models.nets import FashionCNN
+    from probe.models import nets
 
     root = entry.require()
     try:
         cfg = json.loads((root / "config.json").read_text())
-        model = FashionCNN(**cfg["kwargs"])
-        model.load_state_dict(load_file(str(root / "model.safetensors")))
+        model = getattr(nets, net)(**cfg["kwargs"])
+        model.load_state_dict({k: v.float() for k, v in load_file(str(root / "model.safetensors")).items()})
     except Exception as exc:  # noqa: BLE001 - any failure here means the files are damaged
-        raise InputError(f"{root}: bundled:fashion-cnn weights are unreadable ({type(exc).__name__}); "
+        raise InputError(f"{root}: bundled:{entry.name} weights are unreadable ({type(exc).__name__}); "
                          f"rebuild them with '{entry.recipe}'") from exc
     pre = Preprocess(size=cfg["input_size"], mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
                      crop_pct=1.0, interpolation=cfg["interpolation"], in_chans=cfg["in_chans"])
     return EncoderParts(model=model, preprocess=pre, embed=lambda m, x: m.forward_features(x),
                         head=lambda m, x: m(x), class_names=cfg["class_names"])
+
+
+def load_fashion_cnn(entry: BundledModel) -> EncoderParts:
+    return _load_fashion_net(entry, "FashionCNN")
 
 
 def load_fashion_mlp(entry: BundledModel) -> EncoderParts:
     """The MLP judge (float16 on disk, float32 in memory); same preprocessing as fashion-cnn."""
-    from safetensors.torch import load_file
-
-    from probe.models.nets import FashionMLP
-
-    root = entry.require()
-    try:
-        cfg = json.loads((root / "config.json").read_text())
-        model = FashionMLP(**cfg["kwargs"])
-        model.load_state_dict({k: v.float() for k, v in load_file(str(root / "model.safetensors")).items()})
-    except Exception as exc:  # noqa: BLE001 - any failure here means the files are damaged
-        raise InputError(f"{root}: bundled:fashion-mlp weights are unreadable ({type(exc).__name__}); "
-                         f"rebuild them with '{entry.recipe}'") from exc
-    pre = Preprocess(size=cfg["input_size"], mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                     crop_pct=1.0, interpolation=cfg["interpolation"], in_chans=cfg["in_chans"])
-    return EncoderParts(model=model, preprocess=pre, embed=lambda m, x: m.forward_features(x),
-                        head=lambda m, x: m(x), class_names=cfg["class_names"])
+    return _load_fashion_net(entry, "FashionMLP")
 
 
 def load_efficientnet_lite0(entry: BundledModel) -> EncoderParts:
