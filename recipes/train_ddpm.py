@@ -39,10 +39,11 @@ DATASETS = {
 }
 
 
-def build_unet(channels: int) -> UNet2DModel:
+def build_unet(channels: int, widths: tuple[int, ...] = (32, 64, 128), layers: int = 1) -> UNet2DModel:
+    """The bundled priors' UNet; ``widths``/``layers`` scale it (the defaults are the shipped 2.7M model)."""
     return UNet2DModel(
         sample_size=32, in_channels=channels, out_channels=channels, norm_num_groups=8,
-        block_out_channels=(32, 64, 128), layers_per_block=1,
+        block_out_channels=widths, layers_per_block=layers,
         down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
     )
@@ -87,6 +88,15 @@ def hardware(args: argparse.Namespace, device: torch.device, threads: int) -> st
     return f"CPU, {threads} torch thread(s), bf16 autocast={args.bf16}"
 
 
+def init_record(args: argparse.Namespace) -> dict:
+    """Where a run started, for the model card: the steps of the prior it was initialised from count too."""
+    if args.init_from is None:
+        return {}
+    info = args.init_from / "training.json"
+    steps = json.loads(info.read_text()).get("steps") if info.exists() else None
+    return {"init_from": str(args.init_from), "init_steps": steps}
+
+
 def export(ema: UNet2DModel, name: str, step: int, wall: float, args: argparse.Namespace, where: str,
            command: str) -> Path:
     out = args.out or BUNDLED / name
@@ -98,7 +108,7 @@ def export(ema: UNet2DModel, name: str, step: int, wall: float, args: argparse.N
     (out / "training.json").write_text(json.dumps(
         {"dataset": args.dataset, "steps": step, "batch_size": args.batch_size, "lr": args.lr,
          "ema_decay": args.ema, "seed": args.seed, "wall_seconds": round(wall),
-         "params": sum(p.numel() for p in ema.parameters()),
+         "params": sum(p.numel() for p in ema.parameters()), **init_record(args),
          "hardware": where, "command": command}, indent=2) + "\n")
     print(f"exported EMA weights at step {step} to {out}")
     return out
@@ -120,6 +130,13 @@ def main() -> None:
     ap.add_argument("--ckpt-every", type=int, default=200)
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                     help="bf16 autocast (about 1.4x faster on CPUs with avx512_bf16)")
+    ap.add_argument("--widths", default="32,64,128", help="UNet channel widths per resolution [32,64,128]")
+    ap.add_argument("--layers", type=int, default=1, help="ResNet layers per UNet block [1]")
+    ap.add_argument("--name", default=None,
+                    help="checkpoint folder name under ~/.cache/probe/train/ [the dataset's bundled name]")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="start a new run from an exported prior folder (its unet/), e.g. probe/bundled/fashion-ddpm,"
+                         " instead of random init; ignored when a checkpoint exists (that run resumes)")
     ap.add_argument("--export", action="store_true", help="only write the current EMA weights to probe/bundled")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -128,11 +145,17 @@ def main() -> None:
 
     device = torch.device(args.device)
     spec = DATASETS[args.dataset]
-    workdir = CACHE_DIR / "train" / spec["name"]
+    name = args.name or spec["name"]
+    workdir = CACHE_DIR / "train" / name
     workdir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    model = build_unet(spec["channels"]).to(device)
+    if args.init_from is not None and not (workdir / "ckpt.pt").exists():
+        model = UNet2DModel.from_pretrained(args.init_from / "unet").to(device)
+        print(f"initialised from {args.init_from}")
+    else:
+        widths = tuple(int(w) for w in args.widths.split(","))
+        model = build_unet(spec["channels"], widths, args.layers).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, fused=device.type == "cuda")
     sched = build_scheduler()
@@ -151,7 +174,7 @@ def main() -> None:
         trained_on, trained_by = state.get("hardware"), state.get("command")
         print(f"resumed {spec['name']} at step {step} ({wall / 3600:.2f} h trained)")
     if args.export:  # record the hardware training ran on (from the checkpoint), not this process's
-        export(ema, spec["name"], step, wall, args,
+        export(ema, name, step, wall, args,
                trained_on or hardware(args, device, trained_threads or torch.get_num_threads()),
                trained_by or command)
         return
@@ -199,9 +222,9 @@ def main() -> None:
             save_atomic({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                          "gen": gen.get_state(), "step": step, "wall": wall,
                          "threads": torch.get_num_threads(), "hardware": where, "command": command}, ckpt)
-            recent = np.loadtxt(workdir / "log.csv", delimiter=",")[-args.ckpt_every:, 1].mean()
+            recent = np.loadtxt(workdir / "log.csv", delimiter=",", ndmin=2)[-args.ckpt_every:, 1].mean()
             print(f"step {step} loss {recent:.4f} wall {wall / 3600:.2f} h", flush=True)
-    export(ema, spec["name"], step, wall, args, where, command)
+    export(ema, name, step, wall, args, where, command)
 
 
 if __name__ == "__main__":
