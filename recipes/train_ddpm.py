@@ -172,7 +172,7 @@ def main() -> None:
         step, wall = state["step"], state["wall"]
         trained_threads = state.get("threads")
         trained_on, trained_by = state.get("hardware"), state.get("command")
-        print(f"resumed {spec['name']} at step {step} ({wall / 3600:.2f} h trained)")
+        print(f"resumed {name} at step {step} ({wall / 3600:.2f} h trained)")
     if args.export:  # record the hardware training ran on (from the checkpoint), not this process's
         export(ema, name, step, wall, args,
                trained_on or hardware(args, device, trained_threads or torch.get_num_threads()),
