@@ -25,6 +25,7 @@ _EXPORTS = {
     "interpolate": ("probe.workflows.interpolate", "run"),
     "perturb": ("probe.workflows.perturb", "run"),
     "map": ("probe.workflows.map", "run"),
+    "merge": ("probe.workflows.merge", "run"),
     # probe.compare is also the scoring module; the module is callable and forwards to workflows.compare.run
     "compare": ("probe.compare", ""),
     "resolve_targets": ("probe.targets", "resolve_targets"),
@@ -35,6 +36,9 @@ _EXPORTS = {
     "PerturbResult": ("probe.workflows.perturb", "PerturbResult"),
     "MapResult": ("probe.workflows.map", "MapResult"),
     "ExtractResult": ("probe.workflows.extract", "ExtractResult"),
+    "ExtractPlan": ("probe.workflows.extract", "ExtractPlan"),
+    "MergeResult": ("probe.workflows.merge", "MergeResult"),
+    "Shard": ("probe.distributed", "Shard"),
     "CompareResult": ("probe.compare", "CompareResult"),
     "Encoder": ("probe.models.encoder", "Encoder"),
     "Preprocess": ("probe.models.encoder", "Preprocess"),

@@ -72,7 +72,8 @@ class Runtime:
 
     shard: Shard
     local_rank: int = 0
-    group: bool = False  # torch.distributed initialised by us
+    group: bool = False  # under torchrun: the ranks wait for each other through torch.distributed
+    owned: bool = False  # the process group was made by runtime(), so close() ends it (not a caller's own)
 
     @property
     def is_main(self) -> bool:
@@ -103,12 +104,13 @@ class Runtime:
         return bool(flag.item())
 
     def close(self) -> None:
-        if self.group:
+        """End the process group if runtime() made it; a script's own group outlives the workflow."""
+        if self.group and self.owned:
             import torch.distributed as dist
 
             if dist.is_initialized():
                 dist.destroy_process_group()
-            self.group = False
+        self.group = False
 
 
 def torchrun_world() -> tuple[int, int, int] | None:
@@ -119,11 +121,13 @@ def torchrun_world() -> tuple[int, int, int] | None:
     return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def runtime(shard: str | None = None, device: str | None = None) -> Runtime:
-    """This process's Runtime: torchrun's rank, or ``--shard i/N``, or the whole job."""
+def runtime(shard: Shard | str | None = None, device: str | None = None) -> Runtime:
+    """This process's Runtime: torchrun's rank, or ``shard`` (a Shard or ``"i/N"``), or the whole job."""
+    if isinstance(shard, str):
+        shard = Shard.parse(shard) if shard else None
     launched = torchrun_world()
     if launched is None:
-        return Runtime(Shard.parse(shard) if shard else Shard())
+        return Runtime(shard or Shard())
     if shard:
         raise UsageError("--shard splits a run without torchrun; under torchrun the ranks are the shards")
     rank, world, local = launched
@@ -133,9 +137,10 @@ def runtime(shard: str | None = None, device: str | None = None) -> Runtime:
     use_nccl = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
     if use_nccl:
         torch.cuda.set_device(local % torch.cuda.device_count())
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         dist.init_process_group("nccl" if use_nccl else "gloo", timeout=WAIT)
-    return Runtime(Shard(rank, world), local_rank=local, group=True)
+    return Runtime(Shard(rank, world), local_rank=local, group=True, owned=owned)
 
 
 def take(items: Sequence, shard: Shard, batch_size: int) -> list:

@@ -16,7 +16,7 @@ import torch
 from tiny_diffusion import TinyConvNet, tiny_pixel_prior
 
 import probe
-from probe.errors import UsageError
+from probe.errors import InputError, UsageError
 from probe.store import FeatureStore, group_key
 
 torch.set_num_threads(1)
@@ -158,3 +158,19 @@ def test_extract_hands_back_features(enc, store, tmp_path):
     assert kept.store == tmp_path / "x.h5" and kept.features == {}
     with FeatureStore(tmp_path / "x.h5") as st:
         assert len(st.group()) == 3
+
+
+def test_extract_failures_come_back_typed(enc, tmp_path):
+    from probe.workflows.extract import NothingExtracted
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(NothingExtracted, match="nothing extracted: all 1 inputs failed") as err:
+        probe.extract(enc, [bad], workers=0)
+    assert err.value.exit_code == 3 and [p for p, _ in err.value.result.summaries[0].failed] == [str(bad)]
+    latin1 = tmp_path / "prompts.txt"
+    latin1.write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(InputError, match="not a UTF-8 text file of prompts"):
+        probe.extract(enc, text_file=latin1)
+    with pytest.raises(UsageError, match="give images"):
+        probe.extract(enc, texts=["  "])

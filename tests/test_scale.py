@@ -22,6 +22,7 @@ import pytest
 import torch
 from tiny_diffusion import save_pixel_prior, tiny_encoder, tiny_pixel_prior
 
+import probe
 from probe import decoding
 from probe.decoding import DecodeSettings, decode_targets
 from probe.diffusion.schedules import GuidanceConfig
@@ -36,6 +37,7 @@ torch.set_num_threads(1)  # CPU results depend on the thread count; torchrun's r
 
 CFG = GuidanceConfig(name="test", steps=3, rounds=1, early_steps=0, update="ddim")
 TIMING = {"seconds", "batch_seconds"}
+GROUP = "timm_test_resnet/embedding"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -245,6 +247,47 @@ def test_webdataset_and_parquet_inputs_extract_like_files(run_cli, tmp_path, sma
     (tmp_path / "bad.tar.gz").write_bytes(b"x")
     r = run_cli("extract", tmp_path / "bad.tar.gz", *args, "-o", tmp_path / "x.h5")
     assert r.exit_code == 2 and "bad.tar.gz: compressed tar" in r.stderr
+
+
+# -- the same through the Python API ----------------------------------------------------------------------
+def test_api_extract_shards_merge_to_the_single_process_store(tmp_path, small_images, tiny_ckpt):
+    enc = probe.EncoderOptions(spec="timm:test_resnet", weights=str(tiny_ckpt), device="cpu")
+    kw = {"batch_size": 2, "workers": 0}
+    one = probe.extract(enc, small_images[:5], out=tmp_path / "one.h5", **kw)
+    assert one.plan.shard.single and one.summaries[0].stored == 5 and not one.awaits_merge
+    parts = [probe.extract(enc, small_images[:5], out=tmp_path / "two.h5", shard=s, **kw)
+             for s in ("1/2", probe.Shard(0, 2))]
+    assert [p.plan.images for p in parts] == [2, 3]  # batches [0 1] [2 3] [4]: shard 0 owns the first and last
+    assert all(p.awaits_merge and p.plan.shard_store.is_file() for p in parts)
+    assert [p.summaries[0].stored for p in parts] == [2, 3] and not (tmp_path / "two.h5").exists()
+    merged = probe.merge(tmp_path / "two.h5")
+    assert merged.store.added == {GROUP: 5} and not (tmp_path / "two.h5.shards").exists()
+    assert _store_rows(tmp_path / "two.h5") == _store_rows(tmp_path / "one.h5")
+    with pytest.raises(UsageError, match="give out=STORE"):
+        probe.extract(enc, small_images[:2], shard="0/2")
+    with pytest.raises(UsageError, match="delete STORE and STORE.shards/"):
+        probe.extract(enc, small_images[:2], out=tmp_path / "x.h5", shard="0/2", overwrite=True)
+    with pytest.raises(UsageError, match="expected i/N"):
+        probe.extract(enc, small_images[:2], out=tmp_path / "x.h5", shard="half")
+
+
+def test_api_extract_reads_tar_and_parquet_like_files(tmp_path, small_images, tiny_ckpt):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    enc = probe.load_encoder("timm:test_resnet", weights=str(tiny_ckpt), device="cpu")
+    images = small_images[:5]
+    _webdataset(tmp_path / "wds", images, per_shard=2)
+    pq.write_table(pa.table({"key": [f"k{i}" for i in range(5)], "pixels": [p.read_bytes() for p in images]}),
+                   tmp_path / "part.parquet", row_group_size=2)
+    files = probe.extract(enc, images, workers=0)
+    tars = probe.extract(enc, str(tmp_path / "wds" / "{00000..00002}.tar"), workers=0)
+    table = probe.extract(enc, [tmp_path / "part.parquet"], image_column="pixels", workers=0)
+    for res in (tars, table):  # the rows come back in input order, read by their container keys
+        np.testing.assert_array_equal(res.features["embedding"], files.features["embedding"])
+    assert [p.key for p in table.paths] == [f"{tmp_path}/part.parquet::k{i}" for i in range(5)]
+    with pytest.raises(UsageError, match="no image column"):
+        probe.extract(enc, [tmp_path / "part.parquet"])
 
 
 # -- torchrun -------------------------------------------------------------------------------------------

@@ -170,11 +170,6 @@ def compare(
         return
     if input_path is None:
         raise UsageError("give INPUT: a decode output directory or a folder of image sub-folders")
-    from probe.outputs import check_writable_file
-
-    for option, p in (("--csv", csv_path), ("--targets-csv", targets_csv), ("--chart", chart_path),
-                      ("--html", html_path)):
-        check_writable_file(p, option)
     with LateProgress("measuring") as bar:
         done = [0]
 

@@ -1,24 +1,20 @@
-"""``probe extract``: images (or CLIP text prompts) -> features in an HDF5 store. The single-process run is
-probe.workflows.extract (``probe.extract``); the --shard and torchrun paths (split, lock, merge) live here."""
+"""``probe extract``: images (or CLIP text prompts) -> features in an HDF5 store.
+
+Thin layer: parse options, run probe.workflows.extract (``probe.extract``: inputs, shards, torchrun and the
+merge all live there), show progress and the summary (rich on stderr) or the summary as JSON on stdout.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
 import click
-import torch
 
-from probe.cli.console import console, emit_json, progress, say, warn
+from probe.cli.console import LateProgress, console, emit_json, say, warn
 from probe.cli.options import encoder_options
-from probe.distributed import Runtime, runtime, take
-from probe.errors import InputError, UsageError
-from probe.extraction import ExtractConfig, ExtractSummary, extract_images, extract_text
 from probe.images import DEFAULT_MAX_PIXELS
-from probe.merging import merge_stores, store_shard_dir, store_shard_path
-from probe.sources import collect_sources
-from probe.workflows.options import EncoderOptions
+from probe.workflows import extract as workflow
 
 
 @click.command()
@@ -48,101 +44,46 @@ def extract(inputs, store, list_file, texts, text_file, batch_size, workers, hal
 
     A rerun skips images already stored (by content hash), so an interrupted run resumes.
     """
-    from probe.outputs import check_writable_file
+    bar = LateProgress("extract")
 
-    check_writable_file(store, "-o")
-    file_prompts: list[str] = []
-    if text_file:
-        try:
-            file_prompts = Path(text_file).read_bytes().decode("utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{text_file}: not a UTF-8 text file of prompts (byte {exc.start})") from None
-    prompts = list(texts) + file_prompts
-    prompts = [p.strip() for p in prompts if p.strip()]
-    if not inputs and not list_file and not prompts:
-        raise UsageError("give images (files, folders, globs), --list FILE, or --text PROMPT")
-    paths = collect_sources(inputs, list_file, image_column) if (inputs or list_file) else []
-    if (inputs or list_file) and not paths:
-        raise InputError("no image files found in " + ", ".join(inputs or [list_file]))
-    if workers is None:
-        workers = min(4, max(0, (torch.get_num_threads() or 1) - 1))
-    rt = runtime(shard, encoder.device)
+    def start(plan: workflow.ExtractPlan) -> None:
+        if not plan.speaks:
+            click.get_current_context().find_root().obj["quiet"] = True  # rank 0 speaks for the run
+        part = f" (shard {plan.shard}: {plan.shard_store})" if plan.shard_store else ""
+        say(f"{plan.encoder.spec} layers {', '.join(plan.encoder.layers)} on {plan.encoder.device}; "
+            f"{plan.images} images, {plan.prompts} prompts -> {plan.store}{part}")
+        if plan.images:
+            bar.start(plan.images)
+
     try:
-        config = ExtractConfig(batch_size=batch_size, workers=workers, dtype="float16" if half else "float32",
-                               overwrite=overwrite, labels=labels, max_pixels=max_pixels or None)
-        results = _extract_shard(rt, paths, prompts, store, config, encoder)
-    finally:
-        rt.close()
-    if results is None:
-        return
-    report = [s.to_dict() for s in results]
-    if as_json:
-        emit_json(report if len(report) > 1 else report[0])
-    for s in results:
-        say(f"stored {s.stored}, skipped {s.skipped} already stored, failed {len(s.failed)} "
-            f"({s.images_per_second:.1f}/s) in {', '.join(s.groups)}")
-    if any(s.interrupted for s in results):
+        with bar:
+            result = workflow.run(encoder, inputs, out=store, list_file=list_file, texts=texts, text_file=text_file,
+                                  batch_size=batch_size, workers=workers, dtype="float16" if half else "float32",
+                                  labels=labels, overwrite=overwrite, max_pixels=max_pixels,
+                                  image_column=image_column, shard=shard, on_start=start,
+                                  on_batch=lambda done, _total: bar.update(done), on_warning=warn)
+    except workflow.NothingExtracted as err:  # the summary says which inputs failed and why, then the error
+        show(err.result, as_json)
+        raise
+    show(result, as_json)
+    if result.interrupted:
         console().print("interrupted: every finished batch is kept; rerun the same command to resume")
         sys.exit(130)
-    if not any(s.stored or s.skipped for s in results):
-        raise InputError(f"nothing extracted: all {len(paths)} inputs failed")
 
 
-def _extract_shard(rt: Runtime, paths, prompts, store: Path, config: ExtractConfig,
-                   options: EncoderOptions) -> list | None:
-    """This process's part: the whole job, one --shard, or one torchrun rank (rank 0 merges at the end)."""
-    if rt.group and not rt.is_main:
-        click.get_current_context().find_root().obj["quiet"] = True  # rank 0 speaks for the run
-    encoder = dataclasses.replace(options, device=rt.device(options.device)).load()
-    batch_size, overwrite = config.batch_size, config.overwrite
-    target = store if rt.shard.single else store_shard_path(store, rt.shard)
-    part = "" if rt.shard.single else f" (shard {rt.shard}: {target})"
-    n_mine = len(take(paths, rt.shard, batch_size))
-    say(f"{encoder.spec} layers {', '.join(encoder.layers)} on {encoder.device}; "
-        f"{n_mine} images, {len(prompts) if rt.is_main else 0} prompts -> {store}{part}")
-    if overwrite and not rt.shard.single:
-        raise UsageError("--overwrite replaces groups of one store; with shards, delete STORE and STORE.shards/ "
-                         "instead")
-    results = []
-    ok = False
-    try:
-        if paths:
-            with progress("extract", n_mine) as update:
-                results.append(extract_images(encoder, paths, target, config, on_batch=lambda d, t: update(d),
-                                              on_warning=warn, shard=rt.shard,
-                                              skip_stores=[] if rt.shard.single else [store]))
-        if prompts and rt.shard.single:
-            results.append(extract_text(encoder, prompts, target, config))
-        ok = not any(s.interrupted for s in results)
-    finally:
-        all_ok = rt.all_ok(ok) if not rt.shard.single else ok
-    if not rt.shard.single:
-        if any(s.interrupted for s in results):
-            return results  # exit 130: rerun the same command to resume
-        if not rt.group:
-            say(f"shard {rt.shard} done in {target}; run 'probe merge {store}' once all {rt.shard.count} "
-                "shards are done" + (" (then extract the --text prompts)" if prompts else ""))
-            return results if n_mine else None
-        if not all_ok:
-            raise InputError(f"{store}: a rank was interrupted or failed; finished batches are kept in "
-                             f"{store_shard_dir(store)}; rerun the same command to resume")
-        if not rt.is_main:
-            return None
-        merged = merge_stores(store)
-        say(f"merged {len(merged.shards)} shards into {store}: " + ", ".join(
-            f"{n} +{k}" for n, k in merged.added.items()))
-        if prompts:
-            results.append(extract_text(encoder, prompts, store, config))
-        return [_total(results, rt.shard, merged)] + [s for s in results if s.groups and "text" in s.groups[0]]
-    return results
-
-
-def _total(results, shard, merged) -> ExtractSummary:
-    """Rank 0's report after a merge: rows added by the merge, this rank's failures and time."""
-    image = [s for s in results if s.groups and not s.groups[0].endswith("/text")]
-    out = ExtractSummary(groups=list(merged.added))
-    out.stored = max(merged.added.values(), default=0)
-    out.skipped = sum(s.skipped for s in image) + merged.duplicates
-    out.failed = [f for s in image for f in s.failed]
-    out.seconds = sum(s.seconds for s in image)
-    return out
+def show(result: workflow.ExtractResult, as_json: bool) -> None:
+    """The merge (torchrun rank 0), what a --shard part leaves to do, then the summary: JSON and one line each."""
+    if result.merged:
+        say(f"merged {len(result.merged.shards)} shards into {result.store}: " + ", ".join(
+            f"{n} +{k}" for n, k in result.merged.added.items()))
+    if result.awaits_merge:
+        plan = result.plan
+        say(f"shard {plan.shard} done in {plan.shard_store}; run 'probe merge {plan.store}' once all "
+            f"{plan.shard.count} shards are done" + (" (then extract the --text prompts)" if result.prompts else ""))
+    if not result.has_report:
+        return
+    if as_json:
+        emit_json(result.to_dict())
+    for s in result.summaries:
+        say(f"stored {s.stored}, skipped {s.skipped} already stored, failed {len(s.failed)} "
+            f"({s.images_per_second:.1f}/s) in {', '.join(s.groups)}")

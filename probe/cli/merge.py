@@ -1,4 +1,7 @@
-"""``probe merge``: join the shards of a split extract or decode (``--shard i/N`` runs, killed torchrun runs)."""
+"""``probe merge``: join the shards of a split extract or decode (``--shard i/N`` runs, killed torchrun runs).
+
+Thin layer over probe.workflows.merge (``probe.merge``): what to merge and how is decided there.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,7 @@ from pathlib import Path
 import click
 
 from probe.cli.console import emit_json, say, warn
-from probe.errors import UsageError
-from probe.merging import decode_shard_root, merge_decodes, merge_stores, store_shard_dir
+from probe.workflows import merge as workflow
 
 
 @click.command()
@@ -21,18 +23,12 @@ def merge(target: Path, keep: bool, as_json: bool) -> None:
     Rows and records come out in the single-process order, each image (content hash) or (target, sample)
     once; rerunning a merge that was killed finishes it.
     """
-    if store_shard_dir(target).is_dir() and not target.is_dir():
-        summary = merge_stores(target, keep=keep)
-        report = summary.to_dict()
-        say(f"merged {len(summary.shards)} shards into {target}: "
-            + ", ".join(f"{n} +{k} rows" for n, k in summary.added.items())
-            + (f"; {summary.duplicates} duplicate images skipped" if summary.duplicates else ""))
-    elif decode_shard_root(target).is_dir():
-        records = merge_decodes(target, keep=keep, on_warning=warn)
-        report = {"target": str(target), "records": len(records)}
-        say(f"merged decode shards into {target}: {len(records)} samples in manifest.jsonl")
+    result = workflow.run(target, keep=keep, on_warning=warn)
+    if result.store is not None:
+        s = result.store
+        say(f"merged {len(s.shards)} shards into {target}: " + ", ".join(f"{n} +{k} rows" for n, k in s.added.items())
+            + (f"; {s.duplicates} duplicate images skipped" if s.duplicates else ""))
     else:
-        raise UsageError(f"{target}: no shards to merge (no {store_shard_dir(target).name}/ beside a store, "
-                         f"no shards/ in a decode folder)")
+        say(f"merged decode shards into {target}: {len(result.records or [])} samples in manifest.jsonl")
     if as_json:
-        emit_json(report)
+        emit_json(result.to_dict())

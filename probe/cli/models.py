@@ -18,9 +18,7 @@ def models() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def list_(as_json: bool) -> None:
     """Bundled models with provenance, and the spec forms that name any other network."""
-    rows = [{"spec": f"bundled:{m.name}", "kind": m.kind, "description": m.description, "data": m.data,
-             "recipe": m.recipe, "licence": m.licence, "size_mb": round(m.size_bytes() / 1e6, 2),
-             "installed": m.path.exists()} for m in BUNDLED.values()]
+    rows = [m.describe() for m in BUNDLED.values()]
     if as_json:
         emit_json({"bundled": rows, "spec_forms": [{"form": f, "meaning": d} for f, d in SPEC_FORMS]})
         return

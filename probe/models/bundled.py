@@ -33,6 +33,12 @@ class BundledModel:
             return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
         return self.path.stat().st_size if self.path.exists() else 0
 
+    def describe(self) -> dict:
+        """Its spec, provenance, size and whether its weights are installed (``probe models list``)."""
+        return {"spec": f"bundled:{self.name}", "kind": self.kind, "description": self.description,
+                "data": self.data, "recipe": self.recipe, "licence": self.licence,
+                "size_mb": round(self.size_bytes() / 1e6, 2), "installed": self.path.exists()}
+
     def require(self) -> Path:
         if not self.path.exists():
             raise InputError(f"{self.path}: weights of bundled:{self.name} are missing; rebuild them with "

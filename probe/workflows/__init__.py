@@ -1,6 +1,7 @@
 """One module per workflow, each with a ``run(...)`` that returns a typed result.
 
-``decode``, ``interpolate``, ``perturb``, ``map``, ``compare`` and ``extract`` are what ``probe.decode`` …
-``probe.extract`` are, and what the CLI commands call: the CLI parses options and prints, nothing more.
-``options`` holds the frozen option sets they share, ``common`` the loaders and target conversion.
+``decode``, ``interpolate``, ``perturb``, ``map``, ``compare``, ``extract`` and ``merge`` are what
+``probe.decode`` … ``probe.merge`` are, and what the CLI commands call: the CLI parses options and prints,
+nothing more. ``options`` holds the frozen option sets they share, ``common`` the loaders and target
+conversion, ``extract_shards`` the part of a split extract one process does.
 """

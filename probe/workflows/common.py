@@ -126,10 +126,11 @@ def _array_targets(encoder: Encoder, arr: np.ndarray | torch.Tensor, dim: int, n
 
 
 @contextmanager
-def output_dir(out: str | Path | None) -> Iterator[Path]:
-    """``out`` as a Path, or a temporary folder removed afterwards (the result keeps tensors, not files)."""
+def output_dir(out: str | Path | None, name: str = "out") -> Iterator[Path]:
+    """``out`` as a Path, or ``name`` (a folder or a file) inside a temporary folder removed afterwards (the
+    result keeps tensors, not files)."""
     if out is not None:
         yield Path(out)
         return
     with tempfile.TemporaryDirectory(prefix="probe-") as tmp:
-        yield Path(tmp) / "out"
+        yield Path(tmp) / name

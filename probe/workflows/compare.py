@@ -67,8 +67,13 @@ def run(input: Any, *, reference: str | Path | None = None, attributes: Sequence
     per group. ``attributes`` names pixel measurements (default: all registered); ``classifiers``,
     ``clip`` + ``prompts`` and ``cross_models`` add model-based ones. ``csv``, ``targets_csv``, ``chart`` and
     ``html`` write the reports ``probe compare`` writes. ``on_start(n_images)`` then ``progress(n)`` report
-    the measuring.
+    the measuring. The report files are checked first, so a path that cannot be written fails before the
+    (slow) measuring.
     """
+    from probe.outputs import check_writable_file
+
+    for option, path in (("--csv", csv), ("--targets-csv", targets_csv), ("--chart", chart), ("--html", html)):
+        check_writable_file(path, option)
     folder = getattr(input, "out", input)
     if folder is None:
         raise UsageError("compare reads a decode output folder: decode with out=FOLDER first")
