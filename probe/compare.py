@@ -218,9 +218,9 @@ def load_decode_dir(
         by_target.setdefault(tid, {})[rec.sample] = path  # a resumed run may repeat: last wins
         flags.setdefault(tid, {})[rec.sample] = _flag(rec.off_manifold)
         if rec.encoder:
-            weights = rec.extra.get("encoder_weights")
+            weights = rec.encoder_weights
             encoders[(str(rec.encoder), None if weights is None else str(weights),
-                      str(rec.extra.get("encoder_weights_sha256") or ""))] = None
+                      str(rec.encoder_weights_sha256 or ""))] = None
         if tid not in meta:
             walk = {"path_position": rec.path_position, "direction": rec.direction, "scale": rec.scale}
             meta[tid] = {
@@ -229,7 +229,7 @@ def load_decode_dir(
                 **{k: v for k, v in walk.items() if v is not None},
             }
             # the target's picture, embedded in the HTML report only from inside the run folder
-            timg = rec.extra.get("target_image")
+            timg = rec.target_image
             if isinstance(timg, str) and timg and _inside(out / timg, out) and (out / timg).is_file():
                 meta[tid]["target_image"] = str(out / timg)
     if not by_target:

@@ -39,7 +39,7 @@ from probe.distributed import Shard
 from probe.errors import UsageError
 from probe.images import save_png, sha256_file, to_uint8
 from probe.locking import ProbeLock
-from probe.manifest import SampleRecord, write_metadata
+from probe.manifest import MANIFEST, Manifest, SampleRecord, by_cell, write_metadata
 from probe.models.encoder import Encoder
 from probe.naturalness import OFF_MANIFOLD, denoising_error, off_manifold, realism_scores
 from probe.targets import Target, encode_images01
@@ -240,7 +240,7 @@ def save_target_images(out: Path, targets: Sequence[Target]) -> list[Target]:
     return result
 
 
-def write_contact_sheet(out: Path, records: list[dict], targets: Sequence[Target], samples: int, seed: int,
+def write_contact_sheet(out: Path, records: Sequence[SampleRecord], targets: Sequence[Target], samples: int, seed: int,
                         title: str) -> Path | None:
     """Targets down, samples across (with the target image first when there is one), the unguided
     baseline as the last row; every caption gives the distance and the relative distance."""
@@ -250,10 +250,9 @@ def write_contact_sheet(out: Path, records: list[dict], targets: Sequence[Target
 
     if not records:
         return None
-    by_target: dict[str, dict[int, dict]] = {}
-    for r in records:
-        by_target.setdefault(r["target_id"], {})[r["sample"]] = r
-    rows = [t for t in targets if t.id in by_target]
+    recs = by_cell(records)
+    ids = {r.target_id for r in records}
+    rows = [t for t in targets if t.id in ids]
     show_target = any(t.image_path and fs_path(t.image_path).is_file() for t in rows)
     cells, captions, labels = [], [], []
 
@@ -269,13 +268,13 @@ def write_contact_sheet(out: Path, records: list[dict], targets: Sequence[Target
             row.append(load(fs_path(t.image_path)) if t.image_path else None)
             caps.append("target")
         for s in range(samples):
-            r = by_target[t.id].get(s)
-            row.append(load(out / r["image"]) if r else None)
+            r = recs.get((t.id, s))
+            row.append(load(out / r.image) if r else None)
             if r:
-                rel, nat = r.get("relative_distance"), r.get("naturalness")
-                caps.append(f"d={r['best_distance']:.3g}" + (f"\nrel={rel:.2f}" if rel is not None else "")
+                rel, nat = r.relative_distance, r.naturalness
+                caps.append(f"d={r.best_distance:.3g}" + (f"\nrel={rel:.2f}" if rel is not None else "")
                             + (f"\nreal={nat:.2f}" if nat is not None else "")
-                            + (" OFF-MANIFOLD" if r.get("off_manifold") else ""))
+                            + (" OFF-MANIFOLD" if r.off_manifold else ""))
             else:
                 caps.append("")
         cells.append(row)
@@ -293,22 +292,22 @@ def write_contact_sheet(out: Path, records: list[dict], targets: Sequence[Target
     return save_sheet(sheet, out / "contact_sheet.png")
 
 
-def _compatible(records: list[dict], common: dict, targets: Sequence[Target], where: Path) -> None:
+def _compatible(records: Sequence[SampleRecord], common: dict, targets: Sequence[Target], where: Path) -> None:
     """Refuse to resume a folder whose records were made by another command (one line, exit 2)."""
     now = json.loads(json.dumps(common))
     for rec in records:
         for key, value in now.items():
-            if rec.get(key) != value:
-                old = rec.get(key)
+            old = getattr(rec, key)
+            if old != value:
                 if isinstance(value, dict) and isinstance(old, dict):
                     diff = sorted(k for k in set(value) | set(old) if value.get(k) != old.get(k))
                     key, old, value = f"{key}.{diff[0]}", old.get(diff[0]), value.get(diff[0])
                 raise UsageError(f"{where}: holds a decode made with {key}={old!r}, not {value!r}; rerun with "
                                  "the same settings to resume, or use --overwrite or another --out")
-        ti = int(rec["target_index"])
-        t = targets[ti] if ti < len(targets) else None
-        if t is None or t.id != rec["target_id"] or json.loads(json.dumps(t.record())) != rec.get("target"):
-            raise UsageError(f"{where}: holds a decode of other targets (target {ti} was {rec['target_id']!r}); "
+        ti = rec.target_index
+        t = targets[ti] if ti is not None and 0 <= ti < len(targets) else None
+        if t is None or t.id != rec.target_id or json.loads(json.dumps(t.record())) != rec.target:
+            raise UsageError(f"{where}: holds a decode of other targets (target {ti} was {rec.target_id!r}); "
                              "rerun with the same targets to resume, or use --overwrite or another --out")
 
 
@@ -367,7 +366,7 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
     With ``shard`` (i/N, N > 1) only batches b with b mod N = i are decoded, into OUT/shards/i-of-N/;
     ``probe.merging.merge_decodes`` joins the shards. OUT is locked against a second writer.
     """
-    from probe.merging import canonical, decode_shard_dir, decode_sources, merge_decodes, pair, read_manifest
+    from probe.merging import canonical, decode_shard_dir, decode_sources, merge_decodes, read_records
 
     settings = settings or DecodeSettings()
     shard = shard or Shard()
@@ -404,14 +403,14 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
         if settings.overwrite:
             _clear_for_overwrite(out, work, shard)
             work.mkdir(parents=True, exist_ok=True)
-        own = read_manifest(work / "manifest.jsonl", repair=True)
+        own = read_records(work, repair=True)
         old = list(own)
         for src in decode_sources(out):
             if src != work:
-                old += read_manifest(src / "manifest.jsonl")
+                old += read_records(src)
         _compatible(old, common, targets, out)
-        done = {pair(r) for r in old}
-        _drop_unrecorded_rows(work / "features.h5", {r["image"] for r in own})
+        done = {r.cell for r in old}
+        _drop_unrecorded_rows(work / "features.h5", {r.image for r in own})
         targets = save_target_images(out, targets)
 
         jobs = [(ti, s) for ti in range(len(targets)) for s in range(settings.samples)]
@@ -437,54 +436,49 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
             if settings.realism:
                 reference_error = denoising_error(prior, base_images)
             base_seconds = time.perf_counter() - t0
-        records: list[dict] = []
+        manifest = Manifest(work / MANIFEST)
         writer = _FeatureWriter(work / "features.h5", encoder) if batches else None
         try:
-            with open(work / "manifest.jsonl", "a", encoding="utf-8") as manifest:
-                for bi, batch in enumerate(batches):
-                    vectors = torch.from_numpy(np.stack([targets[ti].vector for ti, _ in batch]))
-                    seeds = [settings.seed_of(s) for _, s in batch]
-                    todo = [j for j, (ti, s) in enumerate(batch) if (targets[ti].id, s) not in done]
-                    n_done = bi * settings.batch_size
+            for bi, batch in enumerate(batches):
+                vectors = torch.from_numpy(np.stack([targets[ti].vector for ti, _ in batch]))
+                seeds = [settings.seed_of(s) for _, s in batch]
+                todo = [j for j, (ti, s) in enumerate(batch) if (targets[ti].id, s) not in done]
+                n_done = bi * settings.batch_size
 
-                    def cb(step: int, total: int, best: torch.Tensor, bi: int = bi, n_done: int = n_done) -> None:
-                        if on_event is not None:
-                            on_event(DecodeEvent("decode", bi + 1, len(batches), step, total, n_done,
-                                                 len(batches) * settings.batch_size, best.tolist()))
-                    tb = time.perf_counter()
-                    res = sample(prior, encoder, vectors, seeds, settings.config,
-                                 trajectory_every=settings.trajectory_every, callback=cb)
-                    realism = realism_scores(denoising_error(prior, res.best_images), reference_error) \
-                        if settings.realism else np.full(len(batch), np.nan)
-                    batch_records = _write_batch(work, res, batch, targets, encoder, base_feats, settings, common,
-                                                 {**identity, **(extra_record or {})}, writer,
-                                                 time.perf_counter() - tb, realism,
-                                                 todo)
-                    for rec in batch_records:
-                        manifest.write(json.dumps(rec) + "\n")
-                    manifest.flush()
-                    records += batch_records
+                def cb(step: int, total: int, best: torch.Tensor, bi: int = bi, n_done: int = n_done) -> None:
+                    if on_event is not None:
+                        on_event(DecodeEvent("decode", bi + 1, len(batches), step, total, n_done,
+                                             len(batches) * settings.batch_size, best.tolist()))
+                tb = time.perf_counter()
+                res = sample(prior, encoder, vectors, seeds, settings.config,
+                             trajectory_every=settings.trajectory_every, callback=cb)
+                realism = realism_scores(denoising_error(prior, res.best_images), reference_error) \
+                    if settings.realism else np.full(len(batch), np.nan)
+                manifest.append(_write_batch(work, res, batch, targets, encoder, base_feats, settings, common,
+                                             {**identity, **(extra_record or {})}, writer,
+                                             time.perf_counter() - tb, realism, todo))
         finally:
             if writer is not None:
                 writer.close()
+            records = manifest.records
             if shard.single:
                 everything = canonical(old + records)
                 if len(decode_sources(out)) > 1:  # shards left by an earlier split run: join them now
                     everything = merge_decodes(out, sheet=False, locked=True, on_warning=on_warning)
-                elif [pair(r) for r in own + records] != [pair(r) for r in everything]:
+                elif [r.cell for r in own + records] != [r.cell for r in everything]:
                     from probe.merging import write_decode_dir
 
                     write_decode_dir(out, everything, [out])
                 if settings.sheet and everything and (records or not (out / "contact_sheet.png").exists()):
                     write_contact_sheet(out, everything, targets, settings.samples, settings.seed, title)
                 if everything:
-                    write_metadata(out, [SampleRecord.from_dict(r) for r in everything])
+                    write_metadata(out, everything)
             else:
                 everything = canonical(own + records)
     finally:
         for lk in reversed(locks):
             lk.release()
-    return DecodeSummary(out=out, records=[SampleRecord.from_dict(r) for r in everything],
+    return DecodeSummary(out=out, records=everything,
                          seconds=time.perf_counter() - t0, n_targets=len(targets),
                          samples=settings.samples, baseline_seconds=base_seconds,
                          resumed=len(everything) - len(records))
@@ -504,7 +498,7 @@ def _select(res: SampleResult, idx: Sequence[int]) -> SampleResult:
 def _write_batch(out: Path, res: SampleResult, batch: list[tuple[int, int]], targets: Sequence[Target],
                  encoder: Encoder, base_feats: np.ndarray | None, settings: DecodeSettings, common: dict,
                  extra: dict, writer: _FeatureWriter, seconds: float, realism: np.ndarray,
-                 todo: Sequence[int] | None = None) -> list[dict]:
+                 todo: Sequence[int] | None = None) -> list[SampleRecord]:
     """Save one batch's images, then its features, then return its manifest records — in that order,
     so a record only ever points at files that exist. ``realism`` is each best image's realism score
     (probe.naturalness; NaN when there is no unguided reference). Only members ``todo`` (default all)
@@ -531,20 +525,20 @@ def _write_batch(out: Path, res: SampleResult, batch: list[tuple[int, int]], tar
         t = targets[ti]
         best, final = float(res.best_distance[j]), float(res.final_distance[j])
         base = float(((base_feats[s] - t.vector) ** 2).sum()) if base_feats is not None else None
-        records.append({
-            "target_id": t.id, "target_index": ti, "sample": s, "seed": settings.seed_of(s),
-            "image": f"images/{rel_paths[j]}", "final_image": f"final/{rel_paths[j]}",
-            "baseline_image": f"baseline/s{s:02d}.png" if base is not None else None,
-            "best_distance": best, "final_distance": final, "baseline_distance": base,
-            "relative_distance": best / base if base else None,
-            "cosine": _cosine(feats[j], t.vector),
-            "naturalness": float(realism[j]) if np.isfinite(realism[j]) else None,
-            "off_manifold": bool(flagged[j]) if np.isfinite(realism[j]) else None,
-            "best_step": int(res.best_step[j]), "best_timestep": int(res.best_timestep[j]),
-            "stopped_step": int(res.stopped_step[j]), "steps": len(res.timesteps),
-            "evaluations": int(res.evaluations[j]), "skipped_steps": int(res.skipped[j]),
-            "seconds": seconds / len(batch), "batch_seconds": seconds,
-            "trajectory_image": f"trajectory/{rel_paths[j]}" if settings.trajectory_every else None,
-            "target": t.record(), **common, **extra, **t.extra,
-        })
+        records.append(SampleRecord(
+            target_id=t.id, target_index=ti, sample=s, seed=settings.seed_of(s),
+            image=f"images/{rel_paths[j]}", final_image=f"final/{rel_paths[j]}",
+            baseline_image=f"baseline/s{s:02d}.png" if base is not None else None,
+            best_distance=best, final_distance=final, baseline_distance=base,
+            relative_distance=best / base if base else None,
+            cosine=_cosine(feats[j], t.vector),
+            naturalness=float(realism[j]) if np.isfinite(realism[j]) else None,
+            off_manifold=bool(flagged[j]) if np.isfinite(realism[j]) else None,
+            best_step=int(res.best_step[j]), best_timestep=int(res.best_timestep[j]),
+            stopped_step=int(res.stopped_step[j]), steps=len(res.timesteps),
+            evaluations=int(res.evaluations[j]), skipped_steps=int(res.skipped[j]),
+            seconds=seconds / len(batch), batch_seconds=seconds,
+            trajectory_image=f"trajectory/{rel_paths[j]}" if settings.trajectory_every else None,
+            target=t.record(),
+        ).with_keys({**common, **extra, **t.extra}))
     return records

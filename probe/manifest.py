@@ -9,8 +9,11 @@ Compatibility rules:
     :attr:`SampleRecord.extra` and written back unchanged;
   * only ``target_id``, ``sample`` and ``image`` are required; every other field may be missing
     (a hand-written manifest, an older probe) and reads as ``None``;
-  * per-sample quality fields (``naturalness``, ``off_manifold``) and the walk fields (path position,
-    direction and scale, map grid cell) are optional typed fields, written only when set.
+  * per-sample quality fields (``naturalness``, ``off_manifold``), the walk fields (path position,
+    direction and scale, map grid cell) and ``target_image`` are optional typed fields, written only when set;
+  * a record read from a line writes that line back byte for byte (:attr:`SampleRecord.layout`), so a
+    merge or a resume that rewrites the file never reformats what an older probe or a person wrote;
+  * a last line with no newline that is not JSON is a write a kill cut short: dropped on reading.
 
 ``file_name`` (the image's path relative to the folder that holds the record) is written into every
 line, and :func:`write_metadata` writes ``OUT/images/metadata.jsonl`` in the layout of Hugging Face
@@ -34,23 +37,29 @@ METADATA = "metadata.jsonl"  # Hugging Face imagefolder's file name
 REQUIRED = ("target_id", "sample", "image")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SampleRecord:
-    """One decoded sample: which target, which seed, where its images are, what distance it reached."""
+    """One decoded sample: which target, which seed, where its images are, what distance it reached.
+
+    Fields are keyword-only and declared in the order decode writes them, so a line's bytes do not
+    depend on which probe version wrote it (the keys a walk adds come after the decode's own).
+    """
 
     target_id: str
-    sample: int
-    image: str  # best image, relative to the output folder
     target_index: int | None = None
+    sample: int
     seed: int | None = None
+    image: str  # best image, relative to the output folder
     final_image: str | None = None
     baseline_image: str | None = None
-    trajectory_image: str | None = None
     best_distance: float | None = None
     final_distance: float | None = None
     baseline_distance: float | None = None
     relative_distance: float | None = None
     cosine: float | None = None
+    # per-sample quality (issue 10, probe.naturalness): written only when measured
+    naturalness: float | None = None
+    off_manifold: bool | None = None
     best_step: int | None = None
     best_timestep: int | None = None
     stopped_step: int | None = None
@@ -59,14 +68,16 @@ class SampleRecord:
     skipped_steps: int | None = None
     seconds: float | None = None
     batch_seconds: float | None = None
+    trajectory_image: str | None = None
     target: Mapping[str, Any] = field(default_factory=dict)  # kind, source, index, label, image_path
     prior: str | None = None
     encoder: str | None = None
     layer: str | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)
-    # per-sample quality (issue 10): written only when measured
-    naturalness: float | None = None
-    off_manifold: bool | None = None
+    # which weights the encoder ran with ("" = the spec's default; sha256 of a local file, else ""):
+    # compare's circularity check
+    encoder_weights: str | None = None
+    encoder_weights_sha256: str | None = None
     # interpolate
     path_position: float | None = None
     path_kind: str | None = None
@@ -76,17 +87,22 @@ class SampleRecord:
     direction_index: int | None = None
     scale: float | None = None
     scale_index: int | None = None
-    explained_variance_ratio: float | None = None
     direction_info: Mapping[str, Any] | None = None
     base: Mapping[str, Any] | None = None
+    explained_variance_ratio: float | None = None
     # map --grid
     grid_row: int | None = None
     grid_col: int | None = None
     map_x: float | None = None
     map_y: float | None = None
     map_method: str | None = None
+    # the target's picture copied into OUT/targets/ (relative to OUT), when it has one
+    target_image: str | None = None
     # keys this version does not know, kept so a rewrite loses nothing
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # the keys of the line this record was read from, in order: a rewrite gives that line back byte for
+    # byte (an older or hand-written manifest is not reformatted by a merge or a resume)
+    layout: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def file_name(self) -> str:
@@ -105,32 +121,43 @@ class SampleRecord:
     def replace(self, **changes: Any) -> SampleRecord:
         return dataclasses.replace(self, **changes)
 
+    def with_keys(self, keys: Mapping[str, Any]) -> SampleRecord:
+        """This record with fields set by their JSON key (a target's walk keys, a caller's extra keys);
+        a key this version has no field for goes to :attr:`extra`."""
+        known, unknown = _split(keys)
+        return dataclasses.replace(self, **known, extra={**self.extra, **unknown})
+
     # -- JSON ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object of one manifest line: decode fields always, optional ones when set."""
+        """The JSON object of one manifest line: decode fields always, optional ones when set, then
+        ``file_name`` and the unknown keys. A record read from a line gives that line's keys in its
+        order (plus any field set since), so rewriting a manifest never reformats it."""
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            if f.name == "extra":
+        for name in _FIELDS:
+            value = getattr(self, name)
+            if name in _WRITTEN_WHEN_SET and value is None:
                 continue
-            value = getattr(self, f.name)
-            if f.name in _WRITTEN_WHEN_SET and value is None:
-                continue
-            out[f.name] = dict(value) if isinstance(value, Mapping) else value
+            out[name] = dict(value) if isinstance(value, Mapping) else value
         out["file_name"] = self.file_name
         out.update(self.extra)
-        return out
+        if not self.layout:
+            return out
+        kept = {k: out.get(k) for k in self.layout if k in out or k in _FIELDS}
+        added = {k: v for k, v in out.items()
+                 if k not in kept and (k in self.extra or (k in _FIELDS and v != _FIELDS[k]))}
+        return {**kept, **added}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any], where: str = "record") -> SampleRecord:
-        """Build a record from a JSON object; unknown keys go to ``extra``, ``file_name`` is derived."""
+        """Build a record from a JSON object; unknown keys go to ``extra``, ``file_name`` is derived,
+        the key order is kept (:attr:`layout`)."""
         missing = [k for k in REQUIRED if obj.get(k) is None]
         if missing:
             raise InputError(f"{where} lacks {', '.join(repr(k) for k in missing)}")
-        known = {k: v for k, v in obj.items() if k in _FIELDS}
-        extra = {k: v for k, v in obj.items() if k not in _FIELDS and k != "file_name"}
+        known, extra = _split(obj)
         try:
             known["sample"] = int(known["sample"])
         except (TypeError, ValueError):
@@ -139,23 +166,36 @@ class SampleRecord:
         for key in ("target", "settings"):
             if not isinstance(known.get(key, {}), Mapping):
                 known[key] = {}
-        return cls(**known, extra={**dict(obj.get("extra") or {}), **extra})
+        return cls(**known, extra={**dict(obj.get("extra") or {}), **extra}, layout=tuple(obj))
 
     @classmethod
-    def from_json(cls, line: str, where: str = "record") -> SampleRecord:
+    def from_json(cls, line: str | bytes, where: str = "record") -> SampleRecord:
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{where} is not JSON ({err.msg})") from err
+        except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+            raise InputError(f"{where} is not JSON ({getattr(err, 'msg', None) or err})") from err
         if not isinstance(obj, dict):
             raise InputError(f"{where} is not a JSON object")
         return cls.from_dict(obj, where)
 
 
-_FIELDS = {f.name for f in dataclasses.fields(SampleRecord)} - {"extra"}
-#: optional fields written only when set (all fields after ``settings``): quality, walk and map keys
-_WRITTEN_WHEN_SET = {f.name for f in dataclasses.fields(SampleRecord)[
-    [f.name for f in dataclasses.fields(SampleRecord)].index("naturalness"):]} - {"extra"}
+#: the fields written to JSON, in declaration order, with their defaults (``extra`` is spread into the
+#: line, ``layout`` is not written)
+_FIELDS = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+           for f in dataclasses.fields(SampleRecord) if f.name not in ("extra", "layout")}
+#: optional fields written only when set: quality, walk and map keys, the target's copied picture
+_WRITTEN_WHEN_SET = frozenset({
+    "naturalness", "off_manifold", "path_position", "path_kind", "path_index", "direction", "direction_index",
+    "scale", "scale_index", "direction_info", "base", "explained_variance_ratio", "grid_row", "grid_col",
+    "map_x", "map_y", "map_method", "target_image"})
+
+
+def _split(obj: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(keys that are fields, keys this version does not know); ``file_name`` is derived, never kept, and
+    ``extra`` (a dict of a record made by :func:`dataclasses.asdict`) is the caller's to spread."""
+    known = {k: v for k, v in obj.items() if k in _FIELDS}
+    unknown = {k: v for k, v in obj.items() if k not in _FIELDS and k not in ("file_name", "extra")}
+    return known, unknown
 
 
 class Manifest:
@@ -171,15 +211,30 @@ class Manifest:
         return self.path.parent
 
     @classmethod
-    def read(cls, path: str | Path) -> Manifest:
-        """Read a manifest file (or the one in a folder); a bad line raises InputError naming the line."""
+    def read(cls, path: str | Path, repair: bool = False, missing_ok: bool = False) -> Manifest:
+        """Read a manifest file (or the one in a folder); a bad line raises InputError naming the line.
+
+        A last line with no newline that is not JSON is a write a kill cut short: it is dropped (and cut
+        from the file with ``repair``, so the next append starts on a line of its own). ``missing_ok``:
+        no file reads as no records (a run not started yet).
+        """
         m = cls(path)
+        if missing_ok and not m.path.is_file():
+            return m
         try:
-            lines = m.path.read_text(encoding="utf-8").splitlines()
+            raw = m.path.read_bytes()
         except OSError as err:
             raise InputError(f"{m.path}: cannot read ({err.strerror or err})") from err
-        m.records = [SampleRecord.from_json(line, f"{m.path}: line {n}")
-                     for n, line in enumerate(lines, 1) if line.strip()]
+        lines = raw.split(b"\n")
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            if n == len(lines) and not _is_json(line):
+                if repair:
+                    with open(m.path, "r+b") as fh:
+                        fh.truncate(len(raw) - len(line))
+                break
+            m.records.append(SampleRecord.from_json(line, f"{m.path}: line {n}"))
         return m
 
     def append(self, records: Iterable[SampleRecord]) -> None:
@@ -191,6 +246,15 @@ class Manifest:
                 fh.write(r.to_json() + "\n")
             fh.flush()
         self.records += records
+
+    def write(self, records: Iterable[SampleRecord]) -> None:
+        """Replace the file with ``records``: written beside it and renamed into place, so a kill leaves
+        either the old or the new manifest (merges and resumes rewrite it in the single-process order)."""
+        self.records = list(records)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".merging")
+        tmp.write_text("".join(r.to_json() + "\n" for r in self.records), encoding="utf-8")
+        tmp.replace(self.path)
 
     def __iter__(self) -> Iterator[SampleRecord]:
         return iter(self.records)
@@ -208,6 +272,14 @@ class Manifest:
 
     def by_image(self) -> dict[str, SampleRecord]:
         return {r.image: r for r in self.records}
+
+
+def _is_json(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
 
 
 def by_cell(records: Iterable[SampleRecord]) -> dict[tuple[str, int], SampleRecord]:

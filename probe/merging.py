@@ -14,10 +14,9 @@ the shard folders. Records already in OUT (a resumed run) are kept; each (target
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 from probe.distributed import Shard
 from probe.errors import InputError, UsageError
 from probe.locking import ProbeLock
+from probe.manifest import MANIFEST, Manifest, SampleRecord
 from probe.store import RECORD_KEYS, FeatureStore
 
 NOT_RECORD = {"layer", "kind", "feature_shape", "probe_version", "torch_version", "created", "updated",
@@ -159,46 +159,25 @@ def decode_shard_dir(out: Path, shard: Shard) -> Path:
     return decode_shard_root(out) / shard.name
 
 
-def read_manifest(path: Path, repair: bool = False) -> list[dict]:
-    """Records of a manifest.jsonl; a last line cut by a kill is dropped (and cut from the file when
-    ``repair``), any other unreadable line is an InputError naming the line."""
-    if not path.is_file():
-        return []
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
-    records = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if i == len(lines) - 1:  # no newline after it: the write was cut
-                if repair:
-                    with open(path, "r+b") as fh:
-                        fh.truncate(len(raw) - len(line))
-                break
-            raise InputError(f"{path}: line {i + 1} is not JSON ({exc.msg})") from exc
-    return records
+def read_records(folder: Path, repair: bool = False) -> list[SampleRecord]:
+    """The records of a decode folder's manifest (none when it has no manifest yet); a last line cut by
+    a kill is dropped (and cut from the file when ``repair``), any other bad line is an InputError."""
+    return Manifest.read(folder / MANIFEST, repair=repair, missing_ok=True).records
 
 
-def pair(rec: dict) -> tuple[str, int]:
-    return str(rec["target_id"]), int(rec["sample"])
-
-
-def canonical(records: list[dict]) -> list[dict]:
+def canonical(records: Iterable[SampleRecord]) -> list[SampleRecord]:
     """Each (target, sample) once (the first seen), in single-process order."""
-    seen: dict[tuple[str, int], dict] = {}
+    seen: dict[tuple[str, int], SampleRecord] = {}
     for r in records:
-        seen.setdefault(pair(r), r)
-    return sorted(seen.values(), key=lambda r: (int(r["target_index"]), int(r["sample"])))
+        seen.setdefault(r.cell, r)
+    return sorted(seen.values(), key=lambda r: (-1 if r.target_index is None else r.target_index, r.sample))
 
 
 def decode_sources(out: Path) -> list[Path]:
     """OUT itself (when it holds records) and every shard folder, in a fixed order."""
     root = decode_shard_root(out)
     shards = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    return ([out] if (out / "manifest.jsonl").is_file() else []) + shards
+    return ([out] if (out / MANIFEST).is_file() else []) + shards
 
 
 def _row_index(path: Path) -> dict[str, dict[str, tuple[np.ndarray, str, int]]]:
@@ -219,7 +198,7 @@ def _group_attrs(path: Path) -> dict[str, tuple[dict, int]]:
         return {n: (st.group(n).attrs, st.group(n).dim) for n in st.group_names()}
 
 
-def write_decode_dir(out: Path, records: list[dict], sources: Sequence[Path]) -> None:
+def write_decode_dir(out: Path, records: list[SampleRecord], sources: Sequence[Path]) -> None:
     """Write OUT/manifest.jsonl and OUT/features.h5 for ``records`` (in that order), taking feature rows
     from the sources' features.h5 files; both are written beside and renamed into place, so a kill leaves
     either the old or the new file."""
@@ -241,24 +220,20 @@ def write_decode_dir(out: Path, records: list[dict], sources: Sequence[Path]) ->
                 record = {k: v for k, v in a.items() if k not in NOT_RECORD}
                 g = st.create_group(name, dim, record, a.get("layer", name.rsplit("/", 1)[-1]), kind="decoded",
                                     feature_shape=a.get("feature_shape"))
-                have = [r for r in records if r["image"] in rows[name]]
+                have = [r for r in records if r.image in rows[name]]
                 if have:
-                    vals = [rows[name][r["image"]] for r in have]
-                    g.append(np.stack([v[0] for v in vals]), [r["image"] for r in have], [v[1] for v in vals],
+                    vals = [rows[name][r.image] for r in have]
+                    g.append(np.stack([v[0] for v in vals]), [r.image for r in have], [v[1] for v in vals],
                              [v[2] for v in vals])
         os.replace(tmp_h5, out / "features.h5")
-    tmp = out / "manifest.jsonl.merging"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec) + "\n")
-    os.replace(tmp, out / "manifest.jsonl")
+    Manifest(out / MANIFEST).write(records)
 
 
 FILE_KEYS = ("image", "final_image", "trajectory_image")
 
 
 def merge_decodes(out: Path, sheet: bool = True, keep: bool = False, on_warning=None,
-                  locked: bool = False) -> list[dict]:
+                  locked: bool = False) -> list[SampleRecord]:
     """Join OUT's shard folders (and OUT's own records) into OUT; returns the records in order.
     ``locked``: the caller already holds OUT's lock."""
     out = Path(out)
@@ -273,11 +248,11 @@ def merge_decodes(out: Path, sheet: bool = True, keep: bool = False, on_warning=
             lk.release()
         records = []
         for src in sources:
-            for rec in read_manifest(src / "manifest.jsonl"):
+            for rec in read_records(src):
                 if src != out:
                     ok = True
                     for key in FILE_KEYS:
-                        rel = rec.get(key)
+                        rel = getattr(rec, key)
                         if not rel:
                             continue
                         s, d = src / rel, out / rel
@@ -288,7 +263,7 @@ def merge_decodes(out: Path, sheet: bool = True, keep: bool = False, on_warning=
                             ok = False
                     if not ok:
                         if on_warning:
-                            on_warning(f"{src}: record {pair(rec)} lost its image; it will be decoded again")
+                            on_warning(f"{src}: record {rec.cell} lost its image; it will be decoded again")
                         continue
                 records.append(rec)
         for src in shard_dirs:
@@ -311,32 +286,33 @@ def merge_decodes(out: Path, sheet: bool = True, keep: bool = False, on_warning=
     return records
 
 
-def _check_same_run(records: list[dict], out: Path) -> None:
+def _check_same_run(records: list[SampleRecord], out: Path) -> None:
     keys = ("prior", "encoder", "layer", "settings")
     if not records:
         return
-    ref = {k: records[0].get(k) for k in keys}
+    ref = {k: getattr(records[0], k) for k in keys}
     for r in records[1:]:
         for k in keys:
-            if r.get(k) != ref[k]:
-                raise InputError(f"{out}: shards of different runs ({k} {ref[k]!r} vs {r.get(k)!r}); "
+            if getattr(r, k) != ref[k]:
+                raise InputError(f"{out}: shards of different runs ({k} {ref[k]!r} vs {getattr(r, k)!r}); "
                                  "merge only shards of one command")
 
 
-def sheet_from_records(out: Path, records: list[dict]) -> Path | None:
+def sheet_from_records(out: Path, records: list[SampleRecord]) -> Path | None:
     """The contact sheet a single-process run draws, rebuilt from the manifest alone."""
     from probe.decoding import write_contact_sheet
     from probe.targets import Target
 
     targets, seen = [], set()
     for r in records:
-        if r["target_id"] in seen:
+        if r.target_id in seen:
             continue
-        seen.add(r["target_id"])
-        t = r.get("target") or {}
-        targets.append(Target(id=r["target_id"], vector=np.zeros(0, dtype=np.float32), kind=t.get("kind", ""),
+        seen.add(r.target_id)
+        t = r.target
+        targets.append(Target(id=r.target_id, vector=np.zeros(0, dtype=np.float32), kind=t.get("kind", ""),
                               source=t.get("source", ""), index=t.get("index"), label=t.get("label"),
                               image_path=t.get("image_path")))
-    s = records[0]["settings"]
-    title = f"{records[0]['encoder']} [{records[0]['layer']}] <- {records[0]['prior']} ({s.get('name')})"
+    first = records[0]
+    s = first.settings
+    title = f"{first.encoder} [{first.layer}] <- {first.prior} ({s.get('name')})"
     return write_contact_sheet(out, records, targets, int(s["samples"]), int(s["seed"]), title)

@@ -158,6 +158,6 @@ def decode_sharded(enc, targets, prior: str, out: Path, options: DecodeOptions, 
     t0 = time.perf_counter()
     records = merge_decodes(out, sheet=True, on_warning=warn)
     say(f"merged {rt.shard.count} shards into {out} ({time.perf_counter() - t0:.1f} s)")
-    return DecodeSummary(out=out, records=[SampleRecord.from_dict(r) for r in records],
+    return DecodeSummary(out=out, records=records,
                          seconds=summary.seconds + time.perf_counter() - t0, n_targets=len(targets),
                          samples=options.samples, baseline_seconds=summary.baseline_seconds, resumed=summary.resumed)
