@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from probe.diffusion.priors import Prior
+from probe.diffusion.priors import PRECISIONS, Prior
 from probe.diffusion.sampler import SampleResult, sample
 from probe.diffusion.schedules import DEFAULT_PRESET, PRESETS, GuidanceConfig
 from probe.distributed import Shard
@@ -392,7 +392,10 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
     locks = [ProbeLock(out, lock_file=out / ".probe.lock", shared=not shard.single).acquire()]
     t0 = time.perf_counter()
     layer = "+".join(encoder.layers)
-    common = {"prior": prior.spec, "encoder": encoder.spec, "layer": layer, "settings": settings.to_dict()}
+    run_settings = settings.to_dict()
+    if prior.precision != PRECISIONS[0]:  # bf16 changes the numbers; fp32 unrecorded, so older folders resume
+        run_settings["precision"] = prior.precision
+    common = {"prior": prior.spec, "encoder": encoder.spec, "layer": layer, "settings": run_settings}
     # which weights the encoder ran with, for compare's circularity check; kept out of ``common`` so folders
     # decoded before these keys existed still resume
     identity = {"encoder_weights": encoder.weights or "", "encoder_weights_sha256": encoder.weights_sha256}

@@ -18,8 +18,8 @@ from typing import Any
 
 import click
 
-from probe.diffusion.priors import DEFAULT_PRIOR
-from probe.diffusion.schedules import DEFAULT_PRESET, PRESETS
+from probe.diffusion.priors import CHECKPOINTS, DEFAULT_PRIOR, PRECISIONS
+from probe.diffusion.schedules import BEST_BY, BETAS, CLAMPS, DEFAULT_PRESET, LOSS_RESIZES, PRESETS
 from probe.errors import UsageError
 from probe.models.registry import DEFAULT_ENCODER
 from probe.workflows.options import DecodeOptions, EncoderOptions
@@ -123,11 +123,49 @@ DECODE_PARAMS: dict[str, tuple[str, Callable[[Any], Any]]] = {
                                         "rounds", "early_rounds", "early_steps", "late_rounds", "late_steps",
                                         "weight_end", "free_steps", "eot_shift", "eot_flip", "eot_samples",
                                         "grad_blur", "spacing", "patience", "max_distance", "update",
-                                        "overwrite")},
+                                        "clamp", "clip_x0", "beta", "loss_resize", "best_by", "precision",
+                                        "checkpoint", "overwrite")},
     "no_quantize": ("quantize", lambda v: False if v else None),
     "no_baseline": ("baseline", lambda v: not v),
     "save_trajectory": ("trajectory_every", _same),
 }
+
+
+#: the five places where probe's presets depart from the official code (docs/method.md tables them);
+#: ``--schedule paper`` sets every one to the official value, these flags set one at a time
+PAPER_EXACTNESS = [
+    click.option("--clamp", type=click.Choice(CLAMPS),
+                 help="Override: the [0, 1] clamp of the image the loss sees. straight-through: clamped, "
+                      "saturated pixels still pass their gradient (probe's presets); hard: they pass none; "
+                      "none: never clamped (the official code, --schedule paper)."),
+    click.option("--clip-x0/--no-clip-x0", "clip_x0", default=None,
+                 help="Override: clip the guided x0 estimate to [-1, 1] when the prior's scheduler asks for it "
+                      "(clip_sample; probe's presets), or never (the official code, --schedule paper)."),
+    click.option("--beta", type=click.Choice(BETAS),
+                 help="Override: beta of a DDPM step. chain: 1 - abar_t/abar_prev, right for any spacing "
+                      "(probe's presets); scheduler: the scheduler's own beta_t with the official code's "
+                      "float64 arithmetic (--schedule paper; strided chains still use chain)."),
+    click.option("--loss-resize", type=click.Choice(LOSS_RESIZES),
+                 help="Override: how the decoded image reaches the network in the loss. eval: the encoder's "
+                      "eval transform, as in extraction (probe's presets); whole: the whole image resized "
+                      "bicubic, no crop, antialias or clamp (the official code, --schedule paper)."),
+    click.option("--best-by", type=click.Choice(BEST_BY),
+                 help="Override: what picks the best image. saved: the saved 8-bit PNG's distance (probe's "
+                      "presets); loss: the optimised loss (the official code, --schedule paper). The reported "
+                      "distance is always the saved PNG's."),
+]
+
+#: how the prior computes (``Prior.configure``): cost and memory, not the method
+PRIOR_COMPUTE = [
+    click.option("--precision", type=click.Choice(PRECISIONS),
+                 help="Prior precision: bf16 runs the UNet and VAE decoder under bfloat16 autocast (faster, "
+                      "less memory on GPUs; the guidance arithmetic stays fp32; recorded in the manifest) "
+                      "[default: fp32]."),
+    click.option("--checkpointing", "checkpoint", type=click.Choice(CHECKPOINTS),
+                 help="Gradient checkpointing of the prior: recompute the activations of the VAE decoder "
+                      "(vae; latent priors only), the UNet (unet) or both (all) in the backward pass instead of "
+                      "storing them (less memory, more time) [default: none]."),
+]
 
 
 def decode_options(samples: int = 4, trajectory: bool = False, out_help: str = "Output folder."):
@@ -173,6 +211,8 @@ def decode_options(samples: int = 4, trajectory: bool = False, out_help: str = "
         click.option("--update", type=click.Choice(["ddpm", "ddim"]), help="Override: reverse step rule."),
         click.option("--no-quantize", is_flag=True, default=None,
                      help="Optimise the float image instead of the 8-bit PNG (not recommended)."),
+        *PAPER_EXACTNESS,
+        *PRIOR_COMPUTE,
         click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True, help=out_help),
         click.option("--overwrite", is_flag=True, help="Replace a previous decode in --out."),
         click.option("--no-baseline", is_flag=True, help="Skip the unguided baseline samples."),

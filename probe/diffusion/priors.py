@@ -75,13 +75,9 @@ class Prior:
 
     def configure(self, precision: str | None = None, checkpoint: str | None = None) -> Prior:
         """Set the compute options (see the class docstring); ``None`` keeps the current value."""
-        precision = self.precision if precision is None else precision
-        checkpoint = self.checkpoint if checkpoint is None else checkpoint
-        if precision not in PRECISIONS:
-            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-        if checkpoint not in CHECKPOINTS:
-            raise UsageError(f"gradient checkpointing must be one of {', '.join(CHECKPOINTS)}, not {checkpoint!r}")
-        self.precision, self.checkpoint = precision, checkpoint
+        check_compute(precision, checkpoint)
+        self.precision = self.precision if precision is None else precision
+        self.checkpoint = self.checkpoint if checkpoint is None else checkpoint
         _set_checkpointing(self.unet, checkpoint in ("unet", "all"))
         if self.vae is not None:
             _set_checkpointing(self.vae, checkpoint in ("vae", "all"))
@@ -163,6 +159,15 @@ class Prior:
                 "channels": self.channels, "image_size": self.image_size,
                 "num_train_timesteps": self.num_train_timesteps, "prediction_type": self.prediction_type,
                 "precision": self.precision, "checkpoint": self.checkpoint, **self.info}
+
+
+def check_compute(precision: str | None, checkpoint: str | None) -> None:
+    """Refuse a compute option :meth:`Prior.configure` does not know (None = not given), so a decode
+    option fails before the models load, with the message ``configure`` gives."""
+    if precision is not None and precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if checkpoint is not None and checkpoint not in CHECKPOINTS:
+        raise UsageError(f"gradient checkpointing must be one of {', '.join(CHECKPOINTS)}, not {checkpoint!r}")
 
 
 def _set_checkpointing(model: nn.Module, on: bool) -> None:

@@ -72,15 +72,21 @@ def resolve_encoder(encoder: Encoder | EncoderOptions | str | nn.Module | None, 
     return load_encoder(encoder, device=device)
 
 
-def load_prior(spec: Any = None, device: str | torch.device | None = None):
+def load_prior(spec: Any = None, device: str | torch.device | None = None, precision: str | None = None,
+               checkpoint: str | None = None):
     """A diffusion prior: ``bundled:fashion-ddpm`` (default), a diffusers folder or hub id, or a Prior as is
-    (moved to ``device`` when given)."""
-    from probe.diffusion.priors import DEFAULT_PRIOR, Prior
+    (moved to ``device`` when given). ``precision`` ("fp32", "bf16") and ``checkpoint`` ("none", "vae",
+    "unet", "all") set how it computes (:meth:`Prior.configure`, also on a Prior passed in); None keeps
+    what it has."""
+    from probe.diffusion.priors import DEFAULT_PRIOR, Prior, check_compute
     from probe.diffusion.priors import load_prior as load
 
+    check_compute(precision, checkpoint)  # before a slow load
     if isinstance(spec, Prior):
-        return spec if device is None or torch.device(device) == spec.device else spec.to(device)
-    return load(spec or DEFAULT_PRIOR, device)
+        prior = spec if device is None or torch.device(device) == spec.device else spec.to(device)
+    else:
+        prior = load(spec or DEFAULT_PRIOR, device)
+    return prior.configure(precision, checkpoint)
 
 
 def as_targets(encoder: Encoder, target: Any, group: str | None = None, name: str = "target") -> list[Target]:

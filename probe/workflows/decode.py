@@ -66,8 +66,10 @@ def run(encoder: Any, target: Any, *, prior: Any = None, out: str | Path | None 
 
     ``samples``, ``schedule`` (``fast``, ``balanced``, ``paper``, ``none``) and ``steps`` are the usual
     knobs; ``overrides`` take any other decode option (``seed``, ``batch_size``, ``baseline``,
-    ``overwrite``, ``trajectory_every``) or sampler setting (``weight``, ``tau``, ``rounds``,
-    ``patience`` …, see :class:`~probe.diffusion.schedules.GuidanceConfig`); an unknown name is an error.
+    ``overwrite``, ``trajectory_every``; the prior's ``precision`` "bf16" and gradient ``checkpoint``
+    "vae"/"unet"/"all") or sampler setting (``weight``, ``tau``, ``rounds``, ``patience``, the paper-exactness
+    fields ``clamp``, ``clip_x0``, ``beta``, ``loss_resize``, ``best_by`` …, see
+    :class:`~probe.diffusion.schedules.GuidanceConfig`); an unknown name is an error.
     With ``out`` the folder gets what ``probe decode`` writes (images, manifest, features, contact sheet);
     a rerun into the same folder resumes it. ``shard`` (``probe.distributed.Shard``) decodes only that
     part into ``out/shards/`` (join with ``probe.merging.merge_decodes``); its images are not read back.
@@ -84,7 +86,7 @@ def decode_into(folder: Path, encoder, targets: list[Target], prior: Any, option
                 on_event: Callable[[DecodeEvent], None] | None = None, keep: bool = True,
                 shard: Shard | None = None, on_warning: Callable[[str], None] | None = None) -> DecodeResult:
     """Decode ``targets`` into ``folder`` and read the images back (the step every workflow shares)."""
-    diffusion = load_prior(prior, encoder.device)
+    diffusion = load_prior(prior, encoder.device, options.precision, options.checkpoint)
     summary = decode_targets(diffusion, encoder, targets, folder, options.settings(), on_event=on_event,
                              shard=shard, on_warning=on_warning)
     distances = torch.tensor([r.best_distance for r in summary.records], dtype=torch.float32)

@@ -3,8 +3,9 @@
 * :class:`EncoderOptions` -- which network and layers, and the one rule that infers them from a store;
 * :class:`DecodeOptions` -- everything a decode run takes besides its targets: samples, seeds, batching,
   baseline, the guidance preset and any sampler override (a :class:`~probe.diffusion.schedules.GuidanceConfig`
-  field). :meth:`DecodeOptions.build` refuses a name it does not know, so an option can never be
-  silently dropped on its way from the command line (or a notebook) to the sampler.
+  field), and how the prior computes (``precision``, ``checkpoint``: :meth:`Prior.configure`).
+  :meth:`DecodeOptions.build` refuses a name it does not know, so an option can never be silently dropped
+  on its way from the command line (or a notebook) to the sampler.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from probe.diffusion.priors import check_compute
 from probe.diffusion.schedules import DEFAULT_PRESET, GuidanceConfig, preset
 from probe.errors import UsageError
 from probe.models.registry import DEFAULT_ENCODER
@@ -64,7 +66,9 @@ GUIDANCE_FIELDS = tuple(f.name for f in dataclasses.fields(GuidanceConfig) if f.
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    """A decode run's settings besides targets, encoder and prior. ``overrides`` change the preset."""
+    """A decode run's settings besides targets, encoder and prior. ``overrides`` change the preset;
+    ``precision`` and ``checkpoint`` configure the prior (:meth:`~probe.diffusion.priors.Prior.configure`;
+    None keeps the prior's own, fp32 and none for a freshly loaded one)."""
 
     samples: int = 4
     seed: int = 0
@@ -74,9 +78,12 @@ class DecodeOptions:
     baseline: bool = True
     overwrite: bool = False
     trajectory_every: int = 0
+    precision: str | None = None
+    checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "overrides", _FrozenDict(self.overrides))
+        check_compute(self.precision, self.checkpoint)
         self.config()  # an unknown schedule or a bad override fails now, not after loading the models
 
     @classmethod
