@@ -10,6 +10,8 @@ in ``encoder.layers`` order) plus where it came from, so every decoded image can
   * ``vector`` a raw vector file (.npy [D] or [N, D]; .txt/.csv with one vector per line).
 
 Every check fails before the (slow) decode starts, with one line naming the file and what is wrong.
+:class:`Targets` holds these options as one value (``probe decode`` builds it from its flags, a notebook
+passes it to ``probe.decode``), so both resolve them through :func:`resolve_targets`.
 """
 
 from __future__ import annotations
@@ -250,6 +252,36 @@ def vector_target(vector: np.ndarray, target_id: str, source: str, dim: int, **e
     """A computed target (interpolation point, perturbation) with its extra manifest keys."""
     return Target(id=_slug(target_id, 80), vector=_check_vector(vector, dim, source), kind="vector",
                   source=source, extra=dict(extra))
+
+
+@dataclass(frozen=True)
+class Targets:
+    """``probe decode``'s target options as one value: rows of the feature store ``store`` (``group``,
+    ``index`` as ``3``/``0:16``/``3,5,7`` or ints, stored image ``paths``), image files, CLIP prompts and
+    raw vector files. Resolved with an encoder by :meth:`resolve`; with an encoder of None the store's own
+    encoder decodes (the rule of :meth:`probe.workflows.options.EncoderOptions.resolved`)."""
+
+    store: str | Path | None = None
+    group: str | None = None
+    index: str | int | Sequence[int] | None = None
+    paths: Sequence[str] = ()
+    images: Sequence[str | Path] = ()
+    texts: Sequence[str] = ()
+    vectors: Sequence[str | Path] = ()
+
+    def __post_init__(self) -> None:
+        # one value where a list is expected is a list of one (not a string's characters)
+        for name in ("paths", "images", "texts", "vectors"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, (str, Path)) else tuple(value))
+        if self.index is not None and not isinstance(self.index, str):
+            rows = [self.index] if isinstance(self.index, int) else list(self.index)
+            object.__setattr__(self, "index", ",".join(str(int(i)) for i in rows))
+
+    def resolve(self, encoder: Encoder) -> list[Target]:
+        """Every target named, in order: store rows, images, prompts, vector files (ids made unique)."""
+        return resolve_targets(encoder, store=self.store, group=self.group, index=self.index, paths=self.paths,
+                               images=self.images, texts=self.texts, vectors=self.vectors)
 
 
 def resolve_targets(encoder: Encoder, *, store: str | Path | None = None, group: str | None = None,

@@ -91,6 +91,17 @@ def test_decode_returns_images_distances_and_records(enc, prior, store):
     assert probe.decode(enc, imgs[0], prior=prior, samples=1, **FAST).records[0].target["kind"] == "image"
 
 
+def test_decode_takes_the_cli_targets_as_one_value(enc, prior, store):
+    path, feats, _ = store
+    res = probe.decode(enc, [probe.Targets(store=path, index=[0, 2]), feats[1]], prior=prior, samples=1, **FAST)
+    assert [(t.id, t.kind) for t in res.targets] == [("r00000", "hdf5"), ("r00002", "hdf5"), ("vec", "vector")]
+    assert res.has_report and not res.awaits_merge and res.plan.shard.single and res.plan.speaks
+    np.testing.assert_array_equal(res.targets[1].vector, feats[2])
+    with pytest.raises(UsageError, match="nothing to decode"):
+        probe.decode(enc, probe.Targets(), prior=prior)
+    assert probe.Targets(texts="a red shoe").texts == ("a red shoe",)
+
+
 def test_decode_options_are_checked(enc, prior, store, tmp_path):
     _, feats, _ = store
     with pytest.raises(UsageError, match="unknown decode option.*colour"):

@@ -290,6 +290,35 @@ def test_api_extract_reads_tar_and_parquet_like_files(tmp_path, small_images, ti
         probe.extract(enc, [tmp_path / "part.parquet"])
 
 
+
+def test_api_decode_shards_merge_to_the_single_process_folder(tmp_path, small_images, tiny_ckpt):
+    """probe.decode takes probe decode's targets (a store row, an image file) and its --shard parts."""
+    enc = probe.EncoderOptions(device="cpu")  # no spec: the store's encoder, as 'probe decode --from' infers it
+    probe.extract(probe.EncoderOptions(spec="timm:test_resnet", weights=str(tiny_ckpt), device="cpu"),
+                  small_images[:3], out=tmp_path / "f.h5", workers=0)
+    targets = probe.Targets(store=tmp_path / "f.h5", index=1, images=small_images[3])
+    assert targets.index == "1" and targets.images == (small_images[3],)
+    kw = {"prior": tiny_pixel_prior(), "samples": 2, "batch_size": 3, "steps": 2, "rounds": 1, "early_steps": 0,
+          "late_steps": 0}
+    one = probe.decode(enc, targets, out=tmp_path / "one", **kw)
+    assert [(t.kind, t.index) for t in one.targets] == [("hdf5", 1), ("image", None)]
+    assert one.plan.encoder.spec == "timm:test_resnet" and one.has_report and not one.awaits_merge
+    assert one.images.shape[0] == 4 and one.merged is None
+    parts = [probe.decode(enc, targets, out=tmp_path / "two", shard=s, **kw) for s in ("1/2", probe.Shard(0, 2))]
+    assert [len(p) for p in parts] == [1, 3]  # (target, sample) batches [0 1 2] [3]: shard 1 owns the second
+    assert all(p.awaits_merge and not p.has_report and p.images.numel() == 0 for p in parts)
+    assert [p.plan.shard_dir.name for p in parts] == ["00001-of-00002", "00000-of-00002"]
+    assert not (tmp_path / "two" / "manifest.jsonl").exists()
+    merged = probe.merge(tmp_path / "two")
+    assert len(merged.records) == 4 and not (tmp_path / "two" / "shards").exists()
+    assert snapshot(tmp_path / "two") == snapshot(tmp_path / "one")
+    with pytest.raises(UsageError, match="give out=FOLDER"):
+        probe.decode(enc, targets, shard="0/2", **kw)
+    with pytest.raises(UsageError, match="expected i/N"):
+        probe.decode(enc, targets, out=tmp_path / "x", shard="half", **kw)
+    with pytest.raises(UsageError, match="give it with --from FILE"):
+        probe.decode(enc, probe.Targets(index="0", images=small_images[3]), **kw)
+
 # -- torchrun -------------------------------------------------------------------------------------------
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

@@ -23,6 +23,13 @@ def quiet(ctx: click.Context | None = None) -> bool:
     return bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("quiet"))
 
 
+def speak_only_if(speaks: bool) -> None:
+    """Go quiet unless this process ``speaks`` for the run: under torchrun rank 0 reports for every rank
+    (warnings still show)."""
+    if not speaks:
+        click.get_current_context().find_root().obj["quiet"] = True
+
+
 def console() -> Console:
     """stderr console for progress and messages, so stdout stays clean for --json."""
     return Console(stderr=True, quiet=quiet(), soft_wrap=True)

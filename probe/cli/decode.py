@@ -1,29 +1,24 @@
 """``probe decode``: images whose features match a target, with the distance each one reached.
 
-Thin layer: parse options (probe.cli.options), resolve targets (probe.targets), run
-probe.workflows.decode, show progress and a result table (rich on stderr) or the summary as JSON on stdout.
+Thin layer: parse options (probe.cli.options) into probe.workflows.decode (``probe.decode``: targets,
+shards, torchrun and the merge all live there), show progress and a result table (rich on stderr) or the
+summary as JSON on stdout.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-import time
 from pathlib import Path
 
 import click
 
-from probe.cli.console import LateProgress, emit_json, print_table, quiet, say, warn
+from probe.cli.console import LateProgress, emit_json, print_table, quiet, say, speak_only_if, warn
 from probe.cli.options import decode_options
 from probe.decoding import DecodeEvent, DecodeSummary
-from probe.distributed import Runtime, Shard, runtime
-from probe.errors import ProbeError
 from probe.manifest import SampleRecord
-from probe.merging import merge_decodes
 from probe.naturalness import OFF_MANIFOLD
-from probe.targets import resolve_targets
+from probe.targets import Targets
 from probe.workflows import decode as workflow
-from probe.workflows.options import DecodeOptions
 
 
 class DecodeProgress(LateProgress):
@@ -109,55 +104,23 @@ def decode(store, group, index, paths, images, texts, vectors, prior, encoder, d
     A rerun of the same command into the same OUT resumes it (finished samples are kept); other
     settings are refused. OUT is locked while a decode writes it.
     """
-    rt = runtime(shard, encoder.device)
-    try:
-        if not rt.is_main and rt.group:
-            click.get_current_context().find_root().obj["quiet"] = True  # rank 0 speaks for the run
-        enc = dataclasses.replace(encoder, device=rt.device(encoder.device)).load(store, group)
-        targets = resolve_targets(enc, store=store, group=group, index=index, paths=paths, images=images,
-                                  texts=texts, vectors=vectors)
-        summary = decode_sharded(enc, targets, prior, out, decode, rt)
-    finally:
-        rt.close()
-    if summary is None:
+    targets = Targets(store=store, group=group, index=index, paths=paths, images=images, texts=texts,
+                      vectors=vectors)
+    with DecodeProgress() as on_event:
+        result = workflow.run(encoder, targets, prior=prior, out=out, options=decode, shard=shard,
+                              on_start=lambda plan: speak_only_if(plan.speaks), on_event=on_event,
+                              on_warning=warn)
+    plan = result.plan
+    if result.merged is not None:
+        say(f"merged {plan.shard.count} shards into {out} ({result.merged.seconds:.1f} s)")
+    if result.awaits_merge:
+        say(f"shard {plan.shard} done: {len(result.records)} samples in {plan.shard_dir}; "
+            f"run 'probe merge {out}' once all {plan.shard.count} shards are done")
+    if not result.has_report:
         return
+    summary = result.summary
     if as_json:
         emit_json(summary.to_dict())
     show(summary)
     say(f"best images in {out / 'images'}, contact sheet {out / 'contact_sheet.png'}, "
         f"records in {out / 'manifest.jsonl'} ({summary.seconds:.1f} s)")
-
-
-def decode_sharded(enc, targets, prior: str, out: Path, options: DecodeOptions, rt: Runtime,
-                   what: str = "decode") -> DecodeSummary | None:
-    """The decode workflow for this process's shard; under torchrun rank 0 merges once every rank is done.
-
-    Returns the summary to print (None on ranks that have nothing to report)."""
-    def one(shard: Shard | None) -> DecodeSummary:
-        with DecodeProgress(what) as on_event:
-            return workflow.run(enc, targets, prior=prior, out=out, options=options, on_event=on_event,
-                                shard=shard, on_warning=warn).summary
-
-    if rt.shard.single:
-        return one(None)
-    ok = False
-    try:
-        summary = one(rt.shard)
-        ok = True
-    finally:
-        all_ok = rt.all_ok(ok)  # every rank waits here, also when one failed (then nobody merges)
-    if not rt.group:
-        say(f"shard {rt.shard} done: {len(summary.records)} samples in {out / 'shards' / rt.shard.name}; "
-            f"run 'probe merge {out}' once all {rt.shard.count} shards are done")
-        return None
-    if not all_ok:
-        raise ProbeError(f"{out}: another rank failed; every finished batch is kept in {out / 'shards'}, "
-                         "rerun the same command to resume")
-    if not rt.is_main:
-        return None
-    t0 = time.perf_counter()
-    records = merge_decodes(out, sheet=True, on_warning=warn)
-    say(f"merged {rt.shard.count} shards into {out} ({time.perf_counter() - t0:.1f} s)")
-    return DecodeSummary(out=out, records=records,
-                         seconds=summary.seconds + time.perf_counter() - t0, n_targets=len(targets),
-                         samples=options.samples, baseline_seconds=summary.baseline_seconds, resumed=summary.resumed)

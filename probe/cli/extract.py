@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from probe.cli.console import LateProgress, console, emit_json, say, warn
+from probe.cli.console import LateProgress, console, emit_json, say, speak_only_if, warn
 from probe.cli.options import encoder_options
 from probe.images import DEFAULT_MAX_PIXELS
 from probe.workflows import extract as workflow
@@ -47,8 +47,7 @@ def extract(inputs, store, list_file, texts, text_file, batch_size, workers, hal
     bar = LateProgress("extract")
 
     def start(plan: workflow.ExtractPlan) -> None:
-        if not plan.speaks:
-            click.get_current_context().find_root().obj["quiet"] = True  # rank 0 speaks for the run
+        speak_only_if(plan.speaks)
         part = f" (shard {plan.shard}: {plan.shard_store})" if plan.shard_store else ""
         say(f"{plan.encoder.spec} layers {', '.join(plan.encoder.layers)} on {plan.encoder.device}; "
             f"{plan.images} images, {plan.prompts} prompts -> {plan.store}{part}")

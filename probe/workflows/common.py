@@ -1,10 +1,11 @@
-"""What every workflow shares: loading an encoder or a prior from whatever the caller has, turning
-targets of any form into :class:`~probe.targets.Target` lists, and the output folder (the caller's, or a
-temporary one when a notebook only wants the tensors back).
+"""What every workflow shares: loading an encoder or a prior from whatever the caller has (on this
+process's device under torchrun), turning targets of any form into :class:`~probe.targets.Target` lists,
+and the output folder (the caller's, or a temporary one when a notebook only wants the tensors back).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -15,9 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from probe.distributed import Runtime
 from probe.errors import UsageError
 from probe.models.encoder import Encoder, Preprocess
-from probe.targets import Target, encode_images01, unique_ids, vector_target
+from probe.targets import Target, Targets, encode_images01, unique_ids, vector_target
 from probe.workflows.options import EncoderOptions
 
 Note = Callable[[str], None]
@@ -72,6 +74,34 @@ def resolve_encoder(encoder: Encoder | EncoderOptions | str | nn.Module | None, 
     return load_encoder(encoder, device=device)
 
 
+def asked_device(encoder: Any, device: str | None) -> str | None:
+    """The device the caller asked for (it picks torchrun's backend: nccl for GPUs, else gloo)."""
+    if isinstance(encoder, EncoderOptions):
+        return encoder.device
+    return str(encoder.device) if isinstance(encoder, Encoder) else device
+
+
+def load_on(encoder: Any, device: str | None, rt: Runtime, store: str | Path | None = None,
+            group: str | None = None) -> Encoder:
+    """The encoder on this process's device: under torchrun each rank's own GPU unless one was named
+    (an Encoder stays where it is). ``store``/``group`` infer it as :func:`resolve_encoder` does."""
+    if isinstance(encoder, EncoderOptions):
+        return resolve_encoder(dataclasses.replace(encoder, device=rt.device(encoder.device)), store, group)
+    return resolve_encoder(encoder, store, group, device=rt.device(device))
+
+
+def store_of(*refs: Any) -> Path | None:
+    """The feature store the first ``F.h5:ROW`` reference names (the store an encoder of None is inferred
+    from)."""
+    from probe.walks import split_store_ref
+
+    for ref in refs:
+        found = split_store_ref(ref) if isinstance(ref, str) else None
+        if found and found[0].is_file():
+            return found[0]
+    return None
+
+
 def load_prior(spec: Any = None, device: str | torch.device | None = None, precision: str | None = None,
                checkpoint: str | None = None):
     """A diffusion prior: ``bundled:fashion-ddpm`` (default), a diffusers folder or hub id, or a Prior as is
@@ -93,7 +123,8 @@ def as_targets(encoder: Encoder, target: Any, group: str | None = None, name: st
     """Targets from what a caller has: a Target; a feature vector [D] or matrix [N, D] (numpy or torch);
     an image tensor [C, H, W] or batch [N, C, H, W] in [0, 1] (encoded now); a string in the form of
     ``probe interpolate``'s endpoints (``F.h5:ROW``, ``image:PATH`` or a path, ``text:PROMPT``,
-    ``vector:PATH``); or a list of any of these."""
+    ``vector:PATH``); :class:`~probe.targets.Targets` (``probe decode``'s target options); or a list of
+    any of these."""
     from probe.walks import parse_endpoint
 
     out: list[Target] = []
@@ -104,13 +135,15 @@ def as_targets(encoder: Encoder, target: Any, group: str | None = None, name: st
     for i, item in enumerate(items):
         if isinstance(item, Target):
             out.append(item)
+        elif isinstance(item, Targets):
+            out += item.resolve(encoder)
         elif isinstance(item, (str, Path)):
             out.append(parse_endpoint(str(item), encoder, group, name))
         elif isinstance(item, (np.ndarray, torch.Tensor)):
             out += _array_targets(encoder, item, dim, f"{name}[{i}]" if len(items) > 1 else name)
         else:
             raise UsageError(f"{name}: cannot make a target of {type(item).__name__}; give a vector, an image "
-                             "tensor, a path or a Target")
+                             "tensor, a path, a Target or Targets")
     return unique_ids(out)
 
 

@@ -9,7 +9,6 @@ only parses options into this ``run`` and prints what it returns.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from probe.distributed import Runtime, Shard, runtime, take
+from probe.distributed import Shard, runtime, take
 from probe.errors import InputError, UsageError
 from probe.extraction import ExtractConfig, ExtractSummary, extract_images, extract_text
 from probe.images import DEFAULT_MAX_PIXELS
@@ -26,9 +25,8 @@ from probe.merging import MergeSummary, store_shard_path
 from probe.models.encoder import Encoder
 from probe.sources import Item, collect_sources, item_key
 from probe.store import FeatureStore, group_key
-from probe.workflows.common import Note, output_dir, resolve_encoder
+from probe.workflows.common import Note, asked_device, load_on, output_dir, resolve_encoder
 from probe.workflows.extract_shards import check_shardable, extract_part
-from probe.workflows.options import EncoderOptions
 
 
 @dataclass(frozen=True)
@@ -133,11 +131,11 @@ def run(encoder: Any, inputs: Sequence[str | Path] | str | Path | torch.Tensor =
     paths = _gather(inputs, list_file, image_column, prompts)
     config = ExtractConfig(batch_size=batch_size, workers=default_workers() if workers is None else workers,
                            dtype=dtype, overwrite=overwrite, labels=labels, max_pixels=max_pixels or None)
-    rt = runtime(shard, _asked_device(encoder, device))
+    rt = runtime(shard, asked_device(encoder, device))
     try:
         if not rt.shard.single:
             check_shardable(out, overwrite)
-        enc = _load(encoder, device, rt)
+        enc = load_on(encoder, device, rt)
         with output_dir(out, "features.h5") as store:
             plan = ExtractPlan(enc, len(take(paths, rt.shard, batch_size)), len(prompts) if rt.is_main else 0,
                                None if out is None else store, rt.shard,
@@ -180,20 +178,6 @@ def _gather(inputs: Sequence[str | Path] | str | Path, list_file: str | None, im
     if (items or list_file) and not paths:
         raise InputError("no image files found in " + ", ".join(items or [str(list_file)]))
     return paths
-
-
-def _asked_device(encoder: Any, device: str | None) -> str | None:
-    """The device the caller asked for (it picks torchrun's backend: nccl for GPUs, else gloo)."""
-    if isinstance(encoder, EncoderOptions):
-        return encoder.device
-    return str(encoder.device) if isinstance(encoder, Encoder) else device
-
-
-def _load(encoder: Any, device: str | None, rt: Runtime) -> Encoder:
-    """The encoder on this process's device: under torchrun each rank's own GPU unless one was named."""
-    if isinstance(encoder, EncoderOptions):
-        return resolve_encoder(dataclasses.replace(encoder, device=rt.device(encoder.device)))
-    return resolve_encoder(encoder, device=rt.device(device))
 
 
 def _tensor_features(encoder: Encoder, images: torch.Tensor) -> ExtractResult:

@@ -13,8 +13,8 @@ from typing import Any
 from probe.decoding import DecodeEvent
 from probe.errors import UsageError
 from probe.targets import Target
-from probe.walks import PathReport, path_report, path_targets, split_store_ref
-from probe.workflows.common import as_targets, output_dir, resolve_encoder
+from probe.walks import PathReport, path_report, path_targets
+from probe.workflows.common import as_targets, output_dir, resolve_encoder, store_of
 from probe.workflows.decode import DecodeResult, decode_into
 from probe.workflows.options import DecodeOptions
 
@@ -37,15 +37,6 @@ class InterpolateResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.report.summary, "decode": {k: v for k, v in self.decode.to_dict().items() if k != "records"}}
-
-
-def store_of(*refs: Any) -> Path | None:
-    """The feature store the first ``F.h5:ROW`` reference names (the store the encoder is inferred from)."""
-    for ref in refs:
-        found = split_store_ref(ref) if isinstance(ref, str) else None
-        if found and found[0].is_file():
-            return found[0]
-    return None
 
 
 def run(encoder: Any, a: Any, b: Any, *, points: int = 7, path: str = "linear", group: str | None = None,
