@@ -50,6 +50,28 @@ def fmt_quality(q: dict) -> list[str]:
     return rows
 
 
+def stage_text(st: dict) -> str:
+    return (f"{st['steps']:,} steps, batch {st['batch_size']}, AdamW lr {st['lr']:g} "
+            f"(warm-up {st.get('warmup') or 500} steps), {st['hardware'].split(',')[0]}")
+
+
+def training_rows(train: dict, dataset: str, name: str) -> list[str]:
+    """The training, recipe and hardware rows; a prior trained in stages (``--init-from``) lists each stage."""
+    stages = train.get("stages") or [train]
+    commands = " then ".join(f"`{st.get('command') or f'python recipes/train_ddpm.py --dataset {dataset}'}`"
+                             for st in stages)
+    hardware = " then ".join(dict.fromkeys(str(st["hardware"]) for st in stages))
+    cpu = any(str(st["hardware"]).startswith("CPU") for st in stages)
+    return [
+        f"| training | {'; then '.join(stage_text(st) for st in stages)}; {train['steps']:,} steps in all; "
+        f"EMA {train['ema_decay']} (the EMA weights ship), bf16 autocast, seed {train['seed']} |",
+        f"| recipe | {commands} (checkpoints under ~/.cache/probe/train/, resumed automatically; loss per step "
+        f"in log.csv there, and for the shipped weights in `recipes/logs/{name}-loss.csv.gz`) |",
+        f"| hardware, wall time | {hardware}; {wall_time(train['wall_seconds'])} of training in all"
+        + (" (a shared 2-core machine)" if cpu else "") + " |",
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("name", choices=["fashion-ddpm", "emoji-ddpm"])
@@ -77,13 +99,7 @@ def main() -> None:
         f"block, attention at the lowest resolution, GroupNorm {unet['norm_num_groups']} |",
         f"| parameters | {train['params']:,} |",
         "| noise schedule | 1000 steps, `squaredcos_cap_v2`, ε-prediction, `clip_sample` |",
-        f"| training | {train['steps']:,} steps, batch {train['batch_size']}, AdamW lr {train['lr']:g} "
-        f"(warm-up 500 steps), EMA {train['ema_decay']} (the EMA weights ship), bf16 autocast, seed {train['seed']} |",
-        f"| recipe | `{train.get('command', f'python recipes/train_ddpm.py --dataset {dataset}')}` "
-        f"(checkpoints under ~/.cache/probe/train/{args.name}/, resumed automatically; loss per step in "
-        f"log.csv there, and for the shipped weights in `recipes/logs/{args.name}-loss.csv.gz`) |",
-        f"| hardware, wall time | {train['hardware']}; {wall_time(train['wall_seconds'])} of training"
-        + (" (a shared 2-core machine)" if train["hardware"].startswith("CPU") else "") + " |",
+        *training_rows(train, dataset, args.name),
         f"| weights | `unet/diffusion_pytorch_model.safetensors` ({size:.1f} MB) |",
         "| licence | MIT (weights); data as above |",
     ]
@@ -93,7 +109,8 @@ def main() -> None:
                   f"--steps {quality['steps']}` ({quality['n']} unguided samples, {quality['steps']} strided "
                   "steps); raw numbers in " f"`benchmarks/results/{qfile.name}`.", "",
                   "![unguided samples](samples.png)"]
-    lines += ["", f"Limitations: a 2.7M-parameter model trained for {wall_time(train['wall_seconds'])}; samples "
+    lines += ["", f"Limitations: a {train['params'] / 1e6:.1f}M-parameter model trained for "
+              f"{wall_time(train['wall_seconds'])}; samples "
               "are small and some are not clearly any class. Decoded images inherit this: they show what the "
               "feature encodes as far as this prior can draw it. Training longer with the same recipe (it "
               "resumes) or pointing `--prior` at any diffusers DDPM checkpoint gives a stronger prior."]

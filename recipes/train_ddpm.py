@@ -88,13 +88,20 @@ def hardware(args: argparse.Namespace, device: torch.device, threads: int) -> st
     return f"CPU, {threads} torch thread(s), bf16 autocast={args.bf16}"
 
 
-def init_record(args: argparse.Namespace) -> dict:
-    """Where a run started, for the model card: the steps of the prior it was initialised from count too."""
-    if args.init_from is None:
-        return {}
-    info = args.init_from / "training.json"
-    steps = json.loads(info.read_text()).get("steps") if info.exists() else None
-    return {"init_from": str(args.init_from), "init_steps": steps}
+def stages_record(args: argparse.Namespace, stage: dict) -> dict:
+    """Training totals and stages: a run started ``--init-from`` an exported prior continues its record, so the
+    model card counts every step the shipped weights saw, not only this run's."""
+    previous: list[dict] = []
+    info = args.init_from / "training.json" if args.init_from is not None else None
+    if info is not None and info.exists():
+        prev = json.loads(info.read_text())
+        previous = prev.get("stages") or [{k: prev.get(k) for k in
+                                           ("steps", "batch_size", "lr", "warmup", "ema_decay", "wall_seconds",
+                                            "hardware", "command")}]
+    stages = [*previous, stage]
+    return {"steps": sum(st["steps"] or 0 for st in stages),
+            "wall_seconds": sum(st["wall_seconds"] or 0 for st in stages),
+            **({"init_from": str(args.init_from), "stages": stages} if previous else {})}
 
 
 def export(ema: UNet2DModel, name: str, step: int, wall: float, args: argparse.Namespace, where: str,
@@ -105,11 +112,11 @@ def export(ema: UNet2DModel, name: str, step: int, wall: float, args: argparse.N
     (out / "model_index.json").write_text(json.dumps(
         {"_class_name": "DDPMPipeline", "_diffusers_version": "0.42.1",
          "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}, indent=2) + "\n")
+    stage = {"steps": step, "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
+             "ema_decay": args.ema, "wall_seconds": round(wall), "hardware": where, "command": command}
     (out / "training.json").write_text(json.dumps(
-        {"dataset": args.dataset, "steps": step, "batch_size": args.batch_size, "lr": args.lr,
-         "ema_decay": args.ema, "seed": args.seed, "wall_seconds": round(wall),
-         "params": sum(p.numel() for p in ema.parameters()), **init_record(args),
-         "hardware": where, "command": command}, indent=2) + "\n")
+        {"dataset": args.dataset, **stage, "seed": args.seed, "params": sum(p.numel() for p in ema.parameters()),
+         **stages_record(args, stage)}, indent=2) + "\n")
     print(f"exported EMA weights at step {step} to {out}")
     return out
 
