@@ -15,7 +15,11 @@ from tests.tiny_diffusion import save_tiny_sd, tiny_encoder, tiny_unet
 
 torch.set_num_threads(1)  # as the other sampler tests: the suite runs single-threaded
 PAPER = preset("paper")
-TOL = 1e-5
+# float32 throughout (UNet, x̂0, encoder, gradient) in both implementations, with different operation order:
+# at t = 999 x̂0 = (z − √(1−ᾱ)·ε)/√ᾱ divides by √ᾱ_999 ≈ 4.9e-5, which turns float32 rounding in ε (~1e-7)
+# into ~1e-5 relative differences in the guided ε' (measured 6.3e-6 and 1.4e-5 on two trainings of the
+# bundled prior); a real departure moves it far more (the straight-through clamp: 0.56 at t = 600, 2.8 at 999).
+TOL = 3e-5
 
 
 def _reference_parts(prior, enc):
