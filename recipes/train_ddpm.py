@@ -95,9 +95,7 @@ def stages_record(args: argparse.Namespace, stage: dict) -> dict:
     info = args.init_from / "training.json" if args.init_from is not None else None
     if info is not None and info.exists():
         prev = json.loads(info.read_text())
-        previous = prev.get("stages") or [{k: prev.get(k) for k in
-                                           ("steps", "batch_size", "lr", "warmup", "ema_decay", "wall_seconds",
-                                            "hardware", "command")}]
+        previous = prev.get("stages") or [{k: prev.get(k) for k in stage}]  # a one-stage record
     stages = [*previous, stage]
     return {"steps": sum(st["steps"] or 0 for st in stages),
             "wall_seconds": sum(st["wall_seconds"] or 0 for st in stages),

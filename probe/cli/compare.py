@@ -184,7 +184,7 @@ def compare(
                               seed=seed, batch_size=batch_size, allow_unequal=allow_unequal,
                               off_manifold=off_manifold, csv=csv_path,
                               targets_csv=targets_csv, chart=chart_path, html=html_path, progress=advance,
-                              on_start=bar.start, on_note=lambda m: say(f"[dim]note: {escape(m)}[/dim]", markup=True))
+                              on_start=bar.start, on_note=lambda m: say(f"note: {m}", style="dim"))
 
     for w in result.warnings:
         warn(w)
@@ -193,7 +193,7 @@ def compare(
         return
     out.print(_summary_table(result))
     for line in _notes(result):
-        say(f"[dim]{escape(line)}[/dim]", markup=True)
+        say(line, style="dim")
     if per_target:
         out.print(_target_table(result))
     for label, p in (("summary CSV", csv_path), ("per-target CSV", targets_csv), ("chart", chart_path),

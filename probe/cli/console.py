@@ -35,11 +35,12 @@ def console() -> Console:
     return Console(stderr=True, quiet=quiet(), soft_wrap=True)
 
 
-def say(message: str, markup: bool = False) -> None:
+def say(message: str, markup: bool = False, style: str | None = None) -> None:
     """A progress/info line on stderr. Plain text by default: names, paths and prompts are the user's, and
-    rich would swallow ``[embedding]`` or crash on ``[/]`` in them."""
+    rich would swallow ``[embedding]`` or crash on ``[/]`` in them; ``style`` (e.g. "dim") styles the whole
+    line without reading markup in it."""
     if not quiet():
-        console().print(message, highlight=False, markup=markup)
+        console().print(message, highlight=False, markup=markup, style=style)
 
 
 def _cell(value: object) -> str:
