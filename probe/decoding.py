@@ -454,7 +454,8 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
                                              len(batches) * settings.batch_size, best.tolist()))
                 tb = time.perf_counter()
                 res = sample(prior, encoder, vectors, seeds, settings.config,
-                             trajectory_every=settings.trajectory_every, callback=cb)
+                             trajectory_every=settings.trajectory_every, callback=cb,
+                             max_chains=settings.batch_size)
                 realism = realism_scores(denoising_error(prior, res.best_images), reference_error) \
                     if settings.realism else np.full(len(batch), np.nan)
                 manifest.append(_write_batch(work, res, batch, targets, encoder, base_feats, settings, common,
@@ -539,6 +540,7 @@ def _write_batch(out: Path, res: SampleResult, batch: list[tuple[int, int]], tar
             off_manifold=bool(flagged[j]) if np.isfinite(realism[j]) else None,
             best_step=int(res.best_step[j]), best_timestep=int(res.best_timestep[j]),
             stopped_step=int(res.stopped_step[j]), steps=len(res.timesteps),
+            candidate=int(res.candidate[j]) if settings.config.candidates > 1 else None,
             evaluations=int(res.evaluations[j]), skipped_steps=int(res.skipped[j]),
             seconds=seconds / len(batch), batch_seconds=seconds,
             trajectory_image=f"trajectory/{rel_paths[j]}" if settings.trajectory_every else None,

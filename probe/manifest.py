@@ -63,6 +63,8 @@ class SampleRecord:
     best_step: int | None = None
     best_timestep: int | None = None
     stopped_step: int | None = None
+    # which of GuidanceConfig.candidates chains was kept (its noise: seed + candidate·CANDIDATE_SEED_OFFSET)
+    candidate: int | None = None
     steps: int | None = None
     evaluations: int | None = None
     skipped_steps: int | None = None
@@ -187,7 +189,7 @@ _FIELDS = {f.name: f.default_factory() if f.default_factory is not dataclasses.M
 _WRITTEN_WHEN_SET = frozenset({
     "naturalness", "off_manifold", "path_position", "path_kind", "path_index", "direction", "direction_index",
     "scale", "scale_index", "direction_info", "base", "explained_variance_ratio", "grid_row", "grid_col",
-    "map_x", "map_y", "map_method", "target_image"})
+    "map_x", "map_y", "map_method", "target_image", "candidate"})
 
 
 def _split(obj: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -353,3 +353,59 @@ def test_eot_and_free_steps_decode_reports_saved_distances(prior, encoder, targe
     assert torch.allclose(again, a.best_distance, rtol=1e-5)               # the untransformed image's distance
     base = S.sample(prior, encoder, target, [0, 1], SMALL.baseline())
     assert float(a.best_distance.mean()) < float(base.final_distance.mean())
+
+
+# -- best-of-N candidates at the layout stage ---------------------------------------------------------
+def test_candidates_keep_the_chain_closest_at_selection(prior, encoder, target):
+    # selecting after the last step: the kept chain is the closest of the N, bit for bit the same chain as
+    # the N seeds decoded side by side without selection (same batch, so the same arithmetic)
+    cfg = SMALL.replace(early_steps=10, candidates=3)
+    res = S.sample(prior, encoder, target, [7, 8], cfg)
+    plain = S.sample(prior, encoder, target, S.candidate_seeds([7, 8], 3), cfg.replace(candidates=1))
+    groups = plain.final_distance.view(2, 3)
+    assert res.candidate.tolist() == groups.argmin(dim=1).tolist()
+    rows = torch.arange(2) * 3 + res.candidate
+    assert torch.equal(res.final_images, plain.final_images[rows])
+    assert torch.equal(res.best_distance, plain.best_distance[rows])
+    assert res.evaluations.tolist() == plain.evaluations.view(2, 3).sum(dim=1).tolist() == [3 * 10 * 5] * 2
+    assert S.candidate_seeds([7, 8], 3)[:2] == [7, 7 + S.CANDIDATE_SEED_OFFSET]
+
+
+def test_candidates_stop_after_the_early_steps_and_count_their_evaluations(prior, encoder, target):
+    cfg = SMALL.replace(candidates=4)                                   # early_steps = 2 of 10, 5 rounds each
+    res = S.sample(prior, encoder, target, [0, 1, 2], cfg)
+    assert res.best_images.shape == (3, 1, 16, 16) and res.candidate.shape == (3,)
+    assert res.evaluations.tolist() == [cfg.evaluations(1000)] * 3 == [4 * 2 * 5 + 8 * 3] * 3
+    assert res.stopped_step.tolist() == [9, 9, 9] and len(res.seeds) == 3
+    again = S.saved_image_distance(encoder, res.best_images, target.expand(3, -1))
+    assert torch.allclose(again, res.best_distance, rtol=1e-5)
+    one = S.sample(prior, encoder, target, [0, 1, 2], cfg.replace(candidates=1))
+    assert one.candidate.tolist() == [0, 0, 0]
+    assert cfg.baseline().candidates == 1
+    with pytest.raises(UsageError, match="candidates"):
+        SMALL.replace(candidates=0)
+
+
+def test_x0_cap_limits_the_weight_where_the_signal_is_small():
+    cfg = GuidanceConfig(weight=0.5, x0_cap=0.5)
+    assert cfg.weight_at(0, 10, abar=0.0) == 0.0                     # pure noise: left to the prior
+    assert cfg.weight_at(3, 10, abar=0.2) == pytest.approx(0.25)     # 0.5·√(0.2/0.8)
+    assert cfg.weight_at(9, 10, abar=0.9) == 0.5                      # the weight itself once the cap is above it
+    assert cfg.weight_at(3, 10) == 0.5 and GuidanceConfig(weight=0.5).weight_at(0, 10, abar=0.0) == 0.5
+    ramp = GuidanceConfig(weight=4.0, weight_end=1.0, x0_cap=1.0)
+    assert ramp.weight_at(9, 10, abar=0.99) == 1.0 and ramp.weight_at(0, 10, abar=0.5) == 1.0
+    with pytest.raises(UsageError, match="x0-cap"):
+        GuidanceConfig(x0_cap=-1)
+
+
+def test_max_chains_groups_targets_and_draws_the_same_noise(prior, encoder, target):
+    cfg = SMALL.replace(candidates=3)
+    seen = []
+    grouped = S.sample(prior, encoder, target, [0, 1, 2], cfg, max_chains=4, trajectory_every=5,
+                       callback=lambda step, total, best: seen.append(best.shape[0]))
+    assert grouped.best_images.shape == (3, 1, 16, 16) and grouped.seeds == [0, 1, 2]
+    assert set(seen) == {3} and len(grouped.trajectory) == 3                   # groups of 4 // 3 = 1 target
+    assert grouped.evaluations.tolist() == [cfg.evaluations(1000)] * 3
+    alone = S.sample(prior, encoder, target, [1], cfg)                       # the same chains, one at a time
+    assert torch.equal(grouped.best_images[1], alone.best_images[0])
+    assert int(grouped.candidate[1]) == int(alone.candidate[0])

@@ -122,7 +122,8 @@ DECODE_PARAMS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     **{name: (name, _same) for name in ("samples", "seed", "batch_size", "schedule", "steps", "weight", "tau",
                                         "rounds", "early_rounds", "early_steps", "late_rounds", "late_steps",
                                         "weight_end", "free_steps", "eot_shift", "eot_flip", "eot_samples",
-                                        "grad_blur", "spacing", "patience", "max_distance", "update",
+                                        "grad_blur", "x0_cap", "candidates", "spacing", "patience",
+                                        "max_distance", "update",
                                         "clamp", "clip_x0", "beta", "loss_resize", "best_by", "precision",
                                         "checkpoint", "overwrite")},
     "no_quantize": ("quantize", lambda v: False if v else None),
@@ -203,6 +204,10 @@ def decode_options(samples: int = 4, trajectory: bool = False, out_help: str = "
         click.option("--eot-samples", type=int, help="Override: transformed copies per guided evaluation."),
         click.option("--grad-blur", type=float, help="Override: Gaussian blur sigma (pixels of z) of the "
                      "guidance gradient (0 = off)."),
+        click.option("--x0-cap", type=float, help="Override: at most this weight times sqrt(abar/(1-abar)) at "
+                     "each step, so guidance never moves the x0 estimate by more than about this (0 = off)."),
+        click.option("--candidates", type=int, help="Override: seeds tried per sample through the first "
+                     "--early-steps steps; the one closest to the target is kept (1 = off)."),
         click.option("--spacing", type=click.Choice(["linear", "quadratic"]),
                      help="Override: timestep spacing (quadratic: denser near t = 0)."),
         click.option("--patience", type=int, help="Stop a sample when its best distance has not improved "

@@ -28,6 +28,7 @@ images. The sampler knows nothing about files.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +43,7 @@ from probe.models.encoder import Encoder
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 EOT_SEED_OFFSET = 1_000_003  # a chain's transformation draws: its own generator, apart from its noise
+CANDIDATE_SEED_OFFSET = 7_919_993  # candidate k of seed s draws its noise from seed s + k·offset
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -190,7 +192,8 @@ class SampleResult:
     integer), at the prior's resolution — exactly what gets saved. Distances are of those 8-bit images.
     ``best_step`` is the 0-based index of the timestep at which the best image was seen; ``best_loss``
     is, when the config picks the best image by the optimised loss (``best_by = "loss"``), that loss;
-    ``evaluations`` counts guided UNet + decode + encoder forward/backward passes; ``stopped_step`` is
+    ``evaluations`` counts guided UNet + decode + encoder forward/backward passes (of all candidates);
+    ``candidate`` is the candidate chain kept per target (``GuidanceConfig.candidates``); ``stopped_step`` is
     the step after which a chain stopped (len(timesteps) − 1 when it ran to the end); ``skipped`` counts
     steps whose guidance was dropped because the gradient was not finite.
     """
@@ -210,6 +213,24 @@ class SampleResult:
     config: GuidanceConfig
     trajectory: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     best_loss: torch.Tensor | None = None
+    candidate: torch.Tensor | None = None
+
+
+def _concat(parts: list[SampleResult]) -> SampleResult:
+    """One SampleResult of several run one after another over consecutive groups of targets."""
+    cat = {f: torch.cat([getattr(p, f) for p in parts]) for f in (
+        "best_images", "final_images", "best_distance", "final_distance", "best_step", "best_timestep",
+        "evaluations", "stopped_step", "skipped", "candidate")}
+    first = parts[0]
+    frames = [(i, torch.cat([p.trajectory[k][1] for p in parts])) for k, (i, _) in enumerate(first.trajectory)]
+    return SampleResult(**cat, seconds=sum(p.seconds for p in parts), timesteps=first.timesteps,
+                        seeds=[s for p in parts for s in p.seeds], config=first.config, trajectory=frames,
+                        best_loss=None if first.best_loss is None else torch.cat([p.best_loss for p in parts]))
+
+
+def candidate_seeds(seeds: Sequence[int], n: int) -> list[int]:
+    """The chains' seeds, target-major: target j's candidate k (0 … n−1) is seeds[j] + k·CANDIDATE_SEED_OFFSET."""
+    return [int(s) + k * CANDIDATE_SEED_OFFSET for s in seeds for k in range(n)]
 
 
 class _Best:
@@ -351,14 +372,33 @@ def _scheduler_beta(prior: Prior, config: GuidanceConfig, t: int, t_prev: int) -
 
 def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, seeds: Sequence[int],
            config: GuidanceConfig, *, trajectory_every: int = 0,
-           callback: StepCallback | None = None) -> SampleResult:
+           callback: StepCallback | None = None, max_chains: int | None = None) -> SampleResult:
     """Run B = len(seeds) guided chains towards ``target`` ([B, D] or [D]; the encoder's layers
     concatenated) and return the best and final images with their distances.
 
     With ``config.unguided`` (the ``none`` preset and the baselines) no gradient is taken; ``encoder``
     and ``target`` may then be None (distances are reported as NaN). ``callback(step, total, best)`` is
     called after every timestep with the 1-based step count and the current best distances.
+    ``max_chains`` bounds the chains run side by side: with ``config.candidates`` = N the first steps run
+    N chains per target, so the targets are then taken in groups of max_chains // N (memory stays that of
+    max_chains chains; each chain draws its own noise, so the grouping does not change what is drawn).
     """
+    n_cand = 1 if config.unguided else config.candidates
+    if max_chains is not None and len(seeds) * n_cand > max_chains and len(seeds) > 1:
+        per = max(1, max_chains // n_cand)
+        full = None if target is None else torch.as_tensor(target)
+        parts, best_all = [], torch.full((len(seeds),), math.inf)
+
+        def report(step: int, total: int, best: torch.Tensor, lo: int) -> None:
+            best_all[lo:lo + len(best)] = best          # the whole batch's best so far, for progress
+            callback(step, total, best_all.clone())
+
+        for lo in range(0, len(seeds), per):
+            part = None if full is None or full.dim() == 1 else full[lo:lo + per]
+            cb = None if callback is None else functools.partial(report, lo=lo)
+            parts.append(sample(prior, encoder, full if part is None else part, seeds[lo:lo + per], config,
+                                trajectory_every=trajectory_every, callback=cb))
+        return _concat(parts)
     t_start = time.perf_counter()
     guided = not config.unguided
     has_target = encoder is not None and target is not None
@@ -367,9 +407,14 @@ def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, s
     device = prior.device
     if has_target:
         target = _check_inputs(prior, encoder, torch.as_tensor(target), seeds).to(encoder.device).float()
-    b = len(seeds)
-    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-    eot_generators = [torch.Generator("cpu").manual_seed(int(s) + EOT_SEED_OFFSET) for s in seeds]
+    chain_seeds = candidate_seeds(seeds, n_cand)
+    if has_target and n_cand > 1:
+        target = target.repeat_interleave(n_cand, dim=0)
+    chosen = torch.arange(len(seeds)) * n_cand                                   # the chain kept per target
+    selected = n_cand == 1
+    b = len(chain_seeds)
+    generators = [torch.Generator("cpu").manual_seed(s) for s in chain_seeds]
+    eot_generators = [torch.Generator("cpu").manual_seed(s + EOT_SEED_OFFSET) for s in chain_seeds]
     timesteps = config.timesteps(prior.num_train_timesteps)
     n_steps = len(timesteps)
     # beta = "scheduler": ᾱ = Π(1 − β_s) in float64 from the scheduler's β, as the official code computes it
@@ -408,7 +453,7 @@ def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, s
         beta_t = _scheduler_beta(prior, config, t, t_prev)
         rounds = config.rounds_at(i, n_steps)
         guided_now = guided and config.guided_at(i, n_steps)
-        weight = config.weight_at(i, n_steps)
+        weight = config.weight_at(i, n_steps, a_t)
         eot_gens = [eot_generators[j] for j in idx.tolist()]
         keep_frame = bool(trajectory_every) and (i % trajectory_every == 0 or last)
         for k in range(rounds):
@@ -459,16 +504,28 @@ def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, s
             newly = done & active
             stopped_step[newly] = i
             active &= ~done
+        if not selected and i == config.select_step - 1:                             # keep one candidate
+            chosen = chosen + final_distance.view(-1, n_cand).nan_to_num(math.inf).argmin(dim=1)
+            dropped = torch.ones(b, dtype=torch.bool)
+            dropped[chosen] = False
+            stopped_step[dropped & active] = i
+            active &= ~dropped
+            selected = True
         if callback is not None:
-            callback(i + 1, n_steps, best.distance.clone())
+            callback(i + 1, n_steps, best.distance[chosen] if selected else
+                     best.distance.view(-1, n_cand).min(dim=1).values)
 
     best_loss = None
+    best_distance = best.distance[chosen]
     if by_loss:  # the loss picked the best images; report the distance their saved PNGs give
-        best_loss = best.distance.clone()
-        best.distance = torch.cat([distance_of(best.images[j:j + 1].to(encoder.device), torch.tensor([j])).cpu()
-                                   for j in range(b)])
-    return SampleResult(best_images=best.images, final_images=final_images, best_distance=best.distance,
-                        final_distance=final_distance, best_step=best.step, best_timestep=best.timestep,
-                        evaluations=evaluations, stopped_step=stopped_step, skipped=skipped,
-                        seconds=time.perf_counter() - t_start, timesteps=timesteps,
-                        seeds=[int(s) for s in seeds], config=config, trajectory=trajectory, best_loss=best_loss)
+        best_loss = best_distance.clone()
+        best_distance = torch.cat([distance_of(best.images[j:j + 1].to(encoder.device), torch.tensor([j])).cpu()
+                                   for j in chosen.tolist()])
+    return SampleResult(best_images=best.images[chosen], final_images=final_images[chosen],
+                        best_distance=best_distance, final_distance=final_distance[chosen],
+                        best_step=best.step[chosen], best_timestep=best.timestep[chosen],
+                        evaluations=evaluations.view(-1, n_cand).sum(dim=1), stopped_step=stopped_step[chosen],
+                        skipped=skipped.view(-1, n_cand).sum(dim=1), seconds=time.perf_counter() - t_start,
+                        timesteps=timesteps, seeds=[int(s) for s in seeds], config=config,
+                        trajectory=[(i, frame[chosen]) for i, frame in trajectory], best_loss=best_loss,
+                        candidate=chosen - torch.arange(len(seeds)) * n_cand)

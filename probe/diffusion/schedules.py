@@ -9,6 +9,7 @@ measurement (benchmarks/decode_fidelity.py; figures in benchmarks/results/).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +60,18 @@ class GuidanceConfig:
         draws come from a per-sample generator separate from the chain's noise.
       grad_blur: σ (in pixels of z) of a Gaussian blur applied to the guidance gradient before it is
         normalised; removes its high-frequency part. 0 turns it off.
+      x0_cap: caps the guidance by the size of the change it makes to x̂0: the weight at timestep t is at
+        most x0_cap·√(ᾱ_t/(1−ᾱ_t)). ε' = ε − w·g moves x̂0 by w·√((1−ᾱ_t)/ᾱ_t)·g, and g has ε's norm, so at
+        the first, noisiest steps a fixed weight moves x̂0 by 16× (t = 959) to 2·10⁴× (t = T, cosine
+        schedule) its own scale: the guided x̂0 there is saturated salt-and-pepper noise, not an image.
+        With the cap those steps are left (nearly) to the prior and guidance grows with the signal. 0 is off.
+      candidates: seeds tried per target (best-of-N at the layout stage). N chains, candidate k seeded with
+        seed + k·CANDIDATE_SEED_OFFSET (candidate 0 is the plain seed, so N = 1 is the ordinary decode), run
+        through the first ``early_steps`` timesteps (at least one); then the chain whose x̂0 is closest to the
+        target continues and the others stop. A decode's large layout is set in those first, noisy steps
+        and guidance at a weight low enough to stay natural cannot turn the prior's blob for one seed into
+        a thin shoe; picking among a few prior layouts keeps the decode a prior sample that already agrees
+        with the target. Every candidate's evaluations are counted.
       stop_patience: stop a sample once its best distance has not improved for this many timesteps (0 off).
       max_distance: stop a sample once its best distance is below this (0 off).
       update: 'ddpm' — the paper's ancestral step, posterior mean with σ² = β (β of the strided chain,
@@ -100,6 +113,8 @@ class GuidanceConfig:
     eot_flip: bool = False
     eot_samples: int = 1
     grad_blur: float = 0.0
+    x0_cap: float = 0.0
+    candidates: int = 1
     stop_patience: int = 0
     max_distance: float = 0.0
     update: str = "ddpm"
@@ -125,6 +140,10 @@ class GuidanceConfig:
             raise UsageError("--tau and --max-distance must be >= 0 (0 turns them off)")
         if not np.isfinite(self.weight) or (self.weight_end is not None and not np.isfinite(self.weight_end)):
             raise UsageError(f"--weight and --weight-end must be finite numbers, not {self.weight}/{self.weight_end}")
+        if self.x0_cap < 0:
+            raise UsageError(f"--x0-cap must be >= 0 (0 = off), not {self.x0_cap}")
+        if self.candidates < 1:
+            raise UsageError(f"--candidates must be >= 1, not {self.candidates}")
         if self.free_steps < 0 or self.eot_shift < 0 or self.eot_samples < 1 or self.grad_blur < 0:
             raise UsageError("--free-steps, --eot-shift and --grad-blur must be >= 0 and --eot-samples >= 1")
         if self.update not in UPDATES:
@@ -167,18 +186,30 @@ class GuidanceConfig:
         """Whether the ``step_index``-th timestep is guided (not in the unguided preset or the free tail)."""
         return not self.unguided and step_index < n_steps - self.free_steps
 
-    def weight_at(self, step_index: int, n_steps: int) -> float:
-        """Guidance weight at the ``step_index``-th timestep: constant, or linear to ``weight_end``."""
-        if self.weight_end is None:
-            return self.weight
-        last = max(n_steps - self.free_steps - 1, 1)
-        frac = min(step_index / last, 1.0)
-        return self.weight + (self.weight_end - self.weight) * frac
+    @property
+    def select_step(self) -> int:
+        """Number of timesteps the ``candidates`` chains of a target all run before one is kept."""
+        return max(self.early_steps, 1)
+
+    def chains_at(self, step_index: int) -> int:
+        """Chains per target at the ``step_index``-th timestep (``candidates`` until the selection, then 1)."""
+        return self.candidates if step_index < self.select_step and not self.unguided else 1
+
+    def weight_at(self, step_index: int, n_steps: int, abar: float | None = None) -> float:
+        """Guidance weight at the ``step_index``-th timestep: constant, or linear to ``weight_end``; with
+        ``x0_cap`` and the timestep's ᾱ, at most x0_cap·√(ᾱ/(1−ᾱ))."""
+        w = self.weight
+        if self.weight_end is not None:
+            last = max(n_steps - self.free_steps - 1, 1)
+            w = self.weight + (self.weight_end - self.weight) * min(step_index / last, 1.0)
+        if self.x0_cap > 0 and abar is not None:
+            w = min(w, self.x0_cap * math.sqrt(abar / max(1.0 - abar, 1e-12)))
+        return w
 
     def evaluations(self, num_train_timesteps: int) -> int:
         """Guided evaluations (UNet + decode + encoder, forward and backward) of a run without early stop."""
         n = len(self.timesteps(num_train_timesteps))
-        return sum(self.rounds_at(i, n) for i in range(n) if self.guided_at(i, n))
+        return sum(self.rounds_at(i, n) * self.chains_at(i) for i in range(n) if self.guided_at(i, n))
 
     def replace(self, **overrides: object) -> GuidanceConfig:
         """A copy with some fields changed; ``None`` values mean 'keep' (unset CLI options)."""
@@ -192,8 +223,8 @@ class GuidanceConfig:
     def baseline(self) -> GuidanceConfig:
         """The unguided run that a guided one is compared against: same prior, timesteps, update and seed."""
         return self.replace(name=f"{self.name}/baseline", unguided=True, rounds=1, early_rounds=1,
-                            early_steps=0, late_rounds=0, late_steps=0, free_steps=0, stop_patience=0, max_distance=0.0,
-                            track_best=False)
+                            early_steps=0, late_rounds=0, late_steps=0, free_steps=0, candidates=1, stop_patience=0,
+                            max_distance=0.0, track_best=False)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
