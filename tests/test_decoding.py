@@ -147,3 +147,19 @@ def test_records_carry_the_realism_score_and_flag(tmp_path, setup, monkeypatch):
     plain = decode_targets(prior, enc, targets, tmp_path / "p",
                            DecodeSettings(samples=1, config=CFG, baseline=False))
     assert all(r.naturalness is None and r.off_manifold is None for r in plain.records)
+
+
+def test_candidates_are_recorded_and_counted(tmp_path, setup):
+    prior, enc, targets = setup
+    cfg = CFG.replace(candidates=3)
+    out = tmp_path / "cand"
+    decode_targets(prior, enc, targets, out, DecodeSettings(samples=2, batch_size=4, config=cfg))
+    recs = read_manifest(out)
+    assert len(recs) == 4
+    for r in recs:
+        assert r["candidate"] in (0, 1, 2) and r["settings"]["candidates"] == 3
+        assert r["evaluations"] == 3 * 3 + 3 * 2 == cfg.evaluations(1000)
+        assert (out / r["image"]).is_file()
+    plain = tmp_path / "plain"
+    decode_targets(prior, enc, targets, plain, DecodeSettings(samples=1, batch_size=4, config=CFG))
+    assert "candidate" not in read_manifest(plain)[0]
