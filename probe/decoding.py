@@ -75,6 +75,12 @@ class DecodeSettings:
         if self.seed < 0:
             raise UsageError(f"--seed must be >= 0, not {self.seed}")
 
+    @property
+    def samples_per_batch(self) -> int:
+        """Samples per sampler call: ``batch_size`` bounds the chains run side by side, and with
+        ``config.candidates`` = N each sample runs N chains through the first steps."""
+        return max(1, self.batch_size // self.config.chains_at(0))
+
     def seed_of(self, sample_index: int) -> int:
         return self.seed + sample_index
 
@@ -417,7 +423,8 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
         targets = save_target_images(out, targets)
 
         jobs = [(ti, s) for ti in range(len(targets)) for s in range(settings.samples)]
-        grid = [jobs[i:i + settings.batch_size] for i in range(0, len(jobs), settings.batch_size)]
+        per = settings.samples_per_batch
+        grid = [jobs[i:i + per] for i in range(0, len(jobs), per)]
         batches = [b for i, b in enumerate(grid) if shard.owns(i)
                    and any((targets[ti].id, s) not in done for ti, s in b)]
         if on_event is not None:
@@ -426,7 +433,8 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
                     "prior": prior.spec, "targets": len(targets), "samples": settings.samples,
                     "schedule": settings.config.name,
                     "evaluations": settings.config.evaluations(prior.num_train_timesteps),
-                    "rounds": [settings.config.rounds_at(i, n_steps) for i in range(n_steps)], "out": str(out),
+                    "step_evaluations": [settings.config.rounds_at(i, n_steps) * settings.config.chains_at(i)
+                                         for i in range(n_steps)], "out": str(out),
                     "baseline_batches": -(-settings.samples // settings.batch_size)
                     if settings.baseline and batches else 0}
             on_event(DecodeEvent("start", 0, len(batches), 0, n_steps, 0, sum(map(len, batches)), [], plan))
@@ -446,16 +454,15 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
                 vectors = torch.from_numpy(np.stack([targets[ti].vector for ti, _ in batch]))
                 seeds = [settings.seed_of(s) for _, s in batch]
                 todo = [j for j, (ti, s) in enumerate(batch) if (targets[ti].id, s) not in done]
-                n_done = bi * settings.batch_size
+                n_done = bi * per
 
                 def cb(step: int, total: int, best: torch.Tensor, bi: int = bi, n_done: int = n_done) -> None:
                     if on_event is not None:
                         on_event(DecodeEvent("decode", bi + 1, len(batches), step, total, n_done,
-                                             len(batches) * settings.batch_size, best.tolist()))
+                                             len(batches) * per, best.tolist()))
                 tb = time.perf_counter()
                 res = sample(prior, encoder, vectors, seeds, settings.config,
-                             trajectory_every=settings.trajectory_every, callback=cb,
-                             max_chains=settings.batch_size)
+                             trajectory_every=settings.trajectory_every, callback=cb)
                 realism = realism_scores(denoising_error(prior, res.best_images), reference_error) \
                     if settings.realism else np.full(len(batch), np.nan)
                 manifest.append(_write_batch(work, res, batch, targets, encoder, base_feats, settings, common,

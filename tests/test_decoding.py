@@ -72,7 +72,7 @@ def test_output_directory_follows_the_contract(tmp_path, setup):
         assert len(g) == 4 and g.attrs["kind"] == "decoded" and g.attrs["model_spec"] == enc.spec
         assert g.paths == [r["image"] for r in recs]
     assert [e.phase for e in events][0] == "start" and {e.phase for e in events} == {"start", "baseline", "decode"}
-    assert events[0].plan["targets"] == 2 and len(events[0].plan["rounds"]) == 4
+    assert events[0].plan["targets"] == 2 and len(events[0].plan["step_evaluations"]) == 4
     assert summary.to_dict()["decoded"] == 4
     meta = [json.loads(line) for line in (out / "images" / "metadata.jsonl").read_text().splitlines()]
     assert sorted(m["file_name"] for m in meta) == sorted(p.name for p in (out / "images").glob("*.png"))

@@ -34,7 +34,7 @@ class DecodeProgress(LateProgress):
             say(f"{p['encoder']} [{'+'.join(p['layers'])}] <- {p['prior']} on {p['device']}: "
                 f"{self.label}: {p['targets']} target(s) x {p['samples']} sample(s), schedule {p['schedule']} "
                 f"({ev.n_steps} steps, {p['evaluations']} guided evaluations per sample) -> {p['out']}")
-            self._work = list(itertools.accumulate(p["rounds"]))
+            self._work = list(itertools.accumulate(p["step_evaluations"]))
             self._n_steps, self._base = ev.n_steps, p["baseline_batches"]
             self.start(self._base * ev.n_steps + ev.n_batches * self._work[-1])
         elif ev.phase == "baseline":  # an unguided step counted as one evaluation

@@ -383,7 +383,7 @@ def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, s
     N chains per target, so the targets are then taken in groups of max_chains // N (memory stays that of
     max_chains chains; each chain draws its own noise, so the grouping does not change what is drawn).
     """
-    n_cand = 1 if config.unguided else config.candidates
+    n_cand = config.chains_at(0)                                                 # chains per target at first
     if max_chains is not None and len(seeds) * n_cand > max_chains and len(seeds) > 1:
         per = max(1, max_chains // n_cand)
         full = None if target is None else torch.as_tensor(target)
@@ -504,7 +504,7 @@ def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, s
             newly = done & active
             stopped_step[newly] = i
             active &= ~done
-        if not selected and i == config.select_step - 1:                             # keep one candidate
+        if not selected and i == config.early_steps - 1:                             # keep one candidate
             chosen = chosen + final_distance.view(-1, n_cand).nan_to_num(math.inf).argmin(dim=1)
             dropped = torch.ones(b, dtype=torch.bool)
             dropped[chosen] = False

@@ -67,8 +67,8 @@ class GuidanceConfig:
         With the cap those steps are left (nearly) to the prior and guidance grows with the signal. 0 is off.
       candidates: seeds tried per target (best-of-N at the layout stage). N chains, candidate k seeded with
         seed + k·CANDIDATE_SEED_OFFSET (candidate 0 is the plain seed, so N = 1 is the ordinary decode), run
-        through the first ``early_steps`` timesteps (at least one); then the chain whose x̂0 is closest to the
-        target continues and the others stop. A decode's large layout is set in those first, noisy steps
+        through the first ``early_steps`` timesteps (no candidates when it is 0); then the chain
+        whose x̂0 is closest to the target continues and the others stop. A decode's large layout is set in those first, noisy steps
         and guidance at a weight low enough to stay natural cannot turn the prior's blob for one seed into
         a thin shoe; picking among a few prior layouts keeps the decode a prior sample that already agrees
         with the target. Every candidate's evaluations are counted.
@@ -186,14 +186,10 @@ class GuidanceConfig:
         """Whether the ``step_index``-th timestep is guided (not in the unguided preset or the free tail)."""
         return not self.unguided and step_index < n_steps - self.free_steps
 
-    @property
-    def select_step(self) -> int:
-        """Number of timesteps the ``candidates`` chains of a target all run before one is kept."""
-        return max(self.early_steps, 1)
-
     def chains_at(self, step_index: int) -> int:
-        """Chains per target at the ``step_index``-th timestep (``candidates`` until the selection, then 1)."""
-        return self.candidates if step_index < self.select_step and not self.unguided else 1
+        """Chains per target at the ``step_index``-th timestep: ``candidates`` through the first
+        ``early_steps`` (none when that is 0), 1 after the selection and in unguided runs."""
+        return self.candidates if step_index < self.early_steps and not self.unguided else 1
 
     def weight_at(self, step_index: int, n_steps: int, abar: float | None = None) -> float:
         """Guidance weight at the ``step_index``-th timestep: constant, or linear to ``weight_end``; with
