@@ -68,10 +68,10 @@ class GuidanceConfig:
       candidates: seeds tried per target (best-of-N at the layout stage). N chains, candidate k seeded with
         seed + k·CANDIDATE_SEED_OFFSET (candidate 0 is the plain seed, so N = 1 is the ordinary decode), run
         through the first ``early_steps`` timesteps (no candidates when it is 0); then the chain
-        whose x̂0 is closest to the target continues and the others stop. A decode's large layout is set in those first, noisy steps
-        and guidance at a weight low enough to stay natural cannot turn the prior's blob for one seed into
-        a thin shoe; picking among a few prior layouts keeps the decode a prior sample that already agrees
-        with the target. Every candidate's evaluations are counted.
+        whose x̂0 is closest to the target continues and the others stop. A decode's large layout is set
+        in those first, noisy steps, and guidance at a weight low enough to stay natural cannot turn the
+        prior's blob for one seed into a thin shoe; picking among a few prior layouts keeps the decode a
+        prior sample that already agrees with the target. Every candidate's evaluations are counted.
       stop_patience: stop a sample once its best distance has not improved for this many timesteps (0 off).
       max_distance: stop a sample once its best distance is below this (0 off).
       update: 'ddpm' — the paper's ancestral step, posterior mean with σ² = β (β of the strided chain,
