@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from naturalness import load_judges, score_emoji, score_images  # noqa: E402
+from naturalness import emoji_categories, load_judges, score_emoji, score_images  # noqa: E402
 
 from probe.diffusion.priors import load_prior  # noqa: E402
 from probe.naturalness import denoising_error, off_manifold, realism_scores  # noqa: E402
@@ -72,9 +72,12 @@ def naturalness_figures(images: np.ndarray, labels: np.ndarray | None, targets: 
     real = realism_scores(denoising_error(prior, images01(images)), reference_error)
     out = {"realism_median": float(np.median(real)), "realism_mean": float(np.mean(real)),
            "off_manifold_share": float(off_manifold(real).mean()), "realism": real.tolist()}
-    if labels is None:
-        sc = score_emoji(images, targets=targets, unguided=unguided, exclude_indices=index)
-        out.update(judge_ratio=None, judge_accuracy=None)
+    if labels is None:  # emoji: the category judge (HOG + colour logistic regression) in place of classes
+        categories = emoji_categories("test")[np.asarray(index, dtype=np.int64)]
+        sc = score_emoji(images, categories=categories, targets=targets, unguided=unguided, exclude_indices=index)
+        out.update(judge_ratio=sc.get("category_accuracy_ratio"),
+                   judge_accuracy={"category": sc.get("category_accuracy")},
+                   judge_accuracy_real_targets={"category": sc.get("category_accuracy_real_targets")})
     else:
         sc = score_images(images, labels, targets=targets, unguided=unguided, exclude_indices=index,
                           judges=judges)

@@ -183,7 +183,8 @@ def decode_options(samples: int = 4, trajectory: bool = False, out_help: str = "
                      help="Decoded images per target; sample s uses seed SEED+s for every target."),
         click.option("--seed", default=0, show_default=True, help="Base seed of the samples."),
         click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-                     help="Chains decoded together."),
+                     help="Chains decoded side by side (with --candidates N, batch-size // N samples at a "
+                          "time)."),
         click.option("--schedule", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
                      help=f"Guidance preset. {SCHEDULE_HELP}."),
         click.option("--steps", type=int, help="Override: reverse timesteps (strided over 1000; 0 = all)."),
