@@ -26,9 +26,12 @@ from probe.workflows.options import DecodeOptions, EncoderOptions
 
 SCHEDULE_HELP = "; ".join(
     f"{name}: {c.steps} {'' if c.spacing == 'linear' else c.spacing + ' '}steps, K={c.rounds}"
-    + (f" (K={c.early_rounds} on the first {c.early_steps})" if c.early_steps and not c.unguided else "")
+    + (f" (K={c.early_rounds} on the first {c.early_steps}"
+       + (f", {c.candidates} candidate seeds" if c.candidates > 1 else "") + ")"
+       if c.early_steps and not c.unguided else "")
     + (f" (K={c.late_rounds} on the last {c.late_steps})" if c.late_steps and c.late_rounds else "")
-    + (", unguided" if c.unguided else f", w={c.weight:g}, tau={c.tau:g}")
+    + (", unguided" if c.unguided else f", w={c.weight:g}" + (f" (x0 cap {c.x0_cap:g})" if c.x0_cap else "")
+       + f", tau={c.tau:g}")
     for name, c in PRESETS.items())
 
 
