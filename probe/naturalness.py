@@ -13,11 +13,12 @@ an image is e(x) divided by the median e of the prior's own unguided samples of 
 (``reference``): about 1 for images like the prior's samples, well above 1 for textures. The noise draws
 come from a fixed seed, so the score of an image is deterministic.
 
-Calibrated on the bundled models (fashion-ddpm, 100 held-out Fashion-MNIST targets decoded on an H100;
-benchmarks/results/preset_search.json): 200 real test images score median 1.00 (none above 2.0), the
-prior's unguided samples 1.00 (1 % above 2.0), and the striped decodes of the old ``balanced`` preset
-(w = 4) median 2.55 (100 % above 2.0): AUC 1.000 between them and real + unguided images. Decodes at
-w = 1 sit in between (median 1.54, 7 % above 2.0). Small noise levels separate best: at t/T ≥ 0.1 real
+Calibrated on the bundled models (benchmarks/realism_auc.py, benchmarks/results/realism_auc.json, the shipped
+12,022-step fashion-ddpm): 200 real test images score median 1.01 (none above 2.0), the prior's unguided
+samples 1.00 (1 % above 2.0), and the striped decodes of the old ``balanced`` preset (w = 4) median 2.56
+(100 % above 2.0): AUC 1.000 between them and real + unguided images; the current presets' decodes score
+like real images (median 0.99–1.02, AUC 0.49–0.54 against real ones). On the first, 6,141-step prior,
+decodes at w = 1 sat in between (median 1.54, 7 % above 2.0). Small noise levels separate best: at t/T ≥ 0.1 real
 images with fine detail (prints, knits) already score up to 2.3.
 """
 
