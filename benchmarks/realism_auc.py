@@ -17,27 +17,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from probe.datasets import fashion_mnist
-from probe.diffusion.priors import load_prior
-from probe.naturalness import OFF_MANIFOLD, auc, denoising_error, realism_scores
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from preset_score import images01  # noqa: E402
+
+from probe.datasets import fashion_mnist  # noqa: E402
+from probe.diffusion.priors import load_prior  # noqa: E402
+from probe.naturalness import OFF_MANIFOLD, auc, denoising_error, off_manifold, realism_scores  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent / "results" / "realism_auc.json"
 
 
-def images01(u8: np.ndarray) -> torch.Tensor:
-    """uint8 [N, H, W] or [N, 1, H, W] -> float [N, 1, H, W] in [0, 1]."""
-    x = torch.from_numpy(np.asarray(u8)).float() / 255.0
-    return x if x.dim() == 4 else x.unsqueeze(1)
-
-
 def summary(scores: np.ndarray) -> dict:
     return {"n": int(len(scores)), "median": float(np.median(scores)),
-            "flagged": float((scores > OFF_MANIFOLD).mean())}
+            "flagged": float(off_manifold(scores).mean())}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -50,8 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     prior = load_prior(args.prior, "cpu")
-    unguided = images01(np.load(args.decoded / "none.npz")["final"])
-    reference = denoising_error(prior, unguided)
+    reference = denoising_error(prior, images01(np.load(args.decoded / "none.npz")["final"]))
 
     def score(u8: np.ndarray) -> np.ndarray:
         return realism_scores(denoising_error(prior, images01(u8)), reference)
@@ -59,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     test, _ = fashion_mnist("test")
     pick = np.random.default_rng(0).choice(len(test), args.real, replace=False)
     groups = {"real test images": score(test[pick]),
-              "unguided samples": score(np.load(args.decoded / "none.npz")["final"])}
+              "unguided samples": realism_scores(reference, reference)}
     for f in sorted(args.textured.glob("*.npz")):
         if f.name != "targets.npz":
             groups[f"textured: {f.stem}"] = score(np.load(f)["best"])

@@ -547,7 +547,7 @@ def _write_batch(out: Path, res: SampleResult, batch: list[tuple[int, int]], tar
             off_manifold=bool(flagged[j]) if np.isfinite(realism[j]) else None,
             best_step=int(res.best_step[j]), best_timestep=int(res.best_timestep[j]),
             stopped_step=int(res.stopped_step[j]), steps=len(res.timesteps),
-            candidate=int(res.candidate[j]) if settings.config.candidates > 1 else None,
+            candidate=int(res.candidate[j]) if settings.config.chains_at(0) > 1 else None,
             evaluations=int(res.evaluations[j]), skipped_steps=int(res.skipped[j]),
             seconds=seconds / len(batch), batch_seconds=seconds,
             trajectory_image=f"trajectory/{rel_paths[j]}" if settings.trajectory_every else None,

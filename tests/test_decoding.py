@@ -163,3 +163,22 @@ def test_candidates_are_recorded_and_counted(tmp_path, setup):
     plain = tmp_path / "plain"
     decode_targets(prior, enc, targets, plain, DecodeSettings(samples=1, batch_size=4, config=CFG))
     assert "candidate" not in read_manifest(plain)[0]
+
+
+def test_batch_size_bounds_the_chains_and_grouping_draws_the_same_noise(tmp_path, setup):
+    """batch_size 4 with 3 candidates: one sample per sampler call, each the chain sample() draws alone."""
+    from probe.diffusion.sampler import sample
+
+    prior, enc, targets = setup
+    cfg = CFG.replace(candidates=3)
+    settings = DecodeSettings(samples=2, batch_size=4, config=cfg, baseline=False)
+    assert settings.samples_per_batch == 1 and DecodeSettings(batch_size=4, config=CFG).samples_per_batch == 4
+    events = []
+    decode_targets(prior, enc, targets, tmp_path / "g", settings, on_event=events.append)
+    assert events[0].n_batches == 4 and events[0].plan["step_evaluations"] == [9, 2, 2, 2]
+    rec = [r for r in read_manifest(tmp_path / "g") if r["target_id"] == "b" and r["sample"] == 1][0]
+    alone = sample(prior, enc, torch.from_numpy(targets[1].vector)[None], [1], cfg)
+    assert rec["candidate"] == int(alone.candidate[0]) and rec["evaluations"] == int(alone.evaluations[0])
+    assert rec["best_distance"] == pytest.approx(float(alone.best_distance[0]), rel=1e-6)
+    img = np.asarray(Image.open(tmp_path / "g" / rec["image"]), dtype=np.float32) / 255
+    assert np.array_equal(img, alone.best_images[0, 0].numpy())

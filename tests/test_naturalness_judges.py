@@ -203,7 +203,7 @@ def test_judges_tolerate_faint_pixel_noise(fashion_test, judges):
 def test_preset_score_judges_emoji_decodes_by_category(emoji_ready):
     """preset_score's emoji path reports the category judge: decodes equal to their targets score 1.0."""
     import torch
-    from preset_score import naturalness_figures
+    from preset_score import images01, naturalness_figures
 
     from probe.diffusion.priors import load_prior
     from probe.naturalness import denoising_error
@@ -214,7 +214,7 @@ def test_preset_score_judges_emoji_decodes_by_category(emoji_ready):
     targets = (held[index] * 255).round().astype(np.uint8) if held.dtype != np.uint8 else held[index]
     prior = load_prior("bundled:emoji-ddpm", "cpu")
     unguided = targets[::-1].copy()
-    ref = denoising_error(prior, torch.from_numpy(unguided).permute(0, 3, 1, 2).float() / 255)
+    ref = denoising_error(prior, images01(unguided))
     out = naturalness_figures(targets, None, targets, index, unguided, prior, ref)
     assert out["judge_ratio"] == pytest.approx(1.0)
     assert out["judge_accuracy"]["category"] == out["judge_accuracy_real_targets"]["category"] > 0

@@ -400,16 +400,3 @@ def test_x0_cap_limits_the_weight_where_the_signal_is_small():
     assert ramp.weight_at(9, 10, abar=0.99) == 1.0 and ramp.weight_at(0, 10, abar=0.5) == 1.0
     with pytest.raises(UsageError, match="x0-cap"):
         GuidanceConfig(x0_cap=-1)
-
-
-def test_max_chains_groups_targets_and_draws_the_same_noise(prior, encoder, target):
-    cfg = SMALL.replace(candidates=3)
-    seen = []
-    grouped = S.sample(prior, encoder, target, [0, 1, 2], cfg, max_chains=4, trajectory_every=5,
-                       callback=lambda step, total, best: seen.append(best.shape[0]))
-    assert grouped.best_images.shape == (3, 1, 16, 16) and grouped.seeds == [0, 1, 2]
-    assert set(seen) == {3} and len(grouped.trajectory) == 3                   # groups of 4 // 3 = 1 target
-    assert grouped.evaluations.tolist() == [cfg.evaluations(1000)] * 3
-    alone = S.sample(prior, encoder, target, [1], cfg)                       # the same chains, one at a time
-    assert torch.equal(grouped.best_images[1], alone.best_images[0])
-    assert int(grouped.candidate[1]) == int(alone.candidate[0])

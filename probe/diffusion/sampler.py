@@ -28,7 +28,6 @@ images. The sampler knows nothing about files.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -216,18 +215,6 @@ class SampleResult:
     candidate: torch.Tensor | None = None
 
 
-def _concat(parts: list[SampleResult]) -> SampleResult:
-    """One SampleResult of several run one after another over consecutive groups of targets."""
-    cat = {f: torch.cat([getattr(p, f) for p in parts]) for f in (
-        "best_images", "final_images", "best_distance", "final_distance", "best_step", "best_timestep",
-        "evaluations", "stopped_step", "skipped", "candidate")}
-    first = parts[0]
-    frames = [(i, torch.cat([p.trajectory[k][1] for p in parts])) for k, (i, _) in enumerate(first.trajectory)]
-    return SampleResult(**cat, seconds=sum(p.seconds for p in parts), timesteps=first.timesteps,
-                        seeds=[s for p in parts for s in p.seeds], config=first.config, trajectory=frames,
-                        best_loss=None if first.best_loss is None else torch.cat([p.best_loss for p in parts]))
-
-
 def candidate_seeds(seeds: Sequence[int], n: int) -> list[int]:
     """The chains' seeds, target-major: target j's candidate k (0 … n−1) is seeds[j] + k·CANDIDATE_SEED_OFFSET."""
     return [int(s) + k * CANDIDATE_SEED_OFFSET for s in seeds for k in range(n)]
@@ -372,33 +359,17 @@ def _scheduler_beta(prior: Prior, config: GuidanceConfig, t: int, t_prev: int) -
 
 def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, seeds: Sequence[int],
            config: GuidanceConfig, *, trajectory_every: int = 0,
-           callback: StepCallback | None = None, max_chains: int | None = None) -> SampleResult:
+           callback: StepCallback | None = None) -> SampleResult:
     """Run B = len(seeds) guided chains towards ``target`` ([B, D] or [D]; the encoder's layers
     concatenated) and return the best and final images with their distances.
 
     With ``config.unguided`` (the ``none`` preset and the baselines) no gradient is taken; ``encoder``
     and ``target`` may then be None (distances are reported as NaN). ``callback(step, total, best)`` is
     called after every timestep with the 1-based step count and the current best distances.
-    ``max_chains`` bounds the chains run side by side: with ``config.candidates`` = N the first steps run
-    N chains per target, so the targets are then taken in groups of max_chains // N (memory stays that of
-    max_chains chains; each chain draws its own noise, so the grouping does not change what is drawn).
+    With ``config.candidates`` = N the first ``early_steps`` run N chains per target (memory: B·N chains;
+    ``DecodeSettings.samples_per_batch`` sizes B for that).
     """
     n_cand = config.chains_at(0)                                                 # chains per target at first
-    if max_chains is not None and len(seeds) * n_cand > max_chains and len(seeds) > 1:
-        per = max(1, max_chains // n_cand)
-        full = None if target is None else torch.as_tensor(target)
-        parts, best_all = [], torch.full((len(seeds),), math.inf)
-
-        def report(step: int, total: int, best: torch.Tensor, lo: int) -> None:
-            best_all[lo:lo + len(best)] = best          # the whole batch's best so far, for progress
-            callback(step, total, best_all.clone())
-
-        for lo in range(0, len(seeds), per):
-            part = None if full is None or full.dim() == 1 else full[lo:lo + per]
-            cb = None if callback is None else functools.partial(report, lo=lo)
-            parts.append(sample(prior, encoder, full if part is None else part, seeds[lo:lo + per], config,
-                                trajectory_every=trajectory_every, callback=cb))
-        return _concat(parts)
     t_start = time.perf_counter()
     guided = not config.unguided
     has_target = encoder is not None and target is not None
