@@ -60,16 +60,20 @@ def test_decode_errors_are_one_line(run_cli, prior_dir, tiny_encoder_args, tmp_p
     assert res.exit_code == 2 and "--rounds" in res.stderr
 
 
-def test_candidates_and_x0_cap_flags_reach_the_manifest(run_cli, prior_dir, tiny_encoder_args, small_images, tmp_path):
+def test_candidates_x0_cap_and_rescale_flags_reach_the_manifest(run_cli, prior_dir, tiny_encoder_args, small_images, tmp_path):
     out = tmp_path / "cand"
     flags = ["--steps", "3", "--rounds", "1", "--early-steps", "1", "--early-rounds", "2", "--late-steps", "0",
-             "--samples", "2", "--candidates", "3", "--x0-cap", "0.25", "--device", "cpu"]
+             "--samples", "2", "--candidates", "3", "--x0-cap", "0.25", "--rescale", "0.5", "--device", "cpu"]
     res = run_cli("-q", "decode", "--prior", prior_dir, *tiny_encoder_args, "--image", small_images[0], *flags,
                   "--out", out, "--json")
     assert res.exit_code == 0, res.stderr
     rec = json.loads(res.stdout)["records"][0]
     assert rec["settings"]["candidates"] == 3 and rec["settings"]["x0_cap"] == 0.25
+    assert rec["settings"]["rescale"] == 0.5
     assert rec["candidate"] in (0, 1, 2) and rec["evaluations"] == 3 * 2 + 2
-    bad = run_cli("decode", "--prior", prior_dir, *tiny_encoder_args, "--image", small_images[0], *flags[:-4],
+    bad = run_cli("decode", "--prior", prior_dir, *tiny_encoder_args, "--image", small_images[0], *flags[:-6],
                   "--candidates", "0", "--out", tmp_path / "bad")
     assert bad.exit_code == 2 and "candidates" in bad.stderr
+    bad = run_cli("decode", "--prior", prior_dir, *tiny_encoder_args, "--image", small_images[0], *flags[:-4],
+                  "--rescale", "2", "--out", tmp_path / "bad2")
+    assert bad.exit_code == 2 and "--rescale must be in [0, 1]" in bad.stderr

@@ -400,3 +400,22 @@ def test_x0_cap_limits_the_weight_where_the_signal_is_small():
     assert ramp.weight_at(9, 10, abar=0.99) == 1.0 and ramp.weight_at(0, 10, abar=0.5) == 1.0
     with pytest.raises(UsageError, match="x0-cap"):
         GuidanceConfig(x0_cap=-1)
+
+
+def test_rescale_pulls_the_guided_noise_back_to_the_unguided_norm(prior, encoder, target):
+    z = torch.randn(2, *prior.latent_shape, generator=torch.Generator().manual_seed(5))
+    t = 600
+    a_t = float(prior.alphas_cumprod[t])
+    tgt = target.expand(2, -1)
+    eps = prior.eps(z, t)
+    norm = eps.flatten(1).norm(dim=1)
+    plain, *_ = S._guided_round(prior, encoder, z, t, a_t, tgt, SMALL.replace(weight=2.0), False)
+    full, *_ = S._guided_round(prior, encoder, z, t, a_t, tgt, SMALL.replace(weight=2.0, rescale=1.0), False)
+    half, *_ = S._guided_round(prior, encoder, z, t, a_t, tgt, SMALL.replace(weight=2.0, rescale=0.5), False)
+    assert (plain.flatten(1).norm(dim=1) > norm * 1.01).all()          # ε − w·g is longer than ε
+    torch.testing.assert_close(full.flatten(1).norm(dim=1), norm, rtol=1e-5, atol=1e-5)
+    cos = torch.nn.functional.cosine_similarity(full.flatten(1), plain.flatten(1))
+    torch.testing.assert_close(cos, torch.ones(2), rtol=1e-5, atol=1e-5)  # same direction, ε's length
+    torch.testing.assert_close(half, (plain + full) / 2, rtol=1e-5, atol=1e-5)
+    with pytest.raises(UsageError, match="rescale"):
+        GuidanceConfig(rescale=1.5)

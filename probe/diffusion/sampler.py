@@ -342,6 +342,8 @@ def _guided_round(prior: Prior, encoder: Encoder, z: torch.Tensor, t: int, a_t: 
     g = torch.where(bad.view(-1, *([1] * (g.dim() - 1))), torch.zeros_like(g), g)
     g = threshold_per_sample(g, config.tau)                                      # 7
     eps_guided = eps - weight * g                                                # 8
+    if config.rescale > 0:                                                       # pull ‖ε'‖ back to ‖ε‖
+        eps_guided = torch.lerp(eps_guided, normalize_per_sample(eps_guided, eps), config.rescale)
     return eps_guided, img, distance, bad
 
 

@@ -72,6 +72,10 @@ class GuidanceConfig:
         in those first, noisy steps, and guidance at a weight low enough to stay natural cannot turn the
         prior's blob for one seed into a thin shoe; picking among a few prior layouts keeps the decode a
         prior sample that already agrees with the target. Every candidate's evaluations are counted.
+      rescale: φ of guidance rescaling — ε' is pulled back towards ε's norm, ε'' = φ·ε'·‖ε‖/‖ε'‖ + (1−φ)·ε'
+        (as classifier-free guidance's rescale, Lin et al. 2023). ε − w·g is longer than ε (by √(1 + w²)
+        when g ⟂ ε), and a longer ε' writes more than the scheduled noise into z_t and more contrast into
+        x̂0: guided decodes come out brighter and larger than their targets. 0 is off, 1 keeps ‖ε'‖ = ‖ε‖.
       stop_patience: stop a sample once its best distance has not improved for this many timesteps (0 off).
       max_distance: stop a sample once its best distance is below this (0 off).
       update: 'ddpm' — the paper's ancestral step, posterior mean with σ² = β (β of the strided chain,
@@ -115,6 +119,7 @@ class GuidanceConfig:
     grad_blur: float = 0.0
     x0_cap: float = 0.0
     candidates: int = 1
+    rescale: float = 0.0
     stop_patience: int = 0
     max_distance: float = 0.0
     update: str = "ddpm"
@@ -142,6 +147,8 @@ class GuidanceConfig:
             raise UsageError(f"--weight and --weight-end must be finite numbers, not {self.weight}/{self.weight_end}")
         if self.x0_cap < 0:
             raise UsageError(f"--x0-cap must be >= 0 (0 = off), not {self.x0_cap}")
+        if not 0.0 <= self.rescale <= 1.0:
+            raise UsageError(f"--rescale must be in [0, 1] (0 = off), not {self.rescale}")
         if self.candidates < 1:
             raise UsageError(f"--candidates must be >= 1, not {self.candidates}")
         if self.free_steps < 0 or self.eot_shift < 0 or self.eot_samples < 1 or self.grad_blur < 0:
