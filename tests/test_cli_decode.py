@@ -60,7 +60,8 @@ def test_decode_errors_are_one_line(run_cli, prior_dir, tiny_encoder_args, tmp_p
     assert res.exit_code == 2 and "--rounds" in res.stderr
 
 
-def test_candidates_x0_cap_and_rescale_flags_reach_the_manifest(run_cli, prior_dir, tiny_encoder_args, small_images, tmp_path):
+def test_candidates_x0_cap_and_rescale_flags_reach_the_manifest(run_cli, prior_dir, tiny_encoder_args, small_images,
+                                                                 tmp_path):
     out = tmp_path / "cand"
     flags = ["--steps", "3", "--rounds", "1", "--early-steps", "1", "--early-rounds", "2", "--late-steps", "0",
              "--samples", "2", "--candidates", "3", "--x0-cap", "0.25", "--rescale", "0.5", "--device", "cpu"]
