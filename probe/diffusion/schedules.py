@@ -242,26 +242,28 @@ PRESETS: dict[str, GuidanceConfig] = {
                             early_steps=5, update="ddpm", clamp="none", clip_x0=False, beta="scheduler",
                             loss_resize="whole", best_by="loss"),
     # probe's presets: 50 timesteps spaced quadratically (denser near t = 0), DDIM η = 1, w = 0.5, guidance
-    # capped by its size in x̂0 space (x0_cap = 0.5), and 4 candidate seeds per sample through the first 8
-    # steps (5 rounds each), of which the one closest to the target goes on. Tuned for issue 10 on both axes
+    # capped by its size in x̂0 space (x0_cap = 0.5), and 16 candidate seeds per sample through the first 8
+    # steps (2 rounds each), of which the one closest to the target goes on. Tuned for issue 10 on both axes
     # at once (benchmarks/preset_search.py + preset_score.py, 100 held-out Fashion-MNIST targets; README):
     # - every w >= 2 preset wrote full-frame striped textures the independent judges could not name (the old
     #   balanced, w = 4: prior realism 2.55x the unguided samples', 100 % flagged off-manifold);
     # - at the first steps a normalised gradient moves x̂0 by sqrt((1-abar)/abar) times its own scale (16x at
     #   t = 959): the guided x̂0 was salt-and-pepper noise and the layout a shirt-shaped blob, whatever the
     #   target (shoes came out as shirt-and-shoe hybrids). The cap leaves those steps to the prior, and the
-    #   candidates pick, among four prior layouts, the one that fits the target;
-    # - together (same 608 evaluations): distance 0.35 -> 0.26, the judges' accuracy 0.83 -> 0.90 of theirs
-    #   on the real targets (sneakers 0.8 -> 2.8 of 3 judges), FD 1.44 -> 0.84x the unguided samples',
-    #   nearest-training-image ratio 1.48 -> 1.27.
+    #   candidates pick, among the prior's layouts, the one that fits the target;
+    # - together (4 candidates x 5 rounds, same 608 evaluations): distance 0.35 -> 0.26, the judges'
+    #   accuracy 0.83 -> 0.90 of theirs on the real targets (sneakers 0.8 -> 2.8 of 3 judges), FD 1.44 ->
+    #   0.84x the unguided samples', nearest-training-image ratio 1.48 -> 1.27;
+    # - 16 candidates x 2 rounds instead of 4 x 5 (more layouts rather than more rounds on each): judges
+    #   0.90 -> 0.93 (balanced), 0.87 -> 0.94 (fast); FD and NN unchanged.
     # Weight schedules, leaving the last steps unguided, EOT shifts and gradient blur were no better.
-    # fast: 4 rounds per step after the selection: 328 evaluations (40x fewer than the paper).
-    "fast": GuidanceConfig(name="fast", steps=50, weight=0.5, tau=3.0, rounds=4, early_rounds=5,
-                           early_steps=8, spacing="quadratic", update="ddim", eta=1.0, x0_cap=0.5, candidates=4),
-    # balanced (the default): fast plus 32 rounds on the last 10 steps: 608 evaluations (21× fewer).
-    "balanced": GuidanceConfig(name="balanced", steps=50, weight=0.5, tau=3.0, rounds=4, early_rounds=5,
-                               early_steps=8, late_rounds=32, late_steps=10, spacing="quadratic",
-                               update="ddim", eta=1.0, x0_cap=0.5, candidates=4),
+    # fast: 4 rounds per step after the selection: 424 evaluations (31x fewer than the paper).
+    "fast": GuidanceConfig(name="fast", steps=50, weight=0.5, tau=3.0, rounds=4, early_rounds=2,
+                           early_steps=8, spacing="quadratic", update="ddim", eta=1.0, x0_cap=0.5, candidates=16),
+    # balanced (the default): fast plus 22 rounds on the last 10 steps: 604 evaluations (21× fewer).
+    "balanced": GuidanceConfig(name="balanced", steps=50, weight=0.5, tau=3.0, rounds=4, early_rounds=2,
+                               early_steps=8, late_rounds=22, late_steps=10, spacing="quadratic",
+                               update="ddim", eta=1.0, x0_cap=0.5, candidates=16),
     # no guidance: what the prior draws from the same seed, on the timesteps of ``fast``/``balanced``
     # (so it is exactly their baseline).
     "none": GuidanceConfig(name="none", steps=50, weight=0.0, tau=0.0, rounds=1, early_rounds=1,
