@@ -16,10 +16,10 @@ come from a fixed seed, so the score of an image is deterministic.
 Calibrated on the bundled models (benchmarks/realism_auc.py, benchmarks/results/realism_auc.json, the shipped
 12,022-step fashion-ddpm): 200 real test images score median 1.01 (none above 2.0), the prior's unguided
 samples 1.00 (1 % above 2.0), and the striped decodes of the old ``balanced`` preset (w = 4) median 2.56
-(100 % above 2.0): AUC 1.000 between them and real + unguided images; the current presets' decodes score
-like real images (median 0.99–1.02, AUC 0.49–0.54 against real ones). On the first, 6,141-step prior,
-decodes at w = 1 sat in between (median 1.54, 7 % above 2.0). Small noise levels separate best: at t/T ≥ 0.1 real
-images with fine detail (prints, knits) already score up to 2.3.
+(100 % above 2.0): AUC 1.000 between them and real + unguided images; the presets' decodes score like
+real images (median 0.99–1.03; with 4 candidates × 5 rounds, AUC 0.49–0.54 against real ones). On the
+first, 6,141-step prior, decodes at w = 1 sat in between (median 1.54, 7 % above 2.0). Small noise levels
+separate best: at t/T ≥ 0.1 real images with fine detail (prints, knits) already score up to 2.3.
 """
 
 from __future__ import annotations
