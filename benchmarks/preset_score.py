@@ -89,36 +89,61 @@ def naturalness_figures(images: np.ndarray, labels: np.ndarray | None, targets: 
     return out
 
 
-def score_dir(folder: Path, prior_spec: str, names: list[str] | None = None, finals: bool = False) -> dict:
+def score_dir(folder: Path, prior_spec: str, names: list[str] | None = None, finals: bool = False,
+              subset_from: str | None = None) -> dict:
+    """Score every configuration in ``folder`` (or ``names``); with ``subset_from`` only on the targets that
+    configuration was decoded on (``preset_search.py --per-class``), so that every row of the table is
+    measured on the same targets as it."""
     tg = np.load(folder / "targets.npz")
     labels, targets, index = tg["labels"], tg["images"], tg["index"]
     labels = labels if len(labels) else None
     none = np.load(folder / "none.npz")["best"]
     judges = load_judges() if labels is not None else None
     prior = load_prior(prior_spec, "cpu")
-    ref_err = denoising_error(prior, images01(none))
+    ref_err = denoising_error(prior, images01(none))  # the reference: all the unguided samples
+    subset = None
+    if subset_from:
+        subset = np.load(folder / f"{subset_from}.npz")["subset"]
+        if finals:
+            raise SystemExit("--finals is not supported with --subset")
     rows = []
     files = [folder / f"{n}.npz" for n in names] if names else sorted(folder.glob("*.npz"))
     for path in files:
         if path.name == "targets.npz" or not path.exists():
             continue
         z = np.load(path)
+        own = z["subset"] if "subset" in z else None
+        if own is not None and (subset is None or not np.array_equal(own, subset)):
+            print(f"{path.name}: skipped (decoded on a subset of the targets; score it with --subset)", file=sys.stderr)
+            continue
         meta = json.loads(str(z["meta"]))
         for which in ("best", "final") if finals and meta["evaluations_per_image"] > 0 else ("best",):
-            rows.append(score_row(z, meta, which, labels, targets, index, none, prior, ref_err, judges, folder))
-    return {"folder": str(folder), "prior": prior_spec, "n_targets": int(len(targets)), "target": TARGET,
-            "rows": rows}
+            rows.append(score_row(z, meta, which, labels, targets, index, none, prior, ref_err, judges, folder,
+                                  subset))
+    n = len(targets) if subset is None else len(subset)
+    return {"folder": str(folder), "prior": prior_spec, "n_targets": int(n),
+            "subset": None if subset is None else subset.tolist(), "target": TARGET, "rows": rows}
 
 
-def score_row(z, meta: dict, which: str, labels, targets, index, none, prior, ref_err, judges, folder: Path) -> dict:
-    """One configuration's figures for its best images (the decoder's output) or its chains' final images."""
+def score_row(z, meta: dict, which: str, labels, targets, index, none, prior, ref_err, judges, folder: Path,
+              subset: np.ndarray | None = None) -> dict:
+    """One configuration's figures for its best images (the decoder's output) or its chains' final images.
+
+    With ``subset`` the row is restricted to those targets (the npz holds either all targets or exactly them)."""
     images = z[which]
+    per_distance, ranks = z[f"{which}_distance"], z["rank"] if "rank" in z else None
     if which == "best":
         distance, r1 = meta["mean_distance"], meta["retrieval_at_1"]
         name = meta["name"]
     else:  # the final images' retrieval needs their features: computed here, like preset_search does
         distance, r1 = float(np.mean(z["final_distance"])), final_retrieval(images, folder)
         name = meta["name"] + " [final image]"
+    if subset is not None:
+        if "subset" not in z:  # a row decoded on all targets: keep the subset's images, distances and ranks
+            images, per_distance = images[subset], per_distance[subset]
+            ranks = ranks[subset]
+        distance, r1 = float(np.mean(per_distance)), float((ranks == 0).mean())
+        labels, targets, index, none = labels[subset], targets[subset], index[subset], none[subset]
     nat = naturalness_figures(images, labels, targets, index, none, prior, ref_err, judges)
     evals = meta["evaluations_per_image"]
     row = {"name": name, "config": meta["config"], "output": which, "n": int(len(images)),
@@ -127,7 +152,7 @@ def score_row(z, meta: dict, which: str, labels, targets, index, none, prior, re
            "fewer_than_paper": PAPER_EVALUATIONS / evals if evals > 0 else None,
            **{k: v for k, v in nat.items() if k not in ("realism", "judges_correct", "nn_distance")},
            "per_image": {"realism": nat["realism"], "judges_correct": nat.get("judges_correct"),
-                         "nn_distance": nat["nn_distance"], "distance": z[f"{which}_distance"].tolist()}}
+                         "nn_distance": nat["nn_distance"], "distance": np.asarray(per_distance).tolist()}}
     row["verdict"] = verdict(row) if evals > 0 and labels is not None else None
     jr = "–" if row["judge_ratio"] is None else f"{row['judge_ratio']:.2f}"
     print(f"{row['name']}: judges {jr}, FD x{row['fd_ratio']:.2f}, NN x{row['nn_ratio']:.2f}, realism "
@@ -178,10 +203,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--only", default=None, help="configuration file slugs to score, ;-separated [all]")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--finals", action="store_true", help="also score each chain's final image")
+    ap.add_argument("--subset", default=None,
+                    help="score every row on the targets this configuration (slug) was decoded on "
+                         "(preset_search.py --per-class) [all targets]")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     names = [s for s in args.only.split(";") if s] if args.only else None
-    result = score_dir(args.folder, args.prior, names, args.finals)
+    result = score_dir(args.folder, args.prior, names, args.finals, args.subset)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(table(result))

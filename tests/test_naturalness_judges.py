@@ -218,3 +218,11 @@ def test_preset_score_judges_emoji_decodes_by_category(emoji_ready):
     out = naturalness_figures(targets, None, targets, index, unguided, prior, ref)
     assert out["judge_ratio"] == pytest.approx(1.0)
     assert out["judge_accuracy"]["category"] == out["judge_accuracy_real_targets"]["category"] > 0
+
+
+def test_per_class_subset_keeps_the_first_k_targets_of_each_class():
+    import preset_search
+
+    labels = np.array([0, 1, 0, 2, 1, 0, 2, 1])
+    assert preset_search.per_class_subset(labels, 2).tolist() == [0, 1, 2, 3, 4, 6]
+    assert preset_search.per_class_subset(labels, 1).tolist() == [0, 1, 3]
