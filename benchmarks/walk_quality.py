@@ -15,7 +15,9 @@ interpolation  For each class pair (A, B), the Fashion-MNIST test image of A (an
                distances along the path against its distances at the endpoints (real features: the
                decoder's usual range).
 perturb        PCA of 1,000 test embeddings (cached in the store by ``probe perturb``), then
-               ``probe perturb mean --components 1`` over ``--scales``. Every scalar attribute of
+               ``probe perturb CENTRE --components 1`` over ``--scales``: ``--centre medoid`` (the set's
+               row nearest its mean, a real image's feature; default) or ``mean`` (no image's feature:
+               its decodes are hybrids of every class). Every scalar attribute of
                ``probe.attributes`` is measured on the decoded images; per sample, the Spearman
                correlation of the attribute with the scale, averaged over samples. The attribute with
                the largest mean |ρ| is the one PC1 changes monotonically.
@@ -186,7 +188,7 @@ def perturbation(args, x: np.ndarray, work: Path) -> dict:
     out = work / "perturb-pc1"
     scales = [float(s) for s in args.scales.split(",")]
     t0 = time.perf_counter()
-    probe.perturb(None, "mean", store, components=[1], scales=args.scales, samples=args.samples,
+    probe.perturb(None, args.centre, store, components=[1], scales=args.scales, samples=args.samples,
                   schedule=args.schedule, batch_size=args.batch_size, out=out, overwrite=True)
     seconds = time.perf_counter() - t0
     summary = json.loads((out / "perturb.json").read_text())
@@ -206,7 +208,8 @@ def perturbation(args, x: np.ndarray, work: Path) -> dict:
     top = ranked[0]
     log(f"PC1 ({summary['directions'][0].get('explained_variance_ratio', float('nan')):.1%} of variance): "
         f"{top['attribute']} ρ = {top['mean_spearman']:.2f}")
-    return {"scales": scales, "set_size": args.set_size, "direction": summary["directions"][0],
+    return {"scales": scales, "set_size": args.set_size, "centre": args.centre,
+            "base": summary.get("base"), "direction": summary["directions"][0],
             **naturalness_of(Manifest.read(out).records, out, x),
             "attributes_by_monotonicity": ranked, "seconds": round(seconds, 1), "out": str(out)}
 
@@ -221,7 +224,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set-size", type=int, default=1000)
     ap.add_argument("--schedule", default="balanced")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--skip", choices=["interpolate", "perturb"], action="append", default=[])
+    ap.add_argument("--centre", choices=["medoid", "mean"], default="medoid", help="what PC1 is walked around")
+    ap.add_argument("--skip", choices=["interpolate", "perturb"], action="append", default=[],
+                    help="leave a part out (its section of the results JSON is kept from the last run)")
     args = ap.parse_args(argv)
 
     work = args.work
@@ -247,6 +252,10 @@ def main(argv: list[str] | None = None) -> dict:
         result["perturb"] = perturbation(args, x, work)
         shutil.copy(Path(result["perturb"]["out"]) / "grid.png", FIGURES / "perturb-pc1.png")
     RESULTS.mkdir(exist_ok=True)
+    previous = RESULTS / "walk_quality.json"
+    if args.skip and previous.is_file():  # keep the skipped part's figures from the last run
+        kept = json.loads(previous.read_text())
+        result.update({k: kept[k] for k in ("interpolation", "perturb") if k in kept and k not in result})
     (RESULTS / "walk_quality.json").write_text(json.dumps(result, indent=2) + "\n")
     if "interpolation" in result:
         print("| pair | strips switching once (fashion-cnn) | (independent judges) | realism median | "

@@ -110,8 +110,9 @@ def parse_endpoint(text: str, encoder, group: str | None = None, name: str = "A"
 
 def target_name(t: Target) -> str:
     """A short human name of a target for titles and legends."""
-    if t.kind == "hdf5":
-        return f"{Path(t.source.split(':')[0]).name}[{t.index}]" + (f" {t.label}" if t.label is not None else "")
+    if t.kind in ("hdf5", "medoid"):
+        name = f"{Path(t.source.split(':')[0]).name}[{t.index}]" + (f" {t.label}" if t.label is not None else "")
+        return name + (" (medoid)" if t.kind == "medoid" else "")
     if t.kind == "text":
         return repr(t.source[len("text:"):])
     return Path(t.source).name + (f"[{t.index}]" if t.index is not None else "")

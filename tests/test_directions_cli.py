@@ -190,6 +190,11 @@ def test_perturb_pca_grid_manifest_and_cache(run_cli, prior_dir, store, tmp_path
                   "--out", tmp_path / "again", "--json")
     assert res.exit_code == 0, res.stderr
     assert json.loads(res.stdout)["cached_fit"] is True
+    res = run_cli("-q", "perturb", "medoid", "--from", path, "--components", "1", "--scales", "0", *args,
+                  "--out", tmp_path / "medoid")
+    assert res.exit_code == 0, res.stderr
+    base = records(tmp_path / "medoid")[0]["base"]
+    assert base["kind"] == "medoid" and base["index"] is not None and base["image_path"]
 
 
 def test_perturb_targets_scale_zero_is_the_base(store):
@@ -207,6 +212,20 @@ def test_perturb_targets_scale_zero_is_the_base(store):
         step = targets[3 * k + 2].vector - feats[0]
         assert np.linalg.norm(step) == pytest.approx(2 * dirs.std[k], rel=1e-4)
         assert targets[3 * k].extra["direction"] == f"rand{k + 1}" and targets[3 * k].extra["scale"] == -2.0
+
+
+def test_perturb_centres_mean_and_medoid(store):
+    from probe.walks import open_feature_set
+    from probe.workflows.perturb import set_centre
+
+    path, feats, paths = store
+    with open_feature_set(path) as fs:
+        mean, medoid = set_centre(fs, "mean"), set_centre(fs, "medoid")
+    assert np.allclose(mean.vector, feats.mean(0), atol=1e-5)
+    nearest = int(np.argmin(((feats - feats.mean(0)) ** 2).sum(1)))
+    # the medoid is a real row: its own feature, index and image, so the walk starts on the data
+    assert medoid.index == nearest and np.array_equal(medoid.vector, feats[nearest])
+    assert medoid.image_path == paths[nearest] and medoid.kind == "medoid"
 
 
 def test_perturb_class_directions(run_cli, prior_dir, store, tmp_path):

@@ -72,8 +72,9 @@ def perturb(target, store, group, kind, components, pairs, scales, prior, encode
     """Decode TARGET moved along directions of a feature set.
 
     TARGET uses the form of interpolate's endpoints (STORE.h5:ROW, image:PATH or an image path,
-    text:PROMPT, vector:PATH), or 'mean' for the mean of the --from set. Each direction k and scale
-    s gives the target TARGET + s * std_k * v_k, where std_k is the set's standard deviation along
+    text:PROMPT, vector:PATH), 'mean' for the mean of the --from set, or 'medoid' for its row nearest
+    that mean (a real image's feature: decodes of the mean itself are hybrids of every class). Each
+    direction k and scale s gives the target TARGET + s * std_k * v_k, where std_k is the set's standard deviation along
     v_k. Writes grid.png (rows = directions, columns = scales, each with its distance and its distance
     to TARGET's feature), perturb.json, manifest.jsonl (direction, scale, explained variance ratio for
     PCA) and features.h5.

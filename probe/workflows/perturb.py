@@ -10,11 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from probe.decoding import DecodeEvent
 from probe.directions import Directions, parse_components, parse_scales
 from probe.errors import UsageError
 from probe.targets import Target, vector_target
 from probe.walks import (
+    FeatureSet,
     check_set_matches_encoder,
     make_directions,
     open_feature_set,
@@ -44,6 +47,25 @@ class PerturbResult:
         return {**self.summary, "decode": {k: v for k, v in self.decode.to_dict().items() if k != "records"}}
 
 
+SET_CENTRES = ("mean", "medoid")
+
+
+def set_centre(fs: FeatureSet, kind: str) -> Target:
+    """The set's mean feature, or its medoid: the row nearest that mean.
+
+    The mean of a feature set is no image's feature (on Fashion-MNIST its decodes are cluttered hybrids
+    of every class), so walks around it leave the data; the medoid is a real image's feature, and the
+    walk starts from something the prior can draw."""
+    mean = fs.features.mean(axis=0)
+    if kind == "mean":
+        return vector_target(mean, "mean", f"{fs.source} mean", fs.features.shape[1])
+    i = int(np.argmin(((fs.features - mean) ** 2).sum(axis=1)))
+    row = int(fs.rows[i])
+    label = None if fs.labels is None else fs.labels[i].item()
+    return Target(id=f"medoid-row{row}", vector=np.asarray(fs.features[i], dtype=np.float32), kind="medoid",
+                  source=fs.source, index=row, label=label, image_path=fs.paths[i])
+
+
 def run(encoder: Any, target: Any, store: str | Path, *, group: str | None = None, directions: str = "pca",
         components: Sequence[int] | str | None = None, pairs: str | None = None,
         scales: Sequence[float] | str = DEFAULT_SCALES, prior: Any = None, out: str | Path | None = None,
@@ -54,8 +76,9 @@ def run(encoder: Any, target: Any, store: str | Path, *, group: str | None = Non
 
     ``directions``: ``pca`` (fitted once, cached in the store), ``class`` (differences of class means;
     ``pairs`` like ``0-9,1-7``), ``random`` or ``npy:PATH``; ``components`` picks them (``1-5``), ``scales``
-    are the steps in standard deviations. ``target`` is any form :func:`probe.decode` takes, or ``"mean"``
-    for the set's mean. ``encoder=None`` uses the store's encoder. Decode options as :func:`probe.decode`
+    are the steps in standard deviations. ``target`` is any form :func:`probe.decode` takes, ``"mean"``
+    for the set's mean, or ``"medoid"`` for its row nearest the mean (a real image's feature).
+    ``encoder=None`` uses the store's encoder. Decode options as :func:`probe.decode`
     (``samples`` defaults to 1).
     """
     comps = parse_components(components) if isinstance(components, str) else components
@@ -72,8 +95,8 @@ def run(encoder: Any, target: Any, store: str | Path, *, group: str | None = Non
         if fs.cache is None and directions == "pca" and on_warning:
             on_warning(f"{store} is read-only: the PCA fit will not be cached")
         dirs = make_directions(directions, fs, comps, pairs, opts.seed)
-        if isinstance(target, str) and target.strip() == "mean":
-            base = vector_target(fs.features.mean(axis=0), "mean", f"{fs.source} mean", fs.features.shape[1])
+        if isinstance(target, str) and target.strip() in SET_CENTRES:
+            base = set_centre(fs, target.strip())
         else:
             ref = split_store_ref(target) if isinstance(target, str) else None
             same = ref is not None and ref[0].resolve() == store.resolve()
