@@ -46,7 +46,7 @@ from PIL import Image
 from scipy.stats import spearmanr
 
 import probe
-from probe.attributes import get_attributes
+from probe.attributes import GREY_EQUIVALENT, get_attributes, is_grey
 from probe.datasets import FASHION_CLASSES, fashion_mnist, fashion_slug
 from probe.manifest import Manifest, SampleRecord
 from probe.models.registry import load_encoder
@@ -194,6 +194,9 @@ def perturbation(args, x: np.ndarray, work: Path) -> dict:
     summary = json.loads((out / "perturb.json").read_text())
     cells = summary["cells"]
     scalar = [a for a in get_attributes() if a.kind == "continuous"]
+    grey = all(is_grey(np.asarray(Image.open(out / c["image"]).convert("RGB"))) for c in cells if c["image"])
+    if grey:  # colour measurements repeat brightness/contrast on grey images (as probe compare collapses them)
+        scalar = [a for a in scalar if a.name not in GREY_EQUIVALENT]
     by_attr: dict[str, list[float]] = {a.name: [] for a in scalar}
     for s in range(args.samples):
         rows = sorted((c for c in cells if c["sample"] == s), key=lambda c: c["scale"])
