@@ -46,7 +46,8 @@ from PIL import Image
 from scipy.stats import spearmanr
 
 import probe
-from probe.attributes import GREY_EQUIVALENT, get_attributes, is_grey
+from probe.attributes import get_attributes, is_grey
+from probe.compare import grey_collapse
 from probe.datasets import FASHION_CLASSES, fashion_mnist, fashion_slug
 from probe.manifest import Manifest, SampleRecord
 from probe.models.registry import load_encoder
@@ -194,13 +195,13 @@ def perturbation(args, x: np.ndarray, work: Path) -> dict:
     summary = json.loads((out / "perturb.json").read_text())
     cells = summary["cells"]
     scalar = [a for a in get_attributes() if a.kind == "continuous"]
-    grey = all(is_grey(np.asarray(Image.open(out / c["image"]).convert("RGB"))) for c in cells if c["image"])
-    if grey:  # colour measurements repeat brightness/contrast on grey images (as probe compare collapses them)
-        scalar = [a for a in scalar if a.name not in GREY_EQUIVALENT]
+    pixels = {c["image"]: np.asarray(Image.open(out / c["image"]).convert("RGB")) for c in cells if c["image"]}
+    if all(is_grey(im) for im in pixels.values()):  # colour repeats brightness/contrast, as in probe compare
+        scalar, _ = grey_collapse(scalar)
     by_attr: dict[str, list[float]] = {a.name: [] for a in scalar}
     for s in range(args.samples):
         rows = sorted((c for c in cells if c["sample"] == s), key=lambda c: c["scale"])
-        imgs = [np.asarray(Image.open(out / c["image"]).convert("RGB")) / 255.0 for c in rows]
+        imgs = [pixels[c["image"]] / 255.0 for c in rows]
         for a in scalar:
             vals = [float(v) for v in a.measure(imgs)]
             rho = np.nan if np.ptp(vals) == 0 else spearmanr([c["scale"] for c in rows], vals).statistic

@@ -701,7 +701,7 @@ def circular_attributes(
 GREY_LABEL = "colour (grey images: same as luminance)"
 
 
-def _grey_collapse(attrs: Sequence[Attribute]) -> tuple[list[Attribute], dict[str, Any] | None]:
+def grey_collapse(attrs: Sequence[Attribute]) -> tuple[list[Attribute], dict[str, Any] | None]:
     """Drop the built-in colour measurements that say nothing on grey images (see GREY_EQUIVALENT)."""
     dup = [a.name for a in attrs if a.name in GREY_EQUIVALENT and ATTRIBUTES.get(a.name) is a]
     if not dup or len(dup) == len(attrs):  # nothing to collapse, or nothing would be left to score
@@ -771,7 +771,7 @@ def compare(
     reference_values = measure_paths(attrs, samples.reference, size, cfg.batch_size, progress, stats)
     collapsed: list[dict[str, Any]] = []
     if stats.get("grey"):
-        attrs, grey = _grey_collapse(attrs)
+        attrs, grey = grey_collapse(attrs)
         if grey:
             collapsed.append(grey)
     circular = circular_attributes(attrs, samples.decoded_encoders)

@@ -27,7 +27,7 @@ import torch
 from probe.errors import InputError, UsageError
 from probe.models.encoder import Encoder
 
-KINDS = ("hdf5", "image", "text", "vector")
+KINDS = ("hdf5", "image", "text", "vector", "medoid")  # medoid: the store row nearest its set's mean (perturb)
 
 
 @dataclass
@@ -184,15 +184,24 @@ def from_store(path: str | Path, encoder: Encoder, group: str | None = None, ind
         out = []
         for i, vec in zip(rows, vectors):
             where = f"{path}:{g.name}[{i}]"
-            label: str | int | None = None
-            if labels is not None and labels[i] >= 0:
-                label = names[int(labels[i])] if isinstance(names, list) and labels[i] < len(names) \
-                    else int(labels[i])
-            src = stored_paths[i]
-            image_path = src if src and not src.startswith("text:") else None
             out.append(Target(id=f"r{i:05d}", vector=_check_vector(vec, dim, where), kind="hdf5",
-                              source=f"{path}:{g.name}", index=i, label=label, image_path=image_path))
+                              source=f"{path}:{g.name}", index=i,
+                              label=row_label(None if labels is None else labels[i], names),
+                              image_path=row_image_path(stored_paths[i])))
     return out
+
+
+def row_label(value: int | np.integer | None, names: object) -> str | int | None:
+    """A stored row's label for the manifest: its class name when the group names them, else the number;
+    None for unlabelled rows (negative labels)."""
+    if value is None or value < 0:
+        return None
+    return names[int(value)] if isinstance(names, list) and value < len(names) else int(value)
+
+
+def row_image_path(stored: str) -> str | None:
+    """The image a stored row came from (None for rows of text prompts or without a path)."""
+    return stored if stored and not stored.startswith("text:") else None
 
 
 def from_image(path: str | Path, encoder: Encoder) -> Target:

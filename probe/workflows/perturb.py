@@ -15,7 +15,7 @@ import numpy as np
 from probe.decoding import DecodeEvent
 from probe.directions import Directions, parse_components, parse_scales
 from probe.errors import UsageError
-from probe.targets import Target, vector_target
+from probe.targets import Target, row_image_path, row_label, vector_target
 from probe.walks import (
     FeatureSet,
     check_set_matches_encoder,
@@ -61,9 +61,9 @@ def set_centre(fs: FeatureSet, kind: str) -> Target:
         return vector_target(mean, "mean", f"{fs.source} mean", fs.features.shape[1])
     i = int(np.argmin(((fs.features - mean) ** 2).sum(axis=1)))
     row = int(fs.rows[i])
-    label = None if fs.labels is None else fs.labels[i].item()
+    label = row_label(None if fs.labels is None else fs.labels[i], fs.label_names)
     return Target(id=f"medoid-row{row}", vector=np.asarray(fs.features[i], dtype=np.float32), kind="medoid",
-                  source=fs.source, index=row, label=label, image_path=fs.paths[i])
+                  source=fs.source, index=row, label=label, image_path=row_image_path(fs.paths[i]))
 
 
 def run(encoder: Any, target: Any, store: str | Path, *, group: str | None = None, directions: str = "pca",
