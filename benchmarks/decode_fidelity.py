@@ -16,7 +16,7 @@ targets. Per preset:
                          the gallery's features (``probe.metrics.retrieval_rank`` == 0)
   cosine                 mean cosine between decoded feature and target
   evaluations / image    guided UNet + encoder forward/backward passes (mean of the sampler's count)
-  wall s / image         guided decode only, at ``--batch-size`` chains per batch on this machine
+  wall s / image         guided decode only, at ``--batch-size`` targets per batch on this machine
   × fewer than paper     the paper preset's evaluations per image over this preset's
 
 The paper preset (~12,960 evaluations per image), and any ``--extra paper:...``, runs on the first
@@ -443,7 +443,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="the paper preset decodes targets START..START+paper-n−1 (to spread it over several "
                          "processes; merge with --paper-from) [0]")
     ap.add_argument("--gallery", type=int, default=1000, help="held-out features to retrieve among [1000]")
-    ap.add_argument("--batch-size", type=int, default=8, help="chains per sampler call [8]")
+    ap.add_argument("--batch-size", type=int, default=8,
+                    help="targets per sampler call, each running the preset's candidate chains [8]")
     ap.add_argument("--max-minutes", type=float, default=30.0,
                     help="per preset: shrink N when a calibration run or the first batch projects longer "
                          "than this (0: never) [30]")

@@ -68,6 +68,7 @@ def run_config(prior, encoder, targets: torch.Tensor, tgt_f: np.ndarray, gal_f: 
     n = len(chosen)
     best, final, bd, fd, ev, bs = [], [], [], [], [], []
     seconds = 0.0
+    batch = max(1, batch // config.chains_at(0))  # --batch-size bounds chains, candidates included (as decode)
     for lo in range(0, n, batch):
         seeds = [int(i) for i in chosen[lo:lo + batch]]  # target i is always decoded with seed i
         res = sample(prior, encoder, targets[seeds], seeds, config)
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="decode only the first K targets of each class (of the --n; the paper preset) [all]")
     ap.add_argument("--gallery", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=1600,
+                    help="chains run side by side, candidates included (targets per call: this ÷ candidates) [1600]")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", required=True)

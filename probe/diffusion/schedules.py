@@ -243,8 +243,8 @@ PRESETS: dict[str, GuidanceConfig] = {
                             early_steps=5, update="ddpm", clamp="none", clip_x0=False, beta="scheduler",
                             loss_resize="whole", best_by="loss"),
     # probe's presets: 50 timesteps spaced quadratically (denser near t = 0), DDIM η = 1, w = 0.5, guidance
-    # capped by its size in x̂0 space (x0_cap = 0.5), and 16 candidate seeds per sample through the first 8
-    # steps (2 rounds each), of which the one closest to the target goes on. Tuned for issue 10 on both axes
+    # capped by its size in x̂0 space (x0_cap = 0.5), and 48 candidate seeds per sample through the first 8
+    # steps (1 round each), of which the one closest to the target goes on. Tuned for issue 10 on both axes
     # at once (benchmarks/preset_search.py + preset_score.py, 100 held-out Fashion-MNIST targets; README):
     # - every w >= 2 preset wrote full-frame striped textures the independent judges could not name (the old
     #   balanced, w = 4: prior realism 2.55x the unguided samples', 100 % flagged off-manifold);
@@ -256,15 +256,18 @@ PRESETS: dict[str, GuidanceConfig] = {
     #   accuracy 0.83 -> 0.90 of theirs on the real targets (sneakers 0.8 -> 2.8 of 3 judges), FD 1.44 ->
     #   0.84x the unguided samples', nearest-training-image ratio 1.48 -> 1.27;
     # - 16 candidates x 2 rounds instead of 4 x 5 (more layouts rather than more rounds on each): judges
-    #   0.90 -> 0.93 (balanced), 0.87 -> 0.94 (fast); FD and NN unchanged.
+    #   0.90 -> 0.93 (balanced), 0.87 -> 0.94 (fast); FD and NN unchanged;
+    # - 48 candidates x 1 round (the capped weight there is <= 0.22: one round per layout is enough):
+    #   fast's nearest-training-image ratio 1.26 -> 1.22 (32 candidates) -> 1.20 (48), flat sandals decoded
+    #   flat and trousers as plain as their targets (the layouts the prior rarely draws are found).
     # Weight schedules, leaving the last steps unguided, EOT shifts and gradient blur were no better.
-    # fast: 4 rounds per step after the selection: 424 evaluations (31x fewer than the paper).
-    "fast": GuidanceConfig(name="fast", steps=50, weight=0.5, tau=3.0, rounds=4, early_rounds=2,
-                           early_steps=8, spacing="quadratic", update="ddim", eta=1.0, x0_cap=0.5, candidates=16),
-    # balanced (the default): fast plus 22 rounds on the last 10 steps: 604 evaluations (21× fewer).
-    "balanced": GuidanceConfig(name="balanced", steps=50, weight=0.5, tau=3.0, rounds=4, early_rounds=2,
-                               early_steps=8, late_rounds=22, late_steps=10, spacing="quadratic",
-                               update="ddim", eta=1.0, x0_cap=0.5, candidates=16),
+    # fast: 4 rounds per step after the selection: 552 evaluations (23x fewer than the paper).
+    "fast": GuidanceConfig(name="fast", steps=50, weight=0.5, tau=3.0, rounds=4, early_rounds=1,
+                           early_steps=8, spacing="quadratic", update="ddim", eta=1.0, x0_cap=0.5, candidates=48),
+    # balanced (the default): fast plus 13 rounds on the last 10 steps: 642 evaluations (20× fewer).
+    "balanced": GuidanceConfig(name="balanced", steps=50, weight=0.5, tau=3.0, rounds=4, early_rounds=1,
+                               early_steps=8, late_rounds=13, late_steps=10, spacing="quadratic",
+                               update="ddim", eta=1.0, x0_cap=0.5, candidates=48),
     # no guidance: what the prior draws from the same seed, on the timesteps of ``fast``/``balanced``
     # (so it is exactly their baseline).
     "none": GuidanceConfig(name="none", steps=50, weight=0.0, tau=0.0, rounds=1, early_rounds=1,

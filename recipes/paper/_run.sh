@@ -6,7 +6,7 @@
 # Offline, the first model that cannot be fetched ends the run with one line and exit status 3.
 #
 # Environment: SAMPLES (decoded images per target, default 1), SEED (default 0), OUT (output folder),
-#   SCHEDULE (default paper; e.g. balanced for a 21x cheaper run), PRIOR (default CompVis/stable-diffusion-v1-4),
+#   SCHEDULE (default paper; e.g. balanced for a 20x cheaper run), PRIOR (default CompVis/stable-diffusion-v1-4),
 #   EXTRA (more `probe decode` options, e.g. "--device cuda:1").
 set -euo pipefail
 if [ $# -lt 1 ]; then
