@@ -68,7 +68,7 @@ def run_config(prior, encoder, targets: torch.Tensor, tgt_f: np.ndarray, gal_f: 
     n = len(chosen)
     best, final, bd, fd, ev, bs = [], [], [], [], [], []
     seconds = 0.0
-    batch = max(1, batch // config.chains_at(0))  # --batch-size bounds chains, candidates included (as decode)
+    batch = config.samples_per_call(batch)  # --batch-size bounds chains, candidates included (as decode)
     for lo in range(0, n, batch):
         seeds = [int(i) for i in chosen[lo:lo + batch]]  # target i is always decoded with seed i
         res = sample(prior, encoder, targets[seeds], seeds, config)

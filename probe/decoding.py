@@ -79,7 +79,7 @@ class DecodeSettings:
     def samples_per_batch(self) -> int:
         """Samples per sampler call: ``batch_size`` bounds the chains run side by side, and with
         ``config.candidates`` = N each sample runs N chains through the first steps."""
-        return max(1, self.batch_size // self.config.chains_at(0))
+        return self.config.samples_per_call(self.batch_size)
 
     def seed_of(self, sample_index: int) -> int:
         return self.seed + sample_index

@@ -199,6 +199,11 @@ class GuidanceConfig:
         ``early_steps`` (none when that is 0), 1 after the selection and in unguided runs."""
         return self.candidates if step_index < self.early_steps and not self.unguided else 1
 
+    def samples_per_call(self, max_chains: int) -> int:
+        """Samples per sampler call when at most ``max_chains`` chains run side by side: each sample runs
+        ``chains_at(0)`` chains through the first steps (at least one sample per call)."""
+        return max(1, max_chains // self.chains_at(0))
+
     def weight_at(self, step_index: int, n_steps: int, abar: float | None = None) -> float:
         """Guidance weight at the ``step_index``-th timestep: constant, or linear to ``weight_end``; with
         ``x0_cap`` and the timestep's ᾱ, at most x0_cap·√(ᾱ/(1−ᾱ))."""
