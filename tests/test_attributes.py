@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from probe import attributes as A
 from probe.errors import InputError, UsageError
+from probe.persistence import attributes as A
 
 
 def square(colour=(1.0, 0.0, 0.0), size=32, top=8, left=8, side=8, background=(0.0, 0.0, 0.0)) -> np.ndarray:

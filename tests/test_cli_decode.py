@@ -31,7 +31,7 @@ def test_decode_image_target_json(run_cli, prior_dir, tiny_encoder_args, small_i
     assert rec["evaluations"] == 3
     assert (out / rec["image"]).is_file() and (out / "baseline" / "s01.png").is_file()
 
-    from probe.compare import load_decode_dir  # the reader of this directory accepts it
+    from probe.persistence.samples import load_decode_dir  # the reader of this directory accepts it
     assert len(load_decode_dir(out).groups) == 1
 
     again = run_cli("decode", "--prior", prior_dir, *tiny_encoder_args, "--image", small_images[0], *FAST,

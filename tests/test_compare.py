@@ -13,9 +13,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from probe import attributes as A
-from probe import compare as C
 from probe.errors import InputError, UsageError
+from probe.persistence import attributes as A
+from probe.persistence import scoring as C
+from probe.persistence.samples import load_samples
 
 CONT = A.Attribute("x", "continuous", lambda im: 0.0)
 VEC = A.Attribute("v", "vector", lambda im: np.zeros(2))
@@ -174,12 +175,12 @@ def make_decode_dir(root: Path, n_targets=3, n_samples=4, seed=0, extra_sample_f
 
 def test_load_decode_dir(tmp_path):
     out = make_decode_dir(tmp_path)
-    ss = C.load_samples(out)
+    ss = load_samples(out)
     assert ss.kind == "decode" and [g.group_id for g in ss.groups] == ["t0", "t1", "t2"]
     assert [p.name for p in ss.groups[0].paths] == [f"t0_s{s:02d}.png" for s in range(4)]
     assert ss.groups[1].label == "class1" and ss.groups[1].meta["target_index"] == 1
     assert [p.name for p in ss.reference] == [f"s{s:02d}.png" for s in range(4)]
-    final = C.load_samples(out, image_key="final_image")
+    final = load_samples(out, image_key="final_image")
     assert final.groups[0].paths[0].parent.name == "final"
 
 
@@ -188,7 +189,7 @@ def test_decode_dir_repeated_record_counts_once(tmp_path):
     lines = (out / "manifest.jsonl").read_text().splitlines()
     with open(out / "manifest.jsonl", "a") as f:
         f.write(lines[0] + "\n")  # a resumed run wrote the same sample again
-    assert [len(g.paths) for g in C.load_samples(out).groups] == [4, 4, 4]
+    assert [len(g.paths) for g in load_samples(out).groups] == [4, 4, 4]
 
 
 def test_decode_dir_bad_manifest_line(tmp_path):
@@ -196,27 +197,27 @@ def test_decode_dir_bad_manifest_line(tmp_path):
     with open(out / "manifest.jsonl", "a") as f:
         f.write("{not json\n")
     with pytest.raises(InputError, match=r"manifest.jsonl: line 13 is not JSON"):
-        C.load_samples(out)
+        load_samples(out)
 
 
 def test_decode_dir_missing_image_and_missing_baseline(tmp_path):
     out = make_decode_dir(tmp_path)
     (out / "images" / "t1_s02.png").unlink()
     with pytest.raises(InputError, match="t1_s02.png does not exist"):
-        C.load_samples(out)
+        load_samples(out)
     out2 = make_decode_dir(tmp_path / "b")
     for p in (out2 / "baseline").iterdir():
         p.unlink()
     with pytest.raises(InputError, match="--reference"):
-        C.load_samples(out2)
-    assert len(C.load_samples(out2, reference=out2 / "final").reference) == 12  # explicit reference
+        load_samples(out2)
+    assert len(load_samples(out2, reference=out2 / "final").reference) == 12  # explicit reference
 
 
 def test_decode_dir_mismatched_groups(tmp_path):
     out = make_decode_dir(tmp_path, extra_sample_for=1)
     with pytest.raises(InputError, match="mismatched groups: 't1' has 5 samples"):
-        C.load_samples(out)
-    assert len(C.load_samples(out, allow_unequal=True).groups[1].paths) == 5
+        load_samples(out)
+    assert len(load_samples(out, allow_unequal=True).groups[1].paths) == 5
 
 
 def make_folders(root: Path, groups: dict[str, int], reference: int | None = 4) -> Path:
@@ -233,41 +234,41 @@ def make_folders(root: Path, groups: dict[str, int], reference: int | None = 4) 
 
 def test_load_image_folders(tmp_path):
     root = make_folders(tmp_path / "imgs", {"b": 3, "a": 3}, reference=3)
-    ss = C.load_samples(root)
+    ss = load_samples(root)
     assert ss.kind == "folders" and [g.group_id for g in ss.groups] == ["a", "b"]  # baseline is no group
     assert len(ss.reference) == 3
     ref = make_folders(tmp_path / "ref", {"x": 2, "y": 2}, reference=None)  # dataset with class folders
-    ss = C.load_samples(root, reference=ref)
+    ss = load_samples(root, reference=ref)
     assert len(ss.reference) == 4 and [g.group_id for g in ss.groups] == ["a", "b", "baseline"]
 
 
 def test_folder_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="empty folder"):
-        C.load_samples(tmp_path / "empty", reference=make_folders(tmp_path / "r", {"x": 2}, None))
+        load_samples(tmp_path / "empty", reference=make_folders(tmp_path / "r", {"x": 2}, None))
     with pytest.raises(InputError, match="does not exist"):
-        C.load_samples(tmp_path / "nope")
+        load_samples(tmp_path / "nope")
     root = make_folders(tmp_path / "g", {"a": 2, "b": 0})
     with pytest.raises(InputError, match=r"b: group has no images"):
-        C.load_samples(root)
+        load_samples(root)
     loose = tmp_path / "loose"
     _png(loose / "x.png", np.zeros((4, 4, 3)))
     with pytest.raises(UsageError, match="--reference"):
-        C.load_samples(loose)
+        load_samples(loose)
     with pytest.raises(InputError, match="no sub-folders"):
-        C.load_samples(loose, reference=tmp_path / "r")
+        load_samples(loose, reference=tmp_path / "r")
     with pytest.raises(InputError, match="mismatched groups"):
-        C.load_samples(make_folders(tmp_path / "m", {"a": 2, "b": 3, "c": 2}))
+        load_samples(make_folders(tmp_path / "m", {"a": 2, "b": 3, "c": 2}))
     (tmp_path / "noimg").mkdir()
     with pytest.raises(InputError, match="reference folder has no images"):
-        C.load_samples(root, reference=tmp_path / "noimg")
+        load_samples(root, reference=tmp_path / "noimg")
 
 
 def test_unreadable_image(tmp_path):
     root = make_folders(tmp_path / "u", {"a": 2, "b": 2})
     (root / "a" / "1.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match=r"1.png: (unreadable image|not an image file)"):
-        C.compare(C.load_samples(root), A.get_attributes(["brightness"]))
+        C.compare(load_samples(root), A.get_attributes(["brightness"]))
 
 
 # ---------------------------------------------------------------------------------------------- end to end
@@ -276,7 +277,7 @@ def test_unreadable_image(tmp_path):
 def test_compare_end_to_end_colour_persists_position_does_not(tmp_path):
     out = make_decode_dir(tmp_path, n_targets=4, n_samples=5)
     attrs = A.get_attributes(["red", "hue", "mask_area", "mask_centroid", "brightness"])
-    result = C.compare(C.load_samples(out), attrs, C.CompareConfig(n_boot=200, seed=1))
+    result = C.compare(load_samples(out), attrs, C.CompareConfig(n_boot=200, seed=1))
     by = {s.name: s for s in result.summaries}
     for name in ("red", "hue", "brightness"):  # same colour everywhere (up to summation-order noise)
         assert by[name].mean == pytest.approx(0.0, abs=1e-12) and by[name].verdict == "encoded"
@@ -295,7 +296,7 @@ def test_compare_end_to_end_colour_persists_position_does_not(tmp_path):
     rows = list(csv.DictReader(io.StringIO(result.to_csv(per_target=True))))
     assert len(rows) == 4 * len(attrs) and {r["target_id"] for r in rows} == {"t0", "t1", "t2", "t3"}
 
-    again = C.compare(C.load_samples(out), attrs, C.CompareConfig(n_boot=200, seed=1))
+    again = C.compare(load_samples(out), attrs, C.CompareConfig(n_boot=200, seed=1))
     assert again.to_json() == result.to_json()  # seeded bootstrap: reproducible
 
 
@@ -303,7 +304,7 @@ def test_reference_images_are_resized_to_the_samples(tmp_path):
     root = make_folders(tmp_path / "s", {"a": 2, "b": 2}, reference=None)
     _png(tmp_path / "ref" / "big.png", np.ones((64, 48, 3)))
     _png(tmp_path / "ref" / "big2.png", np.zeros((64, 48, 3)))
-    result = C.compare(C.load_samples(root, reference=tmp_path / "ref"), A.get_attributes(["thumbnail"]))
+    result = C.compare(load_samples(root, reference=tmp_path / "ref"), A.get_attributes(["thumbnail"]))
     assert result.summaries[0].reference_dispersion == pytest.approx(0.0)  # two flat images
     assert result.n_reference == 2
 
@@ -329,7 +330,7 @@ def test_model_attribute_in_compare(tmp_path):
     for i, level in enumerate([0.1, 0.9, 0.2, 0.8]):
         _png(root / "baseline" / f"{i}.png", np.full((8, 8, 3), level))
     attr = A.classifier_attribute(Double())
-    result = C.compare(C.load_samples(root), [attr], C.CompareConfig(n_boot=50))
+    result = C.compare(load_samples(root), [attr], C.CompareConfig(n_boot=50))
     s = result.summaries[0]
     assert s.kind == "categorical" and s.dispersion == "disagreement" and s.mean == 0.0
     assert s.reference_dispersion == pytest.approx(1 - 2 / 6)
@@ -342,7 +343,7 @@ def test_chart_and_html_report(tmp_path):
     from probe.render.report import html_report, persistence_chart
 
     out = make_decode_dir(tmp_path)
-    ss = C.load_samples(out)
+    ss = load_samples(out)
     result = C.compare(ss, A.get_attributes(["red", "mask_area", "thumbnail"]), C.CompareConfig(n_boot=50))
     png = persistence_chart(result, tmp_path / "chart.png")
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "chart.png").stat().st_size == len(png)
@@ -414,6 +415,6 @@ def test_compare_finds_every_image_extract_reads(tmp_path):
 
     for name in ("a/x.pgm", "a/y.png", "a/.z.png", "baseline/r.ppm", "baseline/s.png"):
         _png(tmp_path / name, np.full((4, 4, 3), 0.5))
-    ss = C.load_samples(tmp_path)
+    ss = load_samples(tmp_path)
     assert [p.name for p in ss.groups[0].paths] == ["x.pgm", "y.png"] and len(ss.reference) == 2
     assert [p.name for p in collect_inputs([str(tmp_path / "a")])] == ["x.pgm", "y.png"]

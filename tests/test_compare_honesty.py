@@ -15,8 +15,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from probe import attributes as A
-from probe import compare as C
+from probe.persistence import attributes as A
+from probe.persistence import scoring as C
+from probe.persistence.samples import load_samples
 
 FAST = C.CompareConfig(n_boot=50)
 
@@ -82,7 +83,7 @@ class Double:
 def test_decoded_networks_class_is_circular_and_ranked_apart(tmp_path):
     pytest.importorskip("torch")
     run = make_run(tmp_path, encoder="bundled:fashion-cnn", weights="")
-    ss = C.load_samples(run)
+    ss = load_samples(run)
     assert ss.decoded_encoders == [{"spec": "bundled:fashion-cnn", "weights": "", "weights_sha256": ""}]
     own = A.classifier_attribute(Double("bundled:fashion-cnn"))
     other = A.classifier_attribute(Double("bundled:fashion-mlp"), role="independent classifier for x")
@@ -187,7 +188,7 @@ FLAGS = {(0, 2): True, (0, 3): True, (1, 0): True, (1, 1): True, (1, 2): True}
 
 def test_off_manifold_samples_are_excluded_by_default(tmp_path):
     run = make_run(tmp_path, flags=FLAGS)
-    ss = C.load_samples(run)
+    ss = load_samples(run)
     assert [len(g.paths) for g in ss.groups] == [2, 1, 4] and [len(g.excluded) for g in ss.groups] == [2, 3, 0]
     om = ss.off_manifold
     assert om["n_recorded"] == 12 and om["n_flagged"] == 5 and om["share"] == pytest.approx(5 / 12)
@@ -205,7 +206,7 @@ def test_off_manifold_samples_are_excluded_by_default(tmp_path):
 @pytest.mark.parametrize("policy", ["mark", "keep"])
 def test_off_manifold_mark_and_keep_score_every_sample(tmp_path, policy):
     run = make_run(tmp_path, flags=FLAGS)
-    ss = C.load_samples(run, off_manifold=policy)
+    ss = load_samples(run, off_manifold=policy)
     assert [len(g.paths) for g in ss.groups] == [4, 4, 4] and ss.off_manifold["excluded"] == {}
     result = C.compare(ss, A.get_attributes(["brightness"]), FAST)
     assert result.targets[0].scores["brightness"].score > 0  # the noisy samples now count
@@ -214,11 +215,11 @@ def test_off_manifold_mark_and_keep_score_every_sample(tmp_path, policy):
 
 
 def test_off_manifold_unknown_in_older_manifests(tmp_path):
-    ss = C.load_samples(make_run(tmp_path))  # no flags written
+    ss = load_samples(make_run(tmp_path))  # no flags written
     assert ss.off_manifold["n_recorded"] == 0 and ss.off_manifold["share"] is None
     assert all(len(g.paths) == 4 and g.off_manifold == [None] * 4 for g in ss.groups)
     with pytest.raises(C.UsageError, match="off-manifold policy"):
-        C.load_samples(make_run(tmp_path / "x"), off_manifold="drop")
+        load_samples(make_run(tmp_path / "x"), off_manifold="drop")
 
 
 def test_cli_off_manifold_option(tmp_path):
@@ -242,14 +243,14 @@ def test_target_picture_in_the_html_only_from_inside_the_run(tmp_path):
     outside = _png(tmp_path / "secret.png", np.ones((16, 16, 3)))
     run = make_run(tmp_path, target_image={0: "targets/t0.png", 1: "../secret.png", 2: str(outside)})
     _png(run / "targets" / "t0.png", np.zeros((16, 16, 3)))
-    ss = C.load_samples(run)
+    ss = load_samples(run)
     assert ss.groups[0].meta["target_image"] == str(run / "targets" / "t0.png")
     assert "target_image" not in ss.groups[1].meta and "target_image" not in ss.groups[2].meta
     result = C.compare(ss, A.get_attributes(["brightness"]), FAST)
     page = html_report(result, ss)
     assert "First column: the target's own picture" in page
-    without = html_report(C.compare(C.load_samples(make_run(tmp_path / "b")), A.get_attributes(["brightness"]),
-                                    FAST), C.load_samples(make_run(tmp_path / "c")))
+    without = html_report(C.compare(load_samples(make_run(tmp_path / "b")), A.get_attributes(["brightness"]),
+                                    FAST), load_samples(make_run(tmp_path / "c")))
     assert "No target pictures in the run folder" in without
 
 
@@ -257,9 +258,9 @@ def test_decode_copies_the_target_picture_and_records_the_encoder_weights(tmp_pa
     torch = pytest.importorskip("torch")
     from tiny_diffusion import tiny_encoder, tiny_pixel_prior
 
-    from probe.decoding import DecodeSettings, decode_targets
     from probe.diffusion.schedules import GuidanceConfig
     from probe.targets import Target, encode_images01
+    from probe.workflows.decode.pipeline import DecodeSettings, decode_targets
 
     prior, enc = tiny_pixel_prior(), tiny_encoder()
     pic = _png(tmp_path / "in" / "pic.png", np.random.default_rng(0).random((300, 200, 1)))
@@ -273,7 +274,7 @@ def test_decode_copies_the_target_picture_and_records_the_encoder_weights(tmp_pa
     assert Image.open(out / "targets" / "p.png").size == (171, 256)  # shrunk to ≤ 256 px, aspect kept
     assert all(r["encoder_weights"] == "" and r["encoder_weights_sha256"] == "" and r["encoder"] == enc.spec
                for r in recs)
-    ss = C.load_samples(out)
+    ss = load_samples(out)
     assert ss.groups[0].meta["target_image"] == str(out / "targets" / "p.png")
     assert ss.decoded_encoders == [{"spec": enc.spec, "weights": "", "weights_sha256": ""}]
 
@@ -284,7 +285,7 @@ def test_decode_copies_the_target_picture_and_records_the_encoder_weights(tmp_pa
 def test_colour_collapses_on_grey_images(tmp_path):
     names = ["red", "green", "blue", "value", "rgb_spread", "value_spread", "hue", "hue_spread", "hue_histogram",
              "saturation", "saturation_spread", "brightness", "contrast"]
-    grey = C.compare(C.load_samples(make_run(tmp_path / "g", grey=True)), A.get_attributes(names), FAST)
+    grey = C.compare(load_samples(make_run(tmp_path / "g", grey=True)), A.get_attributes(names), FAST)
     assert {s.name for s in grey.summaries} == {"brightness", "contrast"}
     (c,) = grey.collapsed
     assert c["label"] == "colour (grey images: same as luminance)" and set(c["attributes"]) == set(names[:11])
@@ -296,17 +297,17 @@ def test_colour_collapses_on_grey_images(tmp_path):
     assert A.is_grey(img) and not A.is_grey(np.random.default_rng(1).random((8, 8, 3)))
     for n, same in (("red", "brightness"), ("value", "brightness"), ("rgb_spread", "contrast")):
         assert A.ATTRIBUTES[n].fn(img) == pytest.approx(A.ATTRIBUTES[same].fn(img))
-    colour = C.compare(C.load_samples(make_run(tmp_path / "c")), A.get_attributes(names), FAST)
+    colour = C.compare(load_samples(make_run(tmp_path / "c")), A.get_attributes(names), FAST)
     assert colour.collapsed == [] and len(colour.summaries) == len(names)
-    only = C.compare(C.load_samples(make_run(tmp_path / "o", grey=True)), A.get_attributes(["red"]), FAST)
+    only = C.compare(load_samples(make_run(tmp_path / "o", grey=True)), A.get_attributes(["red"]), FAST)
     assert [s.name for s in only.summaries] == ["red"]  # nothing else to score: kept rather than emptied
 
 
 def test_warns_when_intervals_rest_on_few_targets(tmp_path):
-    few = C.compare(C.load_samples(make_run(tmp_path / "a", n_targets=3, n_samples=2)),
+    few = C.compare(load_samples(make_run(tmp_path / "a", n_targets=3, n_samples=2)),
                     A.get_attributes(["brightness"]), FAST)
     assert any("rest on 3 target(s), fewer than 10" in w for w in few.warnings)
     assert any("fewer than 10" in w for w in json.loads(few.to_json())["warnings"])
-    enough = C.compare(C.load_samples(make_run(tmp_path / "b", n_targets=10, n_samples=2)),
+    enough = C.compare(load_samples(make_run(tmp_path / "b", n_targets=10, n_samples=2)),
                        A.get_attributes(["brightness"]), FAST)
     assert not any("fewer than 10" in w for w in enough.warnings)

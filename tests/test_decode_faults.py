@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from tiny_diffusion import save_pixel_prior
 
-import probe.decoding as D
+import probe.workflows.decode.pipeline as D
 from probe.store import FeatureStore
 
 FAST = ["--steps", "2", "--rounds", "1", "--early-steps", "0", "--late-steps", "0", "--no-baseline"]

@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 from tiny_diffusion import tiny_encoder, tiny_pixel_prior
 
-from probe import decoding
-from probe.decoding import DecodeSettings, decode_targets
 from probe.diffusion.schedules import GuidanceConfig
 from probe.errors import UsageError
 from probe.store import FeatureStore
 from probe.targets import encode_images01, feature_dim, vector_target
+from probe.workflows.decode import pipeline as decoding
+from probe.workflows.decode.pipeline import DecodeSettings, decode_targets
 
 torch.set_num_threads(1)
 

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 
-from probe import directions as D
 from probe.errors import InputError, UsageError
+from probe.geometry import directions as D
+from probe.geometry import maps as M
+from probe.geometry import paths as P
 from probe.store import FeatureStore
 
 # ---------------------------------------------------------------------------------- fixtures
@@ -60,22 +62,22 @@ class _CountingPCA(PCA):
 
 def test_linear_path_endpoints_and_midpoint() -> None:
     a, b = np.array([0.0, 2.0, 4.0]), np.array([2.0, 2.0, 0.0])
-    p = D.interpolation_path(a, b, 5, "linear")
+    p = P.interpolation_path(a, b, 5, "linear")
     assert p.shape == (5, 3) and p.dtype == np.float32
     np.testing.assert_allclose(p[0], a)
     np.testing.assert_allclose(p[-1], b)
     np.testing.assert_allclose(p[2], (a + b) / 2)
-    np.testing.assert_allclose(D.path_positions(5), [0, 0.25, 0.5, 0.75, 1])
+    np.testing.assert_allclose(P.path_positions(5), [0, 0.25, 0.5, 0.75, 1])
 
 
 def test_slerp_endpoints_norms_and_arc() -> None:
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=16) * 3.0, rng.normal(size=16) * 0.5
     steps = 7
-    p = D.interpolation_path(a, b, steps, "slerp")
+    p = P.interpolation_path(a, b, steps, "slerp")
     np.testing.assert_allclose(p[0], a, rtol=1e-6)
     np.testing.assert_allclose(p[-1], b, rtol=1e-6)
-    t = D.path_positions(steps)
+    t = P.path_positions(steps)
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
     np.testing.assert_allclose(np.linalg.norm(p, axis=1), (1 - t) * na + t * nb, rtol=1e-5)
     # directions stay in span(a, b) and the angle to a grows uniformly
@@ -89,7 +91,7 @@ def test_slerp_endpoints_norms_and_arc() -> None:
 
 def test_slerp_parallel_vectors_scales_norm_only() -> None:
     a = np.array([1.0, 2.0, 2.0])
-    p = D.interpolation_path(a, 4 * a, 4, "slerp")
+    p = P.interpolation_path(a, 4 * a, 4, "slerp")
     units = p / np.linalg.norm(p, axis=1, keepdims=True)
     np.testing.assert_allclose(units, np.tile(a / 3.0, (4, 1)), atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(p, axis=1), [3, 6, 9, 12], rtol=1e-6)
@@ -97,29 +99,29 @@ def test_slerp_parallel_vectors_scales_norm_only() -> None:
 
 def test_slerp_antiparallel_turns_through_a_perpendicular() -> None:
     a = np.array([2.0, 0.0, 0.0])
-    p = D.interpolation_path(a, -a, 3, "slerp")
+    p = P.interpolation_path(a, -a, 3, "slerp")
     np.testing.assert_allclose(p[0], a)
     np.testing.assert_allclose(p[-1], -a)
     assert abs(p[1] @ a) < 1e-6 and np.linalg.norm(p[1]) == pytest.approx(2.0)
-    np.testing.assert_array_equal(p, D.interpolation_path(a, -a, 3, "slerp"))  # deterministic
+    np.testing.assert_array_equal(p, P.interpolation_path(a, -a, 3, "slerp"))  # deterministic
 
 
 def test_slerp_with_zero_endpoint_is_linear() -> None:
     b = np.array([3.0, 4.0])
-    p = D.interpolation_path(np.zeros(2), b, 3, "slerp")
+    p = P.interpolation_path(np.zeros(2), b, 3, "slerp")
     np.testing.assert_allclose(p, [[0, 0], [1.5, 2.0], [3, 4]])
-    assert np.all(D.interpolation_path(np.zeros(2), np.zeros(2), 3, "slerp") == 0)
+    assert np.all(P.interpolation_path(np.zeros(2), np.zeros(2), 3, "slerp") == 0)
 
 
 def test_path_errors() -> None:
     with pytest.raises(UsageError, match="different feature dimensions .3 vs 4."):
-        D.interpolation_path(np.ones(3), np.ones(4), 5)
+        P.interpolation_path(np.ones(3), np.ones(4), 5)
     with pytest.raises(UsageError, match="at least 2"):
-        D.interpolation_path(np.ones(3), np.ones(3), 1)
+        P.interpolation_path(np.ones(3), np.ones(3), 1)
     with pytest.raises(UsageError, match="unknown path kind"):
-        D.interpolation_path(np.ones(3), np.ones(3), 3, "cubic")  # type: ignore[arg-type]
+        P.interpolation_path(np.ones(3), np.ones(3), 3, "cubic")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="NaN"):
-        D.interpolation_path(np.array([np.nan, 1.0]), np.ones(2), 3)
+        P.interpolation_path(np.array([np.nan, 1.0]), np.ones(2), 3)
 
 
 # ---------------------------------------------------------------------------------- PCA
@@ -265,9 +267,9 @@ def test_parse_components_and_scales() -> None:
     for bad in ("1,x", "", "nan"):
         with pytest.raises(UsageError, match="--scales"):
             D.parse_scales(bad)
-    assert D.parse_grid("4×6") == (4, 6) and D.parse_grid("2x3") == (2, 3)
+    assert M.parse_grid("4×6") == (4, 6) and M.parse_grid("2x3") == (2, 3)
     with pytest.raises(UsageError, match="--grid"):
-        D.parse_grid("4by6")
+        M.parse_grid("4by6")
 
 
 # ---------------------------------------------------------------------------------- maps
@@ -278,7 +280,7 @@ def test_pca_map_inverse_of_transform_is_near_originals() -> None:
     # data on a 2-D plane in 10-D plus small noise: the 2-D PCA map loses only the noise
     plane = rng.normal(size=(2, 10))
     x = (rng.normal(size=(80, 2)) * [5.0, 2.0]) @ plane + 0.01 * rng.normal(size=(80, 10)) + 3.0
-    m = D.fit_map(x, method="pca")
+    m = M.fit_map(x, method="pca")
     pts = m.transform(x)
     np.testing.assert_allclose(pts, m.points, atol=1e-4)
     back = m.inverse_transform(pts)
@@ -298,8 +300,8 @@ def test_pca_map_cached_in_store(store_with, monkeypatch: pytest.MonkeyPatch) ->
     st, group = store_with(x, y)
     monkeypatch.setattr(sklearn.decomposition, "PCA", _CountingPCA)
     _CountingPCA.fits = 0
-    m1 = D.fit_map(x, method="pca", cache=(st, group))
-    m2 = D.fit_map(x, method="pca", cache=(st, group))
+    m1 = M.fit_map(x, method="pca", cache=(st, group))
+    m2 = M.fit_map(x, method="pca", cache=(st, group))
     assert _CountingPCA.fits == 1 and not m1.cached and m2.cached
     np.testing.assert_array_equal(m1.points, m2.points)
     np.testing.assert_allclose(m1.inverse_transform(m1.points[:3]), m2.inverse_transform(m2.points[:3]))
@@ -309,16 +311,16 @@ def test_map_too_few_rows_message() -> None:
     x = np.random.default_rng(0).normal(size=(10, 4))
     msg = r"feats.h5:g has 10 row\(s\); UMAP with n_neighbors=15 needs at least 16"
     with pytest.raises(UsageError, match=msg):
-        D.fit_map(x, method="umap", source="feats.h5:g")
+        M.fit_map(x, method="umap", source="feats.h5:g")
     with pytest.raises(UsageError, match="needs at least 3"):
-        D.fit_map(x[:2], method="pca")
+        M.fit_map(x[:2], method="pca")
     with pytest.raises(UsageError, match="unknown map method"):
-        D.fit_map(x, method="tsne")  # type: ignore[arg-type]
+        M.fit_map(x, method="tsne")  # type: ignore[arg-type]
 
 
 def test_clamp_to_hull_moves_only_outside_points() -> None:
     x, _ = _blobs()
-    m = D.fit_map(x, method="pca")
+    m = M.fit_map(x, method="pca")
     inside = m.points[:3].mean(0, keepdims=True)
     xmin, xmax, ymin, ymax = m.bounds
     far = np.array([[xmax + 100.0, ymax + 100.0]])
@@ -331,9 +333,9 @@ def test_clamp_to_hull_moves_only_outside_points() -> None:
 def test_umap_map_cached_and_inverse(store_with) -> None:
     x, y = _blobs(n_per=30, dim=6)
     st, group = store_with(x, y)
-    m = D.fit_map(x, method="umap", seed=0, cache=(st, group), n_neighbors=10)
+    m = M.fit_map(x, method="umap", seed=0, cache=(st, group), n_neighbors=10)
     assert m.points.shape == (90, 2) and not m.cached
-    again = D.fit_map(x, method="umap", seed=0, cache=(st, group), n_neighbors=10)
+    again = M.fit_map(x, method="umap", seed=0, cache=(st, group), n_neighbors=10)
     assert again.cached
     np.testing.assert_array_equal(again.points, m.points)
     # the inverse of a class's embedded centre lies nearer that class's mean than the others'

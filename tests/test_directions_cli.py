@@ -148,7 +148,7 @@ def test_interpolate_errors(run_cli, prior_dir, enc_spec, store, tmp_path):
 def test_path_targets_reject_incompatible_endpoints():
     from probe.errors import UsageError
     from probe.targets import vector_target
-    from probe.walks import path_targets
+    from probe.workflows.walks.pipeline import path_targets
 
     a = vector_target(np.ones(4), "a", "a.npy", 4)
     b = vector_target(np.ones(6), "b", "b.npy", 6)
@@ -198,9 +198,9 @@ def test_perturb_pca_grid_manifest_and_cache(run_cli, prior_dir, store, tmp_path
 
 
 def test_perturb_targets_scale_zero_is_the_base(store):
-    from probe.directions import random_directions
+    from probe.geometry.directions import random_directions
     from probe.targets import vector_target
-    from probe.walks import perturb_targets
+    from probe.workflows.walks.pipeline import perturb_targets
 
     _, feats, _ = store
     base = vector_target(feats[0], "b", "x", feats.shape[1])
@@ -215,8 +215,8 @@ def test_perturb_targets_scale_zero_is_the_base(store):
 
 
 def test_perturb_centres_mean_and_medoid(store):
-    from probe.walks import open_feature_set
-    from probe.workflows.perturb import set_centre
+    from probe.workflows.walks.perturb import set_centre
+    from probe.workflows.walks.pipeline import open_feature_set
 
     path, feats, paths = store
     with open_feature_set(path) as fs:
@@ -257,7 +257,7 @@ def test_perturb_errors(run_cli, prior_dir, enc_spec, tmp_path):
 
 def test_parse_pairs():
     from probe.errors import UsageError
-    from probe.walks import parse_pairs
+    from probe.workflows.walks.pipeline import parse_pairs
 
     assert parse_pairs("0-2,1-0", LABELS) == [(0, 2), (1, 0)]
     assert parse_pairs("trouser>shirt", LABELS) == [(1, 0)]

@@ -176,7 +176,7 @@ def test_group_of_other_weights_is_refused(run_cli, tmp_path, small_images, tiny
 
 def test_keyboard_interrupt_keeps_finished_batches(run_cli, monkeypatch, tmp_path, small_images,
                                                    tiny_encoder_args, tiny_enc):
-    import probe.extraction as E
+    import probe.workflows.extract.pipeline as E
 
     read = E.read_image01
 

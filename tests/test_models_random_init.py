@@ -24,10 +24,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from probe.extraction import ExtractConfig, extract_images
 from probe.images import read_image01
 from probe.models.registry import load_encoder
 from probe.store import FeatureStore
+from probe.workflows.extract.pipeline import ExtractConfig, extract_images
 
 CASES = {
     # spec: (hooked layer, embedding dim, layer dim, raw layer output kind)

@@ -23,15 +23,15 @@ import torch
 from tiny_diffusion import save_pixel_prior, tiny_encoder, tiny_pixel_prior
 
 import probe
-from probe import decoding
-from probe.decoding import DecodeSettings, decode_targets
 from probe.diffusion.schedules import GuidanceConfig
 from probe.distributed import Shard
 from probe.errors import UsageError
 from probe.locking import ProbeLock
-from probe.merging import merge_decodes
 from probe.sources import collect_sources, expand_braces
 from probe.targets import encode_images01, feature_dim, vector_target
+from probe.workflows.decode import pipeline as decoding
+from probe.workflows.decode.merge import merge_decodes
+from probe.workflows.decode.pipeline import DecodeSettings, decode_targets
 
 torch.set_num_threads(1)  # CPU results depend on the thread count; torchrun's ranks use 1 thread each
 
@@ -144,8 +144,8 @@ def test_extract_shards_merge_to_the_single_process_store(run_cli, tmp_path, sma
 
 def test_killed_shards_and_a_killed_merge_resume_without_loss_or_duplicates(run_cli, tmp_path, small_images,
                                                                            tiny_encoder_args, monkeypatch):
-    import probe.extraction as E
-    import probe.merging as M
+    import probe.workflows.decode.merge as M
+    import probe.workflows.extract.pipeline as E
     from probe.store import StoreGroup
 
     args = [*small_images[:8], *tiny_encoder_args, "--batch-size", "2", "--workers", "0"]

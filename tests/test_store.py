@@ -227,7 +227,7 @@ def test_group_key():
 # disk would be), so the kill lands at a known point: after batch 3 of 6 was stored and flushed.
 _CHILD = """
 import sys, time
-import probe.extraction as E
+import probe.workflows.extract.pipeline as E
 read = E.read_image01
 def slow(path, *args):
     if "img06" in str(path):

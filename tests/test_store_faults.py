@@ -149,7 +149,7 @@ def test_read_only_file_system_exit3(run_cli, tmpfs, small_images, tiny_ckpt):
 _KILLER = """
 import os, signal, stat, sys
 import probe.store as S
-import probe.extraction as E
+import probe.workflows.extract.pipeline as E
 point = sys.argv[1]
 if point == "first-batch":
     read = E.read_image01

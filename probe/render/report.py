@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from probe.compare import CompareResult, SampleGroup, SampleSet, load_image
+from probe.persistence.samples import SampleGroup, SampleSet, load_image
+from probe.persistence.scoring import CompareResult
 
 #: bar colours by verdict, so the chart reads at a glance
 VERDICT_COLOURS = {"encoded": "#2b8a3e", "partly": "#e8a33d", "free": "#868e96", "undefined": "#ced4da",

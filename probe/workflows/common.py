@@ -19,7 +19,7 @@ from torch import nn
 from probe.distributed import Runtime
 from probe.errors import UsageError
 from probe.models.encoder import Encoder, Preprocess
-from probe.targets import Target, Targets, encode_images01, unique_ids, vector_target
+from probe.targets import Target, Targets, encode_images01, parse_endpoint, split_store_ref, unique_ids, vector_target
 from probe.workflows.options import EncoderOptions
 
 Note = Callable[[str], None]
@@ -93,8 +93,6 @@ def load_on(encoder: Any, device: str | None, rt: Runtime, store: str | Path | N
 def store_of(*refs: Any) -> Path | None:
     """The feature store the first ``F.h5:ROW`` reference names (the store an encoder of None is inferred
     from)."""
-    from probe.walks import split_store_ref
-
     for ref in refs:
         found = split_store_ref(ref) if isinstance(ref, str) else None
         if found and found[0].is_file():
@@ -125,8 +123,6 @@ def as_targets(encoder: Encoder, target: Any, group: str | None = None, name: st
     ``probe interpolate``'s endpoints (``F.h5:ROW``, ``image:PATH`` or a path, ``text:PROMPT``,
     ``vector:PATH``); :class:`~probe.targets.Targets` (``probe decode``'s target options); or a list of
     any of these."""
-    from probe.walks import parse_endpoint
-
     out: list[Target] = []
     items = list(target) if isinstance(target, (list, tuple)) else [target]
     if not items:

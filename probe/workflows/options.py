@@ -114,8 +114,8 @@ class DecodeOptions:
         return preset(self.schedule, **dict(self.overrides))
 
     def settings(self):
-        """The decode pipeline's :class:`~probe.decoding.DecodeSettings`."""
-        from probe.decoding import DecodeSettings
+        """The decode pipeline's :class:`~probe.workflows.decode.pipeline.DecodeSettings`."""
+        from probe.workflows.decode.pipeline import DecodeSettings
 
         return DecodeSettings(samples=self.samples, seed=self.seed, batch_size=self.batch_size,
                               config=self.config(), trajectory_every=self.trajectory_every,

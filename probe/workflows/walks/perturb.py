@@ -1,6 +1,6 @@
 """The perturb workflow: decode a target moved along directions of a feature set (``probe.perturb``,
-``probe perturb``). Directions and their geometry live in :mod:`probe.directions`, the grid report in
-:mod:`probe.walks`.
+``probe perturb``). Directions and their geometry live in :mod:`probe.geometry.directions`, the grid report in
+:mod:`probe.workflows.walks.pipeline`.
 """
 
 from __future__ import annotations
@@ -12,22 +12,21 @@ from typing import Any
 
 import numpy as np
 
-from probe.decoding import DecodeEvent
-from probe.directions import Directions, parse_components, parse_scales
 from probe.errors import UsageError
-from probe.targets import Target, row_image_path, row_label, vector_target
-from probe.walks import (
+from probe.geometry.directions import Directions, parse_components, parse_scales
+from probe.targets import Target, row_image_path, row_label, split_store_ref, vector_target
+from probe.workflows.common import Note, as_targets, output_dir, resolve_encoder
+from probe.workflows.decode import DecodeResult, decode_into
+from probe.workflows.decode.pipeline import DecodeEvent
+from probe.workflows.options import DecodeOptions
+from probe.workflows.walks.pipeline import (
     FeatureSet,
     check_set_matches_encoder,
     make_directions,
     open_feature_set,
     perturb_report,
     perturb_targets,
-    split_store_ref,
 )
-from probe.workflows.common import Note, as_targets, output_dir, resolve_encoder
-from probe.workflows.decode import DecodeResult, decode_into
-from probe.workflows.options import DecodeOptions
 
 DEFAULT_SCALES = (-3.0, -1.5, 0.0, 1.5, 3.0)
 

@@ -5,7 +5,7 @@ Every attribute is a documented function of one image. Images are float numpy ar
 ``uint8`` arrays, so user measurements can call it and stay agnostic about the input form.
 
 Attributes come in three kinds, because each needs its own notion of spread (see
-:mod:`probe.compare`):
+:mod:`probe.persistence.scoring`):
 
 * ``continuous`` — one float (brightness, mask area, a CLIP prompt score);
 * ``vector`` — a fixed-length float vector (centroid, hue histogram, thumbnail, another network's
@@ -59,7 +59,7 @@ imported lazily so the pixel measurements work without it.
 
 Adding a measurement::
 
-    from probe.attributes import measurement
+    from probe.persistence.attributes import measurement
 
     @measurement("greenness", "continuous", group="colour", description="G minus mean of R and B")
     def greenness(img):
@@ -100,7 +100,7 @@ class Attribute:
     ``fn`` maps one image (float ``H×W×3`` in ``[0, 1]``) to a value of the attribute's kind.
     ``batch_fn``, when given, maps a list of images to a list of values in one go — model-based
     attributes use it so a network runs on batches, not one image at a time. ``dispersion`` picks how
-    :mod:`probe.compare` measures spread; ``"auto"`` means variance for continuous, trace of the
+    :mod:`probe.persistence.scoring` measures spread; ``"auto"`` means variance for continuous, trace of the
     covariance for vector and disagreement for categorical attributes.
     """
 

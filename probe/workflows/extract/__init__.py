@@ -1,7 +1,7 @@
 """The extract workflow: images (or CLIP prompts) -> features (``probe.extract``, ``probe extract``).
 
-The batched, resumable extraction into an HDF5 store lives in :mod:`probe.extraction`; a run split into
-shards (``shard=``, or the ranks of torchrun) in :mod:`probe.workflows.extract_shards`. This module
+The batched, resumable extraction into an HDF5 store lives in :mod:`.pipeline`, the merge of a run split into
+shards (``shard=``, or the ranks of torchrun: :mod:`probe.workflows.parts`) in :mod:`.merge`. This module
 gathers the inputs (files, folders, globs, list files, webdataset tars, parquet files: :mod:`probe.sources`),
 checks there is something to do, and (for a notebook) hands the features back as arrays. ``probe extract``
 only parses options into this ``run`` and prints what it returns.
@@ -17,16 +17,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from probe.distributed import Shard, runtime, take
+from probe.distributed import Runtime, Shard, runtime, take
 from probe.errors import InputError, UsageError
-from probe.extraction import ExtractConfig, ExtractSummary, extract_images, extract_text
 from probe.images import DEFAULT_MAX_PIXELS
-from probe.merging import MergeSummary, store_shard_path
 from probe.models.encoder import Encoder
 from probe.sources import Item, collect_sources, item_key
 from probe.store import FeatureStore, group_key
 from probe.workflows.common import Note, asked_device, load_on, output_dir, resolve_encoder
-from probe.workflows.extract_shards import check_shardable, extract_part
+from probe.workflows.extract.merge import merge_stores, store_shard_dir, store_shard_path
+from probe.workflows.extract.pipeline import ExtractConfig, ExtractSummary, extract_images, extract_text
+from probe.workflows.parts import MergeSummary, check_shardable, run_part
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def run(encoder: Any, inputs: Sequence[str | Path] | str | Path | torch.Tensor =
     ``max_pixels`` are skipped with a warning (None or 0: no limit).
 
     ``shard`` (``"i/N"`` or a :class:`~probe.distributed.Shard`) extracts only that part into
-    ``OUT.shards/`` (join the parts with ``probe merge OUT`` / :func:`probe.merging.merge_stores`). Under
+    ``OUT.shards/`` (join the parts with ``probe merge OUT`` / :func:`probe.merge`). Under
     torchrun the ranks are the shards: each rank takes its own GPU (unless ``device`` or the encoder
     names one), all wait for each other and rank 0 merges. ``on_start(plan)`` is called once the work is
     known, ``on_batch(done, total)`` after each batch, ``on_warning(line)`` for each input that fails.
@@ -134,7 +134,10 @@ def run(encoder: Any, inputs: Sequence[str | Path] | str | Path | torch.Tensor =
     rt = runtime(shard, asked_device(encoder, device))
     try:
         if not rt.shard.single:
-            check_shardable(out, overwrite)
+            check_shardable(out, "extract", "stores", "STORE")
+            if overwrite:
+                raise UsageError("--overwrite replaces groups of one store; with shards, delete STORE and "
+                                 "STORE.shards/ instead")
         enc = load_on(encoder, device, rt)
         with output_dir(out, "features.h5") as store:
             plan = ExtractPlan(enc, len(take(paths, rt.shard, batch_size)), len(prompts) if rt.is_main else 0,
@@ -210,4 +213,41 @@ def _read_back(store: Path, encoder, paths: Sequence[Item], prompts: Sequence[st
             g = st.group(group_key(encoder.spec, "text"))
             index = {p: i for i, p in enumerate(g.paths)}
             out["text"] = g.rows([index[f"text:{p}"] for p in dict.fromkeys(prompts)])
+    return out
+
+
+def extract_part(rt: Runtime, encoder: Encoder, paths: Sequence[Item], prompts: Sequence[str], store: Path,
+                 config: ExtractConfig, result: ExtractResult, on_batch: Callable[[int, int], None] | None = None,
+                 on_warning: Callable[[str], None] | None = None) -> None:
+    """Extract this process's shard into its shard store and add its summary to ``result``; under torchrun
+    wait for every rank, then on rank 0 merge and encode ``prompts``: its summaries become the merged run's.
+
+    An interrupted part keeps its finished batches (rerun to resume); a failed or interrupted torchrun rank
+    stops the merge on every rank (InputError)."""
+
+    def part() -> None:
+        if paths:
+            result.summaries.append(extract_images(encoder, paths, store_shard_path(store, rt.shard), config,
+                                                   on_batch=on_batch, on_warning=on_warning, shard=rt.shard,
+                                                   skip_stores=[store]))
+
+    def failed() -> InputError:
+        return InputError(f"{store}: a rank was interrupted or failed; finished batches are kept in "
+                          f"{store_shard_dir(store)}; rerun the same command to resume")
+
+    _, merges = run_part(rt, part, failed, finished=lambda _: not result.interrupted)
+    if not merges:
+        return
+    result.merged = merge_stores(store)
+    text = [extract_text(encoder, prompts, store, config)] if prompts else []
+    result.summaries = [merged_total(result.summaries, result.merged), *text]
+
+
+def merged_total(parts: Sequence[ExtractSummary], merged: MergeSummary) -> ExtractSummary:
+    """Rank 0's report after a merge: the rows the merge added, this rank's failures and time."""
+    out = ExtractSummary(groups=list(merged.added))
+    out.stored = max(merged.added.values(), default=0)
+    out.skipped = sum(s.skipped for s in parts) + merged.duplicates
+    out.failed = [f for s in parts for f in s.failed]
+    out.seconds = sum(s.seconds for s in parts)
     return out

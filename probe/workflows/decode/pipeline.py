@@ -39,15 +39,24 @@ from probe.distributed import Shard
 from probe.errors import UsageError
 from probe.images import save_png, sha256_file, to_uint8
 from probe.locking import ProbeLock
-from probe.manifest import MANIFEST, Manifest, SampleRecord, by_cell, write_metadata
+from probe.manifest import Manifest, SampleRecord, write_metadata
 from probe.models.encoder import Encoder
 from probe.naturalness import OFF_MANIFOLD, denoising_error, off_manifold, realism_scores
+from probe.rundir import RunDir
 from probe.targets import Target, encode_images01
+from probe.workflows.decode.merge import (
+    canonical,
+    decode_shard_dir,
+    decode_shard_root,
+    decode_sources,
+    merge_decodes,
+    read_records,
+    write_decode_dir,
+)
+from probe.workflows.decode.sheet import write_contact_sheet
 
-OUTPUT_DIRS = ("images", "final", "baseline", "trajectory", "targets")
 #: Longest side of the target picture copied into OUT/targets/ (a copy to look at, not the data).
 TARGET_IMAGE_SIDE = 256
-OUTPUT_FILES = ("manifest.jsonl", "features.h5", "contact_sheet.png")
 
 
 @dataclass
@@ -119,7 +128,7 @@ class DecodeSummary:
         """What ``--json`` prints: aggregate numbers plus every manifest record."""
         best = [r.best_distance for r in self.records]
         rel = [r.relative_distance for r in self.records if r.relative_distance is not None]
-        return {"out": str(self.out), "manifest": str(self.out / "manifest.jsonl"), "targets": self.n_targets,
+        return {"out": str(self.out), "manifest": str(RunDir(self.out).manifest), "targets": self.n_targets,
                 "samples": self.samples, "decoded": len(self.records), "resumed": self.resumed,
                 "seconds": round(self.seconds, 3),
                 "baseline_seconds": round(self.baseline_seconds, 3),
@@ -136,10 +145,10 @@ def prepare_out_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a folder")
     if overwrite:
-        for name in OUTPUT_DIRS:
+        for name in RunDir.DIRS:
             if (out / name).is_dir():
                 shutil.rmtree(out / name)
-        for name in OUTPUT_FILES:
+        for name in RunDir.FILES:
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -194,7 +203,7 @@ def run_baseline(prior: Prior, encoder: Encoder, out: Path, settings: DecodeSett
                 on_event(DecodeEvent("baseline", bi + 1, len(chunks), step, total, done, len(seeds), []))
         res = sample(prior, None, None, chunk, cfg, callback=cb)
         for j, img in enumerate(res.final_images):
-            save_png(img, out / "baseline" / f"s{done + j:02d}.png")
+            save_png(img, RunDir(out).baseline_image(done + j))
         feats.append(encode_images01(encoder, res.final_images))
         images.append(res.final_images)
         done += len(chunk)
@@ -236,66 +245,14 @@ def save_target_images(out: Path, targets: Sequence[Target]) -> list[Target]:
             result.append(t)
             continue
         rel = f"targets/{t.id}.png"
-        (out / "targets").mkdir(parents=True, exist_ok=True)
+        RunDir(out).targets.mkdir(parents=True, exist_ok=True)
         pic = Image.fromarray(to_uint8(img))
         pic.thumbnail((TARGET_IMAGE_SIDE, TARGET_IMAGE_SIDE), Image.Resampling.LANCZOS)
-        tmp = out / "targets" / f".{t.id}.{os.getpid()}.png"  # shards write the same picture: atomic replace
+        tmp = RunDir(out).targets / f".{t.id}.{os.getpid()}.png"  # shards write the same picture: atomic replace
         pic.save(tmp)
         os.replace(tmp, out / rel)
         result.append(dataclasses.replace(t, extra={**t.extra, "target_image": rel}))
     return result
-
-
-def write_contact_sheet(out: Path, records: Sequence[SampleRecord], targets: Sequence[Target], samples: int, seed: int,
-                        title: str) -> Path | None:
-    """Targets down, samples across (with the target image first when there is one), the unguided
-    baseline as the last row; every caption gives the distance and the relative distance."""
-    from probe.images import fs_path, read_image01
-    from probe.render.sheets import image_grid
-    from probe.render.sheets import save_png as save_sheet
-
-    if not records:
-        return None
-    recs = by_cell(records)
-    ids = {r.target_id for r in records}
-    rows = [t for t in targets if t.id in ids]
-    show_target = any(t.image_path and fs_path(t.image_path).is_file() for t in rows)
-    cells, captions, labels = [], [], []
-
-    def load(path: Path):
-        try:
-            return to_uint8(read_image01(path))
-        except Exception:  # noqa: BLE001 - a missing picture is drawn as an empty cell
-            return None
-
-    for t in rows:
-        row, caps = [], []
-        if show_target:
-            row.append(load(fs_path(t.image_path)) if t.image_path else None)
-            caps.append("target")
-        for s in range(samples):
-            r = recs.get((t.id, s))
-            row.append(load(out / r.image) if r else None)
-            if r:
-                rel, nat = r.relative_distance, r.naturalness
-                caps.append(f"d={r.best_distance:.3g}" + (f"\nrel={rel:.2f}" if rel is not None else "")
-                            + (f"\nreal={nat:.2f}" if nat is not None else "")
-                            + (" OFF-MANIFOLD" if r.off_manifold else ""))
-            else:
-                caps.append("")
-        cells.append(row)
-        captions.append(caps)
-        labels.append(t.id if t.label is None else f"{t.id}\n{t.label}")
-    base = [out / "baseline" / f"s{s:02d}.png" for s in range(samples)]
-    if all(p.is_file() for p in base):
-        imgs = [load(p) for p in base]
-        blank = [np.full_like(imgs[0], 255)] if show_target and imgs[0] is not None else [None] * show_target
-        cells.append(blank + imgs)
-        captions.append([""] * show_target + [f"seed {seed + s}" for s in range(samples)])
-        labels.append("unguided")
-    cols = (["target"] if show_target else []) + [f"s{s:02d}" for s in range(samples)]
-    sheet = image_grid(cells, captions=captions, row_labels=labels, col_labels=cols, title=title)
-    return save_sheet(sheet, out / "contact_sheet.png")
 
 
 def _compatible(records: Sequence[SampleRecord], common: dict, targets: Sequence[Target], where: Path) -> None:
@@ -330,21 +287,15 @@ def _drop_unrecorded_rows(path: Path, keep: set[str]) -> None:
             mask = np.array([p in keep for p in paths], dtype=bool)
             if mask.all():
                 continue
-            idx = np.flatnonzero(mask)
-            data = {k: g._g[k][:][idx] for k in ("features", "paths", "sha256", "labels") if k in g._g}
-            for k, v in data.items():
-                g._g[k].resize(len(idx), axis=0)
-                g._g[k][:] = v
+            g.keep_rows(np.flatnonzero(mask))
         st.flush()
 
 
 def _clear_for_overwrite(out: Path, work: Path, shard: Shard) -> None:
     """--overwrite: remove OUT's merged outputs, shard folders of other splits, and this shard's folder."""
-    from probe.merging import decode_shard_root
-
-    for name in OUTPUT_DIRS:
+    for name in RunDir.DIRS:
         shutil.rmtree(out / name, ignore_errors=True)
-    for name in OUTPUT_FILES:
+    for name in RunDir.FILES:
         (out / name).unlink(missing_ok=True)
     root = decode_shard_root(out)
     if root.is_dir():
@@ -353,7 +304,7 @@ def _clear_for_overwrite(out: Path, work: Path, shard: Shard) -> None:
                 for f in d.iterdir():
                     if f.is_dir():
                         shutil.rmtree(f, ignore_errors=True)
-                    elif f.name != ".probe.lock":
+                    elif f != RunDir(d).lock:
                         f.unlink(missing_ok=True)
             elif shard.single or not d.name.endswith(f"-of-{shard.count:05d}"):  # other splits' leftovers
                 shutil.rmtree(d, ignore_errors=True)
@@ -370,10 +321,8 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
     are kept and the batches holding the rest are decoded again as they were formed in the first run
     (so every image is the one an uninterrupted run gives); other settings or targets are refused.
     With ``shard`` (i/N, N > 1) only batches b with b mod N = i are decoded, into OUT/shards/i-of-N/;
-    ``probe.merging.merge_decodes`` joins the shards. OUT is locked against a second writer.
+    ``probe.workflows.decode.merge.merge_decodes`` joins the shards. OUT is locked against a second writer.
     """
-    from probe.merging import canonical, decode_shard_dir, decode_sources, merge_decodes, read_records
-
     settings = settings or DecodeSettings()
     shard = shard or Shard()
     out = Path(out)
@@ -395,7 +344,7 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
     from probe.outputs import check_writable_dir
 
     check_writable_dir(work)  # a read-only --out fails now, not after the first (slow) batch
-    locks = [ProbeLock(out, lock_file=out / ".probe.lock", shared=not shard.single).acquire()]
+    locks = [ProbeLock(out, lock_file=RunDir(out).lock, shared=not shard.single).acquire()]
     t0 = time.perf_counter()
     layer = "+".join(encoder.layers)
     run_settings = settings.to_dict()
@@ -408,7 +357,7 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
     title = f"{encoder.spec} [{layer}] <- {prior.spec} ({settings.config.name})"
     try:
         if not shard.single:
-            locks.append(ProbeLock(work, lock_file=work / ".probe.lock").acquire())
+            locks.append(ProbeLock(work, lock_file=RunDir(work).lock).acquire())
         if settings.overwrite:
             _clear_for_overwrite(out, work, shard)
             work.mkdir(parents=True, exist_ok=True)
@@ -419,7 +368,7 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
                 old += read_records(src)
         _compatible(old, common, targets, out)
         done = {r.cell for r in old}
-        _drop_unrecorded_rows(work / "features.h5", {r.image for r in own})
+        _drop_unrecorded_rows(RunDir(work).features, {r.image for r in own})
         targets = save_target_images(out, targets)
 
         jobs = [(ti, s) for ti in range(len(targets)) for s in range(settings.samples)]
@@ -447,8 +396,8 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
             if settings.realism:
                 reference_error = denoising_error(prior, base_images)
             base_seconds = time.perf_counter() - t0
-        manifest = Manifest(work / MANIFEST)
-        writer = _FeatureWriter(work / "features.h5", encoder) if batches else None
+        manifest = Manifest(RunDir(work).manifest)
+        writer = _FeatureWriter(RunDir(work).features, encoder) if batches else None
         try:
             for bi, batch in enumerate(batches):
                 vectors = torch.from_numpy(np.stack([targets[ti].vector for ti, _ in batch]))
@@ -477,10 +426,8 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
                 if len(decode_sources(out)) > 1:  # shards left by an earlier split run: join them now
                     everything = merge_decodes(out, sheet=False, locked=True, on_warning=on_warning)
                 elif [r.cell for r in own + records] != [r.cell for r in everything]:
-                    from probe.merging import write_decode_dir
-
                     write_decode_dir(out, everything, [out])
-                if settings.sheet and everything and (records or not (out / "contact_sheet.png").exists()):
+                if settings.sheet and everything and (records or not RunDir(out).sheet.exists()):
                     write_contact_sheet(out, everything, targets, settings.samples, settings.seed, title)
                 if everything:
                     write_metadata(out, everything)
@@ -522,15 +469,15 @@ def _write_batch(out: Path, res: SampleResult, batch: list[tuple[int, int]], tar
     rel_paths = []
     for j, (ti, s) in enumerate(batch):
         name = sample_name(targets[ti].id, s)
-        save_png(res.best_images[j], out / "images" / name)
-        save_png(res.final_images[j], out / "final" / name)
+        save_png(res.best_images[j], RunDir(out).images / name)
+        save_png(res.final_images[j], RunDir(out).final / name)
         if settings.trajectory_every and res.trajectory:
-            _save_trajectory(res, j, out / "trajectory" / name)
+            _save_trajectory(res, j, RunDir(out).trajectory / name)
         rel_paths.append(name)
     feats = encode_images01(encoder, res.best_images).numpy()
     labels = [targets[ti].label if isinstance(targets[ti].label, int) else -1 for ti, _ in batch]
     writer.append(feats, [f"images/{n}" for n in rel_paths],
-                  [sha256_file(out / "images" / n) for n in rel_paths], labels)
+                  [sha256_file(RunDir(out).images / n) for n in rel_paths], labels)
     records = []
     for j, (ti, s) in enumerate(batch):
         t = targets[ti]

@@ -1,6 +1,7 @@
 """The compare workflow: which attributes persist across the decoded samples of a target
-(``probe.compare``, ``probe compare``). Scoring lives in :mod:`probe.compare`, the measurements in
-:mod:`probe.attributes`, the chart and HTML report in :mod:`probe.render.report`.
+(``probe.compare``, ``probe compare``). Scoring lives in :mod:`probe.persistence.scoring`, the samples in
+:mod:`probe.persistence.samples`, the measurements in :mod:`probe.persistence.attributes`,
+the chart and HTML report in :mod:`probe.render.report`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from probe.attributes import (
+from probe.errors import ProbeError, UsageError
+from probe.persistence.attributes import (
     FALLBACK_CLASSIFIER,
     Attribute,
     ModelAttributeOptions,
@@ -17,9 +19,9 @@ from probe.attributes import (
     get_attributes,
     model_attributes,
 )
-from probe.compare import CompareConfig, CompareResult, load_samples
-from probe.compare import compare as score
-from probe.errors import ProbeError, UsageError
+from probe.persistence.samples import load_samples
+from probe.persistence.scoring import CompareConfig, CompareResult
+from probe.persistence.scoring import compare as score
 from probe.workflows.common import Note
 
 DEFAULT_CLASSIFIER = FALLBACK_CLASSIFIER  # when the decoded encoder has no independent classifier

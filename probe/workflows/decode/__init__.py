@@ -2,14 +2,16 @@
 
 :func:`run` takes the encoder, the targets in any form (:func:`probe.workflows.common.as_targets`, including
 ``probe decode``'s options as :class:`probe.targets.Targets`), the prior and the decode options, runs the
-pipeline of :mod:`probe.decoding` into ``out`` (or a temporary folder) and returns a :class:`DecodeResult`
+pipeline of :mod:`probe.workflows.decode.pipeline` into ``out`` (or a temporary folder) and returns a
+:class:`DecodeResult`
 holding the images as one tensor with their distances and manifest records. A run split into shards
-(``shard=``, or the ranks of torchrun) is in :mod:`probe.workflows.decode_shards`. ``probe decode`` only
+(``shard=``, or the ranks of torchrun: :mod:`probe.workflows.parts`) is merged by :mod:`.merge`. ``probe decode`` only
 parses options into this ``run`` and prints what it returns.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,16 +19,16 @@ from typing import Any
 
 import torch
 
-from probe.decoding import DecodeEvent, DecodeSummary, decode_targets
-from probe.distributed import Shard, runtime
+from probe.distributed import Runtime, Shard, runtime
+from probe.errors import ProbeError
 from probe.manifest import SampleRecord
-from probe.merging import decode_shard_dir
 from probe.models.encoder import Encoder
 from probe.targets import Target, Targets
 from probe.workflows.common import Note, as_targets, asked_device, load_on, load_prior, output_dir, store_of
-from probe.workflows.decode_shards import check_shardable, decode_part
-from probe.workflows.merge import MergeResult
+from probe.workflows.decode.merge import decode_shard_dir, merge_decodes
+from probe.workflows.decode.pipeline import DecodeEvent, DecodeSummary, decode_targets
 from probe.workflows.options import DecodeOptions
+from probe.workflows.parts import MergeResult, check_shardable, run_part
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,7 @@ def run(encoder: Any, target: Any, *, prior: Any = None, out: str | Path | None 
     rt = runtime(shard, asked_device(encoder, device))
     try:
         if not rt.shard.single:
-            check_shardable(out)
+            check_shardable(out, "decode", "folders", "FOLDER")
         enc = load_on(encoder, device, rt, *_encoder_store(target, group))
         plan = DecodePlan(enc, as_targets(enc, target, group), None if out is None else Path(out), rt.shard,
                           rt.group)
@@ -183,3 +185,29 @@ def decoded(summary: DecodeSummary, targets: list[Target], keep: bool = True, im
     return DecodeResult(images=read_images(folder, summary.records) if images else torch.empty(0),
                         distances=distances, records=summary.records, targets=list(targets), summary=summary,
                         out=folder if keep else None, merged=merged)
+
+
+def decode_part(rt: Runtime, out: Path, encoder: Encoder, targets: list[Target], prior: Any,
+                options: DecodeOptions, on_event: Callable[[DecodeEvent], None] | None = None,
+                on_warning: Note | None = None) -> DecodeResult:
+    """Decode this process's shard of ``targets`` into its shard folder; under torchrun wait for every rank,
+    then on rank 0 merge: its result becomes the merged run's (records, images, total time).
+
+    A failed rank stops the merge on every rank (ProbeError); finished batches are kept for a rerun."""
+
+    def failed() -> ProbeError:
+        return ProbeError(f"{out}: another rank failed; every finished batch is kept in {out / 'shards'}, "
+                          "rerun the same command to resume")
+
+    part, merges = run_part(rt, lambda: decode_into(out, encoder, targets, prior, options, on_event,
+                                                    shard=rt.shard, on_warning=on_warning), failed)
+    if not merges:
+        return part
+    t0 = time.perf_counter()
+    joined = MergeResult(out, records=merge_decodes(out, on_warning=on_warning))
+    joined.seconds = time.perf_counter() - t0
+    s = part.summary
+    summary = DecodeSummary(out=out, records=joined.records or [], seconds=s.seconds + joined.seconds,
+                            n_targets=len(targets), samples=options.samples, baseline_seconds=s.baseline_seconds,
+                            resumed=s.resumed)
+    return decoded(summary, targets, merged=joined)

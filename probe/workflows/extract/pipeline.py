@@ -7,7 +7,6 @@ Files whose content hash is already in every target group are skipped before dec
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -97,12 +96,12 @@ def label_names_for(paths: Sequence[Item]) -> list[str]:
     return sorted({Path(path_text(p)).parent.name for p in paths})
 
 
-def _merge_label_names(group, names: Sequence[str]) -> list[str]:
+def merge_label_names(group, names: Sequence[str]) -> list[str]:
     """The group's label names: those already stored keep their index (a resumed or extended run must not
     renumber rows written before), new folder names are appended."""
     old = group.attrs.get("label_names") or []
     merged = list(old) + [n for n in names if n not in old]
-    group._g.attrs["label_names"] = json.dumps(merged)
+    group.set_attr("label_names", merged)
     return merged
 
 
@@ -163,7 +162,7 @@ def extract_images(encoder: Encoder, paths: Sequence[Item], store_path: Path, co
                                                      ordered=not shard.single)
                                   for n, layer in zip(names, encoder.layers)]
                         if label_names is not None:
-                            group_labels = [_merge_label_names(g, label_names) for g in groups]
+                            group_labels = [merge_label_names(g, label_names) for g in groups]
                     for i, (g, layer) in enumerate(zip(groups, encoder.layers)):
                         labels = ([group_labels[i].index(Path(p).parent.name) for _, p, _, _ in good]
                                   if label_names is not None else None)

@@ -1,6 +1,6 @@
 """The map workflow: a 2-D map (UMAP or PCA) of a feature set, optionally decoded on a grid
-(``probe.map``, ``probe map``). The reducer and its cache live in :mod:`probe.directions`, the plot in
-:mod:`probe.render.plots`, grid targets and sheets in :mod:`probe.walks`.
+(``probe.map``, ``probe map``). The reducer and its cache live in :mod:`probe.geometry.directions`, the plot in
+:mod:`probe.render.plots`, grid targets and sheets in :mod:`probe.workflows.walks.pipeline`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from probe.decoding import DecodeEvent, prepare_out_dir
-from probe.directions import FeatureMap, fit_map, parse_grid
 from probe.errors import UsageError
+from probe.geometry.maps import FeatureMap, fit_map, parse_grid
 from probe.manifest import by_cell
-from probe.walks import (
+from probe.rundir import RunDir
+from probe.workflows.common import Note, output_dir, resolve_encoder
+from probe.workflows.decode import DecodeResult, decode_into
+from probe.workflows.decode.pipeline import DecodeEvent, prepare_out_dir
+from probe.workflows.options import DecodeOptions
+from probe.workflows.walks.pipeline import (
     check_set_matches_encoder,
     grid_sheets,
     grid_targets,
@@ -26,9 +30,6 @@ from probe.walks import (
     read_overlay,
     thumbnails_for,
 )
-from probe.workflows.common import Note, output_dir, resolve_encoder
-from probe.workflows.decode import DecodeResult, decode_into
-from probe.workflows.options import DecodeOptions
 
 METHODS = ("umap", "pca")
 MAX_ROWS = 5000  # UMAP on 5k rows takes about a minute on one core; 60k rows would take many
@@ -121,19 +122,21 @@ def _write_map(folder: Path, store: Path, fs, fmap: FeatureMap, method: str, sub
     from probe.render.plots import plot_map
 
     title = f"{method} map of {fs.source}" + (f" ({len(fs.rows)} of {fs.total_rows} rows)" if sub else "")
-    plot_map(fmap.points, fs.labels, fs.label_names, out_png=folder / "map.png", thumbnails=thumbs or None,
+    plot_map(fmap.points, fs.labels, fs.label_names, out_png=RunDir(folder).walk_file("map.png"),
+             thumbnails=thumbs or None,
              overlay_points=np.concatenate(ov_pts) if ov_pts else None,
              overlay_images=ov_imgs if ov_pts else None, overlay_labels=ov_labels if ov_pts else None,
              title=title)
-    np.savez(folder / "map.npz", rows=fs.rows, points=fmap.points,
+    np.savez(RunDir(folder).walk_file("map.npz"), rows=fs.rows, points=fmap.points,
              labels=fs.labels if fs.labels is not None else np.full(len(fs.rows), -1))
     summary = {"store": str(store), "group": fs.group, "method": method, "params": fmap.config.params(),
                "cached": fmap.cached, "rows": int(len(fs.rows)), "total_rows": fs.total_rows,
                "bounds": list(fmap.bounds), "overlays": [str(d) for d in overlays],
                "thumbnails": len(thumbs), "grid": list(grid) if grid else None,
-               "files": {"map": str(folder / "map.png"), "points": str(folder / "map.npz")}}
+               "files": {"map": str(RunDir(folder).walk_file("map.png")),
+                         "points": str(RunDir(folder).walk_file("map.npz"))}}
     if decoded is not None:
-        summary["files"].update(grid=str(folder / "grid.png"), manifest=str(folder / "manifest.jsonl"))
+        summary["files"].update(grid=str(RunDir(folder).walk_file("grid.png")), manifest=str(RunDir(folder).manifest))
         summary["decode"] = {k: v for k, v in decoded.to_dict().items() if k != "records"}
-    (folder / "map.json").write_text(json.dumps(summary, indent=2, default=str))
+    RunDir(folder).walk_file("map.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

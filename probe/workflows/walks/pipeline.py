@@ -1,9 +1,8 @@
 """Glue for `probe interpolate`, `probe perturb` and `probe map`: targets in, pictures and summaries out.
 
-The geometry lives in :mod:`probe.directions` (paths, directions, 2-D maps) and decoding in
-:mod:`probe.decoding`; this module connects them without any CLI code:
+The geometry lives in :mod:`probe.geometry.directions` (paths, directions, 2-D maps) and decoding in
+:mod:`probe.workflows.decode.pipeline`; this module connects them without any CLI code:
 
-* endpoints -- one decode target written as a single string (:func:`parse_endpoint`);
 * feature sets -- the rows of a store group a direction or a map is computed from
   (:func:`open_feature_set`), opened writable when possible so fitted PCA/UMAP models are cached;
 * target lists -- path points, perturbations and map-grid cells as :func:`probe.targets.vector_target`
@@ -27,85 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from probe.directions import Directions, FeatureMap, interpolation_path, path_positions
 from probe.errors import InputError, UsageError
+from probe.geometry.directions import Directions
+from probe.geometry.maps import FeatureMap
+from probe.geometry.paths import interpolation_path, path_positions
 from probe.manifest import Manifest, SampleRecord, by_cell
-from probe.targets import Target, from_image, from_store, from_text, read_vectors, vector_target
-
-STORE_SUFFIXES = (".h5", ".hdf5", ".hdf")
-VECTOR_SUFFIXES = (".npy", ".txt", ".csv")
-
-ENDPOINT_HELP = ("STORE.h5:ROW (a row of a feature store, by index or stored path; --group picks the group), "
-                 "image:PATH or a plain image path, text:PROMPT (CLIP encoders), vector:PATH (.npy/.txt "
-                 "holding one vector, or vector:PATH:ROW)")
-
-
-# -- endpoints -------------------------------------------------------------------------------------------
-def split_store_ref(text: str) -> tuple[Path, str] | None:
-    """``F.h5:3`` / ``store:F.h5:3`` / ``F.h5:/data/x.png`` -> (F.h5, '3'); None for other forms."""
-    body = text[len("store:"):] if text.startswith("store:") else text
-    low = body.lower()
-    for suffix in STORE_SUFFIXES:
-        pos = low.find(suffix + ":")
-        if pos > 0:
-            return Path(body[:pos + len(suffix)]), body[pos + len(suffix) + 1:]
-    if text.startswith("store:") or low.endswith(STORE_SUFFIXES):
-        raise UsageError(f"{text!r}: name the row of the store, e.g. {body.split(':')[0]}:0 (index) or "
-                         f"{body.split(':')[0]}:/path/of/image.png")
-    return None
-
-
-def _vector_endpoint(ref: str, encoder, name: str) -> Target:
-    from probe.targets import feature_dim
-
-    path, row = Path(ref), None
-    if not path.is_file() and ":" in ref:
-        head, tail = ref.rsplit(":", 1)
-        if tail.lstrip("-").isdigit():
-            path, row = Path(head), int(tail)
-    arr = read_vectors(path)
-    if row is None:
-        if arr.shape[0] != 1:
-            raise UsageError(f"{name}: {path} holds {arr.shape[0]} vectors; pick one with vector:{path}:ROW")
-        row = 0
-    if not -arr.shape[0] <= row < arr.shape[0]:
-        raise UsageError(f"{name}: {path} has {arr.shape[0]} vectors, no row {row}")
-    row %= arr.shape[0]
-    t = vector_target(arr[row], f"vec-{path.stem}", str(path), feature_dim(encoder))
-    t.index = row if arr.shape[0] > 1 else None
-    return t
-
-
-def parse_endpoint(text: str, encoder, group: str | None = None, name: str = "A") -> Target:
-    """One decode target from one string (see ``ENDPOINT_HELP``); ``name`` prefixes error messages."""
-    text = str(text).strip()
-    if not text:
-        raise UsageError(f"{name}: empty target")
-    ref = split_store_ref(text)
-    if ref is not None:
-        path, row = ref
-        if not path.is_file():
-            raise InputError(f"{name}: {path}: feature store not found")
-        if row.lstrip("-").isdigit():
-            found = from_store(path, encoder, group, index=row)
-        elif ":" in row or "," in row:
-            raise UsageError(f"{name}: {text!r} names several rows; an endpoint is one row")
-        else:
-            found = from_store(path, encoder, group, paths=[row])
-        return found[0]
-    kind, sep, rest = text.partition(":")
-    if sep and kind == "text":
-        return from_text(rest, encoder)
-    if sep and kind == "image":
-        return from_image(rest, encoder)
-    if sep and kind == "vector":
-        return _vector_endpoint(rest, encoder, name)
-    path = Path(text)
-    if path.suffix.lower() in VECTOR_SUFFIXES:
-        return _vector_endpoint(text, encoder, name)
-    if path.is_file():
-        return from_image(path, encoder)
-    raise UsageError(f"{name}: cannot read target {text!r}: no such file; use {ENDPOINT_HELP}")
+from probe.rundir import RunDir
+from probe.targets import Target, vector_target
 
 
 def target_name(t: Target) -> str:
@@ -123,7 +50,7 @@ def decoded_features(out: str | Path, encoder_spec: str, layers: Sequence[str]) 
     """``OUT/features.h5`` as {image path relative to OUT: feature vector (layers concatenated)}."""
     from probe.store import FeatureStore, group_key
 
-    with FeatureStore(Path(out) / "features.h5", "r") as st:
+    with FeatureStore(RunDir(out).features, "r") as st:
         groups = [st.group(group_key(encoder_spec, layer)) for layer in layers]
         paths = groups[0].paths
         feats = np.concatenate([g.rows(slice(None)) for g in groups], axis=1)
@@ -221,11 +148,12 @@ def path_report(out: str | Path, a: Target, b: Target, targets: Sequence[Target]
     seed0 = (records[0].seed or 0) - records[0].sample if records else 0
     title = title or f"{target_name(a)} → {target_name(b)}"
     save_png(image_grid(rows, captions=caps, row_labels=[f"seed {seed0 + s}" for s in range(samples)],
-                        col_labels=cols, title=title), out / "strip.png")
-    plot_path_distances(ts, da, db, out / "distances.png", title=title,
+                        col_labels=cols, title=title), RunDir(out).walk_file("strip.png"))
+    plot_path_distances(ts, da, db, RunDir(out).walk_file("distances.png"), title=title,
                         endpoint_names=(f"A {target_name(a)}", f"B {target_name(b)}"))
-    files = {"strip": str(out / "strip.png"), "distances": str(out / "distances.png"),
-             "manifest": str(out / "manifest.jsonl"), "features": str(out / "features.h5")}
+    run = RunDir(out)
+    files = {"strip": str(run.walk_file("strip.png")), "distances": str(run.walk_file("distances.png")),
+             "manifest": str(run.manifest), "features": str(run.features)}
     kind = targets[0].extra.get("path_kind") if targets else None
     summary = {"a": {**a.record(), "name": target_name(a)}, "b": {**b.record(), "name": target_name(b)},
                "path": kind, "steps": len(targets), "samples": samples, "positions": ts,
@@ -234,8 +162,8 @@ def path_report(out: str | Path, a: Target, b: Target, targets: Sequence[Target]
                "points": [{"target_id": t.id, "path_position": ts[i],
                            "images": [cells[(t.id, s)].image if (t.id, s) in cells else None
                                       for s in range(samples)]} for i, t in enumerate(targets)]}
-    (out / "path.json").write_text(json.dumps(_finite(summary), indent=2))
-    files["summary"] = str(out / "path.json")
+    run.walk_file("path.json").write_text(json.dumps(_finite(summary), indent=2))
+    files["summary"] = str(run.walk_file("path.json"))
     return PathReport(ts, da, db, best, files, summary)
 
 
@@ -354,7 +282,7 @@ def parse_pairs(text: str, label_names: Sequence[str] | None) -> list[tuple[int,
 def make_directions(kind: str, fs: FeatureSet, components: Sequence[int] | None, pairs: str | None,
                     seed: int) -> Directions:
     """Directions of kind ``pca`` / ``class`` / ``random`` / ``npy:PATH`` with their std on the set."""
-    from probe.directions import class_mean_directions, load_directions, pca_directions, random_directions
+    from probe.geometry.directions import class_mean_directions, load_directions, pca_directions, random_directions
 
     comps = list(components) if components else None
     if kind == "pca":
@@ -387,7 +315,7 @@ def _select(d: Directions, comps: Sequence[int]) -> Directions:
 
 def perturb_targets(base: Target, dirs: Directions, scales: Sequence[float]) -> list[Target]:
     """Row-major targets ``d{k}-s{j}`` = base + scale_j · std_k · v_k with their manifest extras."""
-    from probe.directions import perturbation_targets
+    from probe.geometry.directions import perturbation_targets
 
     if base.vector.shape[0] != dirs.dim:
         raise UsageError(f"the target ({target_name(base)}) has {base.vector.size} dims but the feature set "
@@ -444,14 +372,16 @@ def perturb_report(out: str | Path, base: Target, dirs: Directions, scales: Sequ
             labels.append(label)
     cols = (["target"] if base_img is not None else []) + [f"{s:+g}σ" for s in scales]
     title = title or f"{target_name(base)}: {dirs.metadata.get('source')} directions"
-    save_png(image_grid(rows, captions=caps, row_labels=labels, col_labels=cols, title=title), out / "grid.png")
-    files = {"grid": str(out / "grid.png"), "manifest": str(out / "manifest.jsonl"),
-             "features": str(out / "features.h5"), "summary": str(out / "perturb.json")}
+    save_png(image_grid(rows, captions=caps, row_labels=labels, col_labels=cols, title=title),
+             RunDir(out).walk_file("grid.png"))
+    run = RunDir(out)
+    files = {"grid": str(run.walk_file("grid.png")), "manifest": str(run.manifest),
+             "features": str(run.features), "summary": str(run.walk_file("perturb.json"))}
     summary = {"base": {**base.record(), "name": target_name(base)}, "directions": [dirs.to_record(k)
                                                                                    for k in range(len(dirs))],
                "source": dirs.metadata.get("source"), "cached_fit": dirs.metadata.get("cached"),
                "scales": [float(s) for s in scales], "samples": samples, "cells": table, "files": files}
-    (out / "perturb.json").write_text(json.dumps(_finite(summary), indent=2, default=_jsonable))
+    run.walk_file("perturb.json").write_text(json.dumps(_finite(summary), indent=2, default=_jsonable))
     return summary
 
 
@@ -495,8 +425,7 @@ def grid_sheets(out: str | Path, targets: Sequence[Target], records: Sequence[Sa
                 rc.append(f"d={rec.best_distance:.3g}" if rec else "")
             imgs.append(ri)
             caps.append(rc)
-        name = "grid.png" if s == 0 else f"grid_s{s:02d}.png"
-        written.append(save_png(image_grid(imgs, captions=caps, title=title), out / name))
+        written.append(save_png(image_grid(imgs, captions=caps, title=title), RunDir(out).grid_image(s)))
     return written
 
 
@@ -506,10 +435,10 @@ def read_overlay(decode_dir: str | Path, attrs: dict, dim: int) -> tuple[np.ndar
     from probe.store import FeatureStore, group_key
 
     d = Path(decode_dir)
-    if not (d / "features.h5").is_file() or not (d / "manifest.jsonl").is_file():
+    if not RunDir(d).features.is_file() or not RunDir(d).manifest.is_file():
         raise InputError(f"--overlay {d}: not a decode output (needs manifest.jsonl and features.h5)")
     key = group_key(str(attrs.get("model_spec")), str(attrs.get("layer")))
-    with FeatureStore(d / "features.h5", "r") as st:
+    with FeatureStore(RunDir(d).features, "r") as st:
         if key not in st.group_names():
             raise UsageError(f"--overlay {d}: decoded with {', '.join(st.group_names()) or 'nothing'}, but the "
                              f"map is of {key}; overlay outputs decoded with the map's encoder and layer")

@@ -1,6 +1,6 @@
 """The interpolate workflow: decode the features on the path from A to B (``probe.interpolate``,
-``probe interpolate``). Path geometry lives in :mod:`probe.directions`, the strip and distance report
-in :mod:`probe.walks`; this module strings them together.
+``probe interpolate``). Path geometry lives in :mod:`probe.geometry.directions`, the strip and distance report
+in :mod:`probe.workflows.walks.pipeline`; this module strings them together.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from probe.decoding import DecodeEvent
 from probe.errors import UsageError
 from probe.targets import Target
-from probe.walks import PathReport, path_report, path_targets
 from probe.workflows.common import as_targets, output_dir, resolve_encoder, store_of
 from probe.workflows.decode import DecodeResult, decode_into
+from probe.workflows.decode.pipeline import DecodeEvent
 from probe.workflows.options import DecodeOptions
+from probe.workflows.walks.pipeline import PathReport, path_report, path_targets
 
 PATH_KINDS = ("linear", "slerp")
 
