@@ -18,8 +18,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_encoder": ("probe.workflows.common", "load_encoder"),
-    "load_prior": ("probe.workflows.common", "load_prior"),
+    "load_encoder": ("probe.models.registry", "load_encoder"),
+    "load_prior": ("probe.diffusion.priors", "load_prior"),
     "extract": ("probe.workflows.extract", "run"),
     "decode": ("probe.workflows.decode", "run"),
     "interpolate": ("probe.workflows.walks.interpolate", "run"),

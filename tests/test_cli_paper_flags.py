@@ -69,7 +69,7 @@ def test_the_walks_take_the_flags(run_cli, command, monkeypatch, tmp_path):
     """interpolate/perturb/map hand the same DecodeOptions to their workflow (stopped before any work)."""
     import importlib
 
-    module = importlib.import_module(f"probe.workflows.{command}")
+    module = importlib.import_module(f"probe.workflows.walks.{command}")
     got = []
 
     def stop(*_args, options, **_kw):

@@ -19,12 +19,13 @@ from typing import Any
 
 import torch
 
+from probe.diffusion.priors import load_prior
 from probe.distributed import Runtime, Shard, runtime
 from probe.errors import ProbeError
 from probe.manifest import SampleRecord
 from probe.models.encoder import Encoder
 from probe.targets import Target, Targets
-from probe.workflows.common import Note, as_targets, asked_device, load_on, load_prior, output_dir, store_of
+from probe.workflows.common import Note, as_targets, asked_device, load_on, output_dir, store_of
 from probe.workflows.decode.merge import decode_shard_dir, merge_decodes
 from probe.workflows.decode.pipeline import DecodeEvent, DecodeSummary, decode_targets
 from probe.workflows.options import DecodeOptions

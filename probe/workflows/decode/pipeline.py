@@ -26,7 +26,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +34,13 @@ import torch
 
 from probe.diffusion.priors import PRECISIONS, Prior
 from probe.diffusion.sampler import SampleResult, sample
-from probe.diffusion.schedules import DEFAULT_PRESET, PRESETS, GuidanceConfig
 from probe.distributed import Shard
 from probe.errors import UsageError
 from probe.images import save_png, sha256_file, to_uint8
 from probe.locking import ProbeLock
 from probe.manifest import Manifest, SampleRecord, write_metadata
 from probe.models.encoder import Encoder
-from probe.naturalness import OFF_MANIFOLD, denoising_error, off_manifold, realism_scores
+from probe.naturalness import denoising_error, off_manifold, realism_scores
 from probe.rundir import RunDir
 from probe.targets import Target, encode_images01
 from probe.workflows.decode.merge import (
@@ -54,48 +53,10 @@ from probe.workflows.decode.merge import (
     write_decode_dir,
 )
 from probe.workflows.decode.sheet import write_contact_sheet
+from probe.workflows.options import DecodeSettings
 
 #: Longest side of the target picture copied into OUT/targets/ (a copy to look at, not the data).
 TARGET_IMAGE_SIDE = 256
-
-
-@dataclass
-class DecodeSettings:
-    """Run-level settings (the sampler's own knobs live in ``config``)."""
-
-    samples: int = 4
-    seed: int = 0
-    batch_size: int = 8
-    config: GuidanceConfig = field(default_factory=lambda: PRESETS[DEFAULT_PRESET])
-    trajectory_every: int = 0
-    baseline: bool = True
-    overwrite: bool = False
-    sheet: bool = True
-    realism: bool = True
-    off_manifold_threshold: float = OFF_MANIFOLD
-
-    def __post_init__(self) -> None:
-        if self.samples < 1:
-            raise UsageError(f"--samples must be >= 1, not {self.samples}")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1, not {self.batch_size}")
-        if self.trajectory_every < 0:
-            raise UsageError("--save-trajectory must be >= 0")
-        if self.seed < 0:
-            raise UsageError(f"--seed must be >= 0, not {self.seed}")
-
-    @property
-    def samples_per_batch(self) -> int:
-        """Samples per sampler call: ``batch_size`` bounds the chains run side by side, and with
-        ``config.candidates`` = N each sample runs N chains through the first steps."""
-        return self.config.samples_per_call(self.batch_size)
-
-    def seed_of(self, sample_index: int) -> int:
-        return self.seed + sample_index
-
-    def to_dict(self) -> dict:
-        return {**self.config.to_dict(), "samples": self.samples, "seed": self.seed,
-                "batch_size": self.batch_size}
 
 
 @dataclass
