@@ -13,11 +13,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from tiny_diffusion import TinyConvNet, tiny_pixel_prior
 
 import probe
 from probe.errors import InputError, UsageError
 from probe.store import FeatureStore, group_key
+from tests.tiny_diffusion import TinyConvNet, tiny_pixel_prior
 
 torch.set_num_threads(1)
 

@@ -37,7 +37,7 @@ def test_denoising_error_is_deterministic_and_separates_textures_from_data():
 
 @pytest.mark.parametrize("latent", [False, True])
 def test_encode_inverts_decode_for_pixel_priors_and_runs_for_latent(latent, tmp_path):
-    from tiny_diffusion import save_tiny_sd, tiny_pixel_prior
+    from tests.tiny_diffusion import save_tiny_sd, tiny_pixel_prior
 
     prior = load_prior(str(save_tiny_sd(tmp_path / "sd")), "cpu") if latent else tiny_pixel_prior()
     x = torch.rand(2, prior.channels, prior.image_size, prior.image_size) * 2 - 1

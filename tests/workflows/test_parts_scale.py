@@ -20,7 +20,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from tiny_diffusion import save_pixel_prior, tiny_encoder, tiny_pixel_prior
 
 import probe
 from probe.diffusion.schedules import GuidanceConfig
@@ -32,13 +31,14 @@ from probe.targets import encode_images01, feature_dim, vector_target
 from probe.workflows.decode import pipeline as decoding
 from probe.workflows.decode.merge import merge_decodes
 from probe.workflows.decode.pipeline import DecodeSettings, decode_targets
+from tests.tiny_diffusion import save_pixel_prior, tiny_encoder, tiny_pixel_prior
 
 torch.set_num_threads(1)  # CPU results depend on the thread count; torchrun's ranks use 1 thread each
 
 CFG = GuidanceConfig(name="test", steps=3, rounds=1, early_steps=0, update="ddim")
 TIMING = {"seconds", "batch_seconds"}
 GROUP = "timm_test_resnet/embedding"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_diffusion import save_pixel_prior, save_tiny_sd, tiny_encoder
 
 from probe.diffusion import load_prior
 from probe.diffusion import sampler as S
 from probe.diffusion.schedules import GuidanceConfig
 from probe.errors import InputError, UsageError
+from tests.tiny_diffusion import save_pixel_prior, save_tiny_sd, tiny_encoder
 
 torch.set_num_threads(1)
 

@@ -6,7 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from tiny_diffusion import save_pixel_prior
+
+from tests.tiny_diffusion import save_pixel_prior
 
 FAST = ["--steps", "3", "--rounds", "1", "--early-steps", "0", "--late-steps", "0", "--samples", "2",
         "--device", "cpu"]

@@ -4,10 +4,10 @@ one killed later keeps every finished batch in features.h5 and manifest.jsonl al
 from __future__ import annotations
 
 import pytest
-from tiny_diffusion import save_pixel_prior
 
 import probe.workflows.decode.pipeline as D
 from probe.store import FeatureStore
+from tests.tiny_diffusion import save_pixel_prior
 
 FAST = ["--steps", "2", "--rounds", "1", "--early-steps", "0", "--late-steps", "0", "--no-baseline"]
 

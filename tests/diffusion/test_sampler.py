@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-from tiny_diffusion import tiny_encoder, tiny_pixel_prior, tiny_scheduler
 
 from probe.diffusion import sampler as S
 from probe.diffusion.schedules import PRESETS, GuidanceConfig, preset
 from probe.errors import InputError, UsageError
+from tests.tiny_diffusion import tiny_encoder, tiny_pixel_prior, tiny_scheduler
 
 torch.set_num_threads(1)
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_diffusion import TinyConvNet, save_pixel_prior
 
 from probe.store import FeatureStore, group_key
+from tests.tiny_diffusion import TinyConvNet, save_pixel_prior
 
 torch.set_num_threads(1)
 

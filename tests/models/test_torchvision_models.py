@@ -141,7 +141,7 @@ def test_paper_recipes_name_the_papers_networks_and_taus():
     import re
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1] / "recipes" / "paper"
+    root = Path(__file__).resolve().parents[2] / "recipes" / "paper"
     found = {}
     for name in ("clip_rn50.sh", "resnet50.sh", "vit_h14.sh"):
         m = re.search(r"^NETWORK=(\S+) TAU=(\S+)", (root / name).read_text(), re.M)
@@ -164,7 +164,7 @@ def test_paper_recipes_offline_fail_in_one_line_exit_3(recipe, tmp_path, photos)
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     dead = "http://127.0.0.1:9"  # nothing listens: every download is refused at once
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HTTPS_PROXY": dead, "https_proxy": dead, "HTTP_PROXY": dead,
            "http_proxy": dead, "NO_PROXY": "", "no_proxy": "", "TORCH_HOME": str(tmp_path / "torch"),

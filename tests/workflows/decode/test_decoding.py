@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_diffusion import tiny_encoder, tiny_pixel_prior
 
 from probe.diffusion.schedules import GuidanceConfig
 from probe.errors import UsageError
@@ -17,6 +16,7 @@ from probe.store import FeatureStore
 from probe.targets import encode_images01, feature_dim, vector_target
 from probe.workflows.decode import pipeline as decoding
 from probe.workflows.decode.pipeline import DecodeSettings, decode_targets
+from tests.tiny_diffusion import tiny_encoder, tiny_pixel_prior
 
 torch.set_num_threads(1)
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny_diffusion import save_pixel_prior, tiny_pixel_prior
 
 import probe
 from probe.diffusion.schedules import preset
 from probe.errors import UsageError
 from probe.manifest import Manifest
 from probe.workflows.options import DecodeOptions
+from tests.tiny_diffusion import save_pixel_prior, tiny_pixel_prior
 
 FAST = ["--steps", "3", "--rounds", "1", "--early-steps", "0", "--late-steps", "0", "--samples", "1"]
 FLAGS = ["--clamp", "none", "--no-clip-x0", "--beta", "scheduler", "--loss-resize", "whole", "--best-by", "loss",

@@ -256,11 +256,10 @@ def test_target_picture_in_the_html_only_from_inside_the_run(tmp_path):
 
 def test_decode_copies_the_target_picture_and_records_the_encoder_weights(tmp_path):
     torch = pytest.importorskip("torch")
-    from tiny_diffusion import tiny_encoder, tiny_pixel_prior
-
     from probe.diffusion.schedules import GuidanceConfig
     from probe.targets import Target, encode_images01
     from probe.workflows.decode.pipeline import DecodeSettings, decode_targets
+    from tests.tiny_diffusion import tiny_encoder, tiny_pixel_prior
 
     prior, enc = tiny_pixel_prior(), tiny_encoder()
     pic = _png(tmp_path / "in" / "pic.png", np.random.default_rng(0).random((300, 200, 1)))

@@ -16,7 +16,7 @@ from probe.diffusion.sampler import sample
 from probe.diffusion.schedules import preset
 from probe.models.registry import load_encoder
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # a short guided run: enough to show guidance at work, cheap enough for a test
 SHORT = preset("fast", steps=20, rounds=2, early_rounds=4, early_steps=2)
 
