@@ -120,7 +120,7 @@ def unique_ids(targets: list[Target]) -> list[Target]:
 
 
 # -- resolvers --------------------------------------------------------------------------------------------
-def _check_group_matches(group, store_path: Path, encoder: Encoder) -> None:
+def check_group_matches(group, store_path: Path, encoder: Encoder) -> None:
     attrs = group.attrs
     if len(encoder.layers) != 1:
         raise UsageError(f"{store_path}: a store group holds one layer; decode its rows with a single --layer")
@@ -165,7 +165,7 @@ def from_store(path: str | Path, encoder: Encoder, group: str | None = None, ind
     dim = feature_dim(encoder)
     with FeatureStore(path, "r") as st:
         g = _pick_group(st, encoder, group)
-        _check_group_matches(g, path, encoder)
+        check_group_matches(g, path, encoder)
         if g.dim != dim:
             raise UsageError(f"{path}: group {g.name} has {g.dim}-d features but the encoder gives {dim}")
         n = len(g)

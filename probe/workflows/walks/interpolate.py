@@ -1,5 +1,5 @@
 """The interpolate workflow: decode the features on the path from A to B (``probe.interpolate``,
-``probe interpolate``). Path geometry lives in :mod:`probe.geometry.directions`, the strip and distance report
+``probe interpolate``). Path geometry lives in :mod:`probe.geometry.paths`, the strip and distance report
 in :mod:`probe.workflows.walks.pipeline`; this module strings them together.
 """
 

@@ -1,5 +1,5 @@
 """The map workflow: a 2-D map (UMAP or PCA) of a feature set, optionally decoded on a grid
-(``probe.map``, ``probe map``). The reducer and its cache live in :mod:`probe.geometry.directions`, the plot in
+(``probe.map``, ``probe map``). The reducer and its cache live in :mod:`probe.geometry.maps`, the plot in
 :mod:`probe.render.plots`, grid targets and sheets in :mod:`probe.workflows.walks.pipeline`.
 """
 

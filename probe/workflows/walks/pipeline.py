@@ -1,6 +1,6 @@
 """Glue for `probe interpolate`, `probe perturb` and `probe map`: targets in, pictures and summaries out.
 
-The geometry lives in :mod:`probe.geometry.directions` (paths, directions, 2-D maps) and decoding in
+The geometry lives in :mod:`probe.geometry` (paths, directions, 2-D maps) and decoding in
 :mod:`probe.workflows.decode.pipeline`; this module connects them without any CLI code:
 
 * feature sets -- the rows of a store group a direction or a map is computed from
@@ -238,14 +238,14 @@ def open_feature_set(path: str | Path, group: str | None = None, max_rows: int |
 def check_set_matches_encoder(fs: FeatureSet, encoder) -> None:
     """The feature set must come from the encoder (spec, layer, weights, pooling) that decodes it."""
     from probe.store import FeatureStore
-    from probe.targets import _check_group_matches, feature_dim
+    from probe.targets import check_group_matches, feature_dim
 
     if fs.cache is not None:
         store = fs.cache[0]
-        _check_group_matches(store.group(fs.group), fs.path, encoder)
+        check_group_matches(store.group(fs.group), fs.path, encoder)
     else:
         with FeatureStore(fs.path, "r") as st:
-            _check_group_matches(st.group(fs.group), fs.path, encoder)
+            check_group_matches(st.group(fs.group), fs.path, encoder)
     dim = feature_dim(encoder)
     if fs.features.shape[1] != dim:
         raise UsageError(f"{fs.source} has {fs.features.shape[1]}-d features but {encoder.spec} gives {dim}")
