@@ -20,6 +20,7 @@ def test_scores_auc_and_flags_on_known_numbers():
     assert auc([3, 4], [1, 2]) == 1.0 and auc([1, 2], [3, 4]) == 0.0 and auc([1], [1]) == 0.5
 
 
+@pytest.mark.slow
 def test_denoising_error_is_deterministic_and_separates_textures_from_data():
     prior = load_prior("bundled:fashion-ddpm", "cpu")
     gen = torch.Generator().manual_seed(0)

@@ -250,6 +250,7 @@ def _stderr_lines(proc) -> queue.Queue:
     return q
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill(tmp_path, small_images, tiny_ckpt, reference, run_cli):
     store = tmp_path / "feats.h5"
     folder = small_images[0].parent

@@ -173,6 +173,7 @@ cli(sys.argv[2:], prog_name="probe")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point,kept", [("first-batch", 0), ("mid-commit", 4)])
 def test_kill_at_any_moment_then_resume(point, kept, run_cli, tmp_path, small_images, tiny_ckpt):
     store = tmp_path / "f.h5"

@@ -52,6 +52,7 @@ def test_fashion_cnn_classifies_the_examples(cnn, fashion_examples):
     assert np.mean(np.array(pred) == np.array(labels)) >= 0.8
 
 
+@pytest.mark.slow
 def test_guided_beats_unguided_on_the_bundled_models(cnn, fashion_examples):
     prior = load_prior("bundled:fashion-ddpm", "cpu")
     x, _ = fashion_examples

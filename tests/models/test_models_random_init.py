@@ -130,6 +130,7 @@ def test_timm_models_have_no_text_but_a_head(encoders, spec):
         enc.encode_text(["a cat"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["timm:resnet50", "open_clip:ViT-B-32"])
 def test_extract_path_equals_encoder_on_the_file_tensor(encoders, spec, two_images, tmp_path):
     """What ``probe extract`` stores (reader: PIL decode + Preprocess.resize; main: forward_resized on a
@@ -169,6 +170,7 @@ def _pil_inputs(spec, enc, paths):
     return torch.stack([tf(Image.open(path).convert("RGB")) for path in paths])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["open_clip:RN50", "timm:resnet50"])
 def test_torch_resize_agrees_with_library_pil_transform(encoders, spec, photos):
     enc = encoders[spec]

@@ -66,6 +66,7 @@ def test_lite0_record_and_preprocessing(lite0):
     assert len(lite0.class_names) == 1000 and not lite0.has_text
 
 
+@pytest.mark.slow
 def test_lite0_features_equal_direct_timm_forward(lite0, lite0_direct, lite0_batch, photos):
     with torch.no_grad():
         ours = lite0.forward_resized(lite0_batch)["embedding"]

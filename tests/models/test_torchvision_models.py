@@ -156,6 +156,7 @@ def test_paper_recipes_name_the_papers_networks_and_taus():
 
 # the two download paths (Hugging Face hub for open_clip and SD, torch.hub for torchvision); vit_h14.sh
 # takes the same path as resnet50.sh
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["clip_rn50.sh", "resnet50.sh"])
 def test_paper_recipes_offline_fail_in_one_line_exit_3(recipe, tmp_path, photos):
     """The recipes for users with hub access, run with every download blocked: one line, exit 3."""

@@ -144,7 +144,7 @@ def test_extract_shards_merge_to_the_single_process_store(run_cli, tmp_path, sma
 
 def test_killed_shards_and_a_killed_merge_resume_without_loss_or_duplicates(run_cli, tmp_path, small_images,
                                                                            tiny_encoder_args, monkeypatch):
-    import probe.workflows.decode.merge as M
+    import probe.workflows.extract.merge as M
     import probe.workflows.extract.pipeline as E
     from probe.store import StoreGroup
 
