@@ -52,7 +52,7 @@ from probe.models.registry import load_encoder
 from probe.naturalness import denoising_error
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from preset_score import images01, naturalness_figures  # noqa: E402
+from naturalness import images01, naturalness_figures  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_EVAL_RATIO = 20.0

@@ -8,7 +8,7 @@ temporary folder) with the same model, batch size, torch threads and reader proc
 
   plain   a DataLoader whose workers PIL-decode each file and apply the encoder's resize, then
           ``forward_resized`` under ``torch.inference_mode`` per batch; features are only kept in a list.
-  probe   ``probe.extraction.extract_images`` exactly as ``probe extract`` calls it (same ExtractConfig,
+  probe   ``probe.workflows.extract.pipeline.extract_images`` exactly as ``probe extract`` calls it (same ExtractConfig,
           same worker default): content hashing, resume check, HDF5 append + flush per batch.
 
 Timing covers the loop over the images only (model loading is shared and excluded). The machine is
@@ -36,8 +36,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from probe.extraction import ExtractConfig, extract_images
 from probe.models.registry import load_encoder
+from probe.workflows.extract.pipeline import ExtractConfig, extract_images
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "immunohistochemistry", "colorwheel", "cat",

@@ -36,6 +36,7 @@ import torch
 from scipy import linalg
 
 from probe.models.nets import FashionMLP
+from probe.naturalness import denoising_error, off_manifold, realism_scores
 
 JUDGE_DIR = Path(__file__).resolve().parent / "judges"
 HOG_PARAMS = {"orientations": 9, "pixels_per_cell": (4, 4), "cells_per_block": (2, 2), "block_norm": "L2-Hys"}
@@ -503,4 +504,45 @@ def score_emoji(images, categories=None, targets=None, unguided=None, real_heldo
             real = float((space.predict_category(targets) == cats).mean())
             out["category_accuracy_real_targets"] = real
             out["category_accuracy_ratio"] = out["category_accuracy"] / real if real > 0 else float("nan")
+    return out
+
+
+def canonical_u8(u8: np.ndarray) -> np.ndarray:
+    """uint8 images as the judges take them: [N, H, W] (grey) or [N, H, W, 3] (colour), from NCHW too."""
+    if u8.ndim == 4 and u8.shape[1] in (1, 3) and u8.shape[-1] not in (1, 3):
+        u8 = u8.transpose(0, 2, 3, 1)
+    return u8[..., 0] if u8.ndim == 4 and u8.shape[-1] == 1 else u8
+
+
+def images01(u8: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W] (grey) or [N, H, W, 3] (colour) -> float [N, C, H, W] in [0, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(canonical_u8(u8))).float() / 255
+    return x[:, None] if x.dim() == 3 else x.permute(0, 3, 1, 2)
+
+
+def naturalness_figures(images: np.ndarray, labels: np.ndarray | None, targets: np.ndarray, index: np.ndarray,
+                        unguided: np.ndarray, prior, reference_error: np.ndarray, judges=None) -> dict:
+    """Every naturalness figure of one preset's decodes (uint8, the target i decoded with seed i).
+
+    Fashion-MNIST (``labels`` given): the judges, FD on the MLP judge's features, NN ratio; emoji
+    (``labels`` None): FD on the emoji space and NN ratio (``naturalness.score_emoji``). Both: probe's
+    realism score relative to the unguided samples' ``reference_error``."""
+    images, unguided = canonical_u8(images), canonical_u8(unguided)
+    real = realism_scores(denoising_error(prior, images01(images)), reference_error)
+    out = {"realism_median": float(np.median(real)), "realism_mean": float(np.mean(real)),
+           "off_manifold_share": float(off_manifold(real).mean()), "realism": real.tolist()}
+    if labels is None:  # emoji: the category judge (HOG + colour logistic regression) in place of classes
+        categories = emoji_categories("test")[np.asarray(index, dtype=np.int64)]
+        sc = score_emoji(images, categories=categories, targets=targets, unguided=unguided, exclude_indices=index)
+        out.update(judge_ratio=sc.get("category_accuracy_ratio"),
+                   judge_accuracy={"category": sc.get("category_accuracy")},
+                   judge_accuracy_real_targets={"category": sc.get("category_accuracy_real_targets")})
+    else:
+        sc = score_images(images, labels, targets=targets, unguided=unguided, exclude_indices=index,
+                          judges=judges)
+        out.update(judge_ratio=sc["judge_accuracy_ratio"]["mean"], judge_accuracy=sc["judge_accuracy"],
+                   judge_accuracy_real_targets=sc["judge_accuracy_real_targets"],
+                   judges_correct=sc["per_image"]["judges_correct"])
+    out.update(fd=sc["fd"], fd_ratio=sc["fd"].get("decoded_over_unguided"), nn_ratio=sc["nn"]["ratio"],
+               nn_distance=sc["per_image"]["nn_distance"])
     return out

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from preset_score import images01  # noqa: E402
+from naturalness import images01  # noqa: E402
 
 from probe.datasets import fashion_mnist  # noqa: E402
 from probe.diffusion.priors import load_prior  # noqa: E402

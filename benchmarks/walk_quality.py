@@ -18,7 +18,7 @@ perturb        PCA of 1,000 test embeddings (cached in the store by ``probe pert
                ``probe perturb CENTRE --components 1`` over ``--scales``: ``--centre medoid`` (the set's
                row nearest its mean, a real image's feature; default) or ``mean`` (no image's feature:
                its decodes are hybrids of every class). Every scalar attribute of
-               ``probe.attributes`` is measured on the decoded images; per sample, the Spearman
+               ``probe.persistence.attributes`` is measured on the decoded images; per sample, the Spearman
                correlation of the attribute with the scale, averaged over samples. The attribute with
                the largest mean |ρ| is the one PC1 changes monotonically.
 
@@ -46,11 +46,11 @@ from PIL import Image
 from scipy.stats import spearmanr
 
 import probe
-from probe.attributes import get_attributes, is_grey
-from probe.compare import grey_collapse
 from probe.datasets import FASHION_CLASSES, fashion_mnist, fashion_slug
 from probe.manifest import Manifest, SampleRecord
 from probe.models.registry import load_encoder
+from probe.persistence.attributes import get_attributes, is_grey
+from probe.persistence.scoring import grey_collapse
 from probe.store import FeatureStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

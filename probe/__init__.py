@@ -18,29 +18,28 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_encoder": ("probe.workflows.common", "load_encoder"),
-    "load_prior": ("probe.workflows.common", "load_prior"),
+    "load_encoder": ("probe.models.registry", "load_encoder"),
+    "load_prior": ("probe.diffusion.priors", "load_prior"),
     "extract": ("probe.workflows.extract", "run"),
     "decode": ("probe.workflows.decode", "run"),
-    "interpolate": ("probe.workflows.interpolate", "run"),
-    "perturb": ("probe.workflows.perturb", "run"),
-    "map": ("probe.workflows.map", "run"),
+    "interpolate": ("probe.workflows.walks.interpolate", "run"),
+    "perturb": ("probe.workflows.walks.perturb", "run"),
+    "map": ("probe.workflows.walks.map", "run"),
     "merge": ("probe.workflows.merge", "run"),
-    # probe.compare is also the scoring module; the module is callable and forwards to workflows.compare.run
-    "compare": ("probe.compare", ""),
+    "compare": ("probe.workflows.compare", "run"),
     "resolve_targets": ("probe.targets", "resolve_targets"),
     "DecodeOptions": ("probe.workflows.options", "DecodeOptions"),
     "EncoderOptions": ("probe.workflows.options", "EncoderOptions"),
     "DecodeResult": ("probe.workflows.decode", "DecodeResult"),
     "DecodePlan": ("probe.workflows.decode", "DecodePlan"),
-    "InterpolateResult": ("probe.workflows.interpolate", "InterpolateResult"),
-    "PerturbResult": ("probe.workflows.perturb", "PerturbResult"),
-    "MapResult": ("probe.workflows.map", "MapResult"),
+    "InterpolateResult": ("probe.workflows.walks.interpolate", "InterpolateResult"),
+    "PerturbResult": ("probe.workflows.walks.perturb", "PerturbResult"),
+    "MapResult": ("probe.workflows.walks.map", "MapResult"),
     "ExtractResult": ("probe.workflows.extract", "ExtractResult"),
     "ExtractPlan": ("probe.workflows.extract", "ExtractPlan"),
     "MergeResult": ("probe.workflows.merge", "MergeResult"),
     "Shard": ("probe.distributed", "Shard"),
-    "CompareResult": ("probe.compare", "CompareResult"),
+    "CompareResult": ("probe.persistence.scoring", "CompareResult"),
     "Encoder": ("probe.models.encoder", "Encoder"),
     "Preprocess": ("probe.models.encoder", "Preprocess"),
     "Target": ("probe.targets", "Target"),
@@ -57,8 +56,7 @@ def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'probe' has no attribute {name!r}")
     module, attr = _EXPORTS[name]
-    value = importlib.import_module(module)
-    value = getattr(value, attr) if attr else value
+    value = getattr(importlib.import_module(module), attr)
     globals()[name] = value  # later lookups skip this function
     return value
 

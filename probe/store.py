@@ -148,6 +148,24 @@ class StoreGroup:
     def input_index(self) -> np.ndarray | None:
         return self._g["input_index"][:] if "input_index" in self._g else None
 
+    @property
+    def raw_labels(self) -> np.ndarray:
+        """Every row's label as stored (-1: none), unlike :attr:`labels`, which is None when no row has one."""
+        return self._g["labels"][:]
+
+    def set_attr(self, key: str, value: object) -> None:
+        """Set one attribute of the group (JSON text for lists and dicts, as the store writes them)."""
+        self._g.attrs[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
+
+    def keep_rows(self, keep: np.ndarray) -> None:
+        """Keep only the rows ``keep`` (indices, in order) of every row-aligned dataset; the others are dropped."""
+        keep = np.asarray(keep)
+        for name in ("features", "paths", "sha256", "labels", "input_index"):
+            if name in self._g:
+                values = self._g[name][:][keep]
+                self._g[name].resize(len(keep), axis=0)
+                self._g[name][:] = values
+
     def rows(self, indices: Sequence[int] | np.ndarray | slice) -> np.ndarray:
         n = len(self)
         if isinstance(indices, slice):

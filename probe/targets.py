@@ -120,7 +120,7 @@ def unique_ids(targets: list[Target]) -> list[Target]:
 
 
 # -- resolvers --------------------------------------------------------------------------------------------
-def _check_group_matches(group, store_path: Path, encoder: Encoder) -> None:
+def check_group_matches(group, store_path: Path, encoder: Encoder) -> None:
     attrs = group.attrs
     if len(encoder.layers) != 1:
         raise UsageError(f"{store_path}: a store group holds one layer; decode its rows with a single --layer")
@@ -165,7 +165,7 @@ def from_store(path: str | Path, encoder: Encoder, group: str | None = None, ind
     dim = feature_dim(encoder)
     with FeatureStore(path, "r") as st:
         g = _pick_group(st, encoder, group)
-        _check_group_matches(g, path, encoder)
+        check_group_matches(g, path, encoder)
         if g.dim != dim:
             raise UsageError(f"{path}: group {g.name} has {g.dim}-d features but the encoder gives {dim}")
         n = len(g)
@@ -311,3 +311,78 @@ def resolve_targets(encoder: Encoder, *, store: str | Path | None = None, group:
         raise UsageError("nothing to decode: give --from FILE --index I, --image FILE, --text PROMPT "
                          "or --vector FILE")
     return unique_ids(targets)
+
+
+# -- endpoints: one decode target written as one string (probe interpolate's A and B, the API) ---------------
+STORE_SUFFIXES = (".h5", ".hdf5", ".hdf")
+VECTOR_SUFFIXES = (".npy", ".txt", ".csv")
+
+ENDPOINT_HELP = ("STORE.h5:ROW (a row of a feature store, by index or stored path; --group picks the group), "
+                 "image:PATH or a plain image path, text:PROMPT (CLIP encoders), vector:PATH (.npy/.txt "
+                 "holding one vector, or vector:PATH:ROW)")
+
+
+# -- endpoints -------------------------------------------------------------------------------------------
+def split_store_ref(text: str) -> tuple[Path, str] | None:
+    """``F.h5:3`` / ``store:F.h5:3`` / ``F.h5:/data/x.png`` -> (F.h5, '3'); None for other forms."""
+    body = text[len("store:"):] if text.startswith("store:") else text
+    low = body.lower()
+    for suffix in STORE_SUFFIXES:
+        pos = low.find(suffix + ":")
+        if pos > 0:
+            return Path(body[:pos + len(suffix)]), body[pos + len(suffix) + 1:]
+    if text.startswith("store:") or low.endswith(STORE_SUFFIXES):
+        raise UsageError(f"{text!r}: name the row of the store, e.g. {body.split(':')[0]}:0 (index) or "
+                         f"{body.split(':')[0]}:/path/of/image.png")
+    return None
+
+
+def _vector_endpoint(ref: str, encoder, name: str) -> Target:
+    path, row = Path(ref), None
+    if not path.is_file() and ":" in ref:
+        head, tail = ref.rsplit(":", 1)
+        if tail.lstrip("-").isdigit():
+            path, row = Path(head), int(tail)
+    arr = read_vectors(path)
+    if row is None:
+        if arr.shape[0] != 1:
+            raise UsageError(f"{name}: {path} holds {arr.shape[0]} vectors; pick one with vector:{path}:ROW")
+        row = 0
+    if not -arr.shape[0] <= row < arr.shape[0]:
+        raise UsageError(f"{name}: {path} has {arr.shape[0]} vectors, no row {row}")
+    row %= arr.shape[0]
+    t = vector_target(arr[row], f"vec-{path.stem}", str(path), feature_dim(encoder))
+    t.index = row if arr.shape[0] > 1 else None
+    return t
+
+
+def parse_endpoint(text: str, encoder, group: str | None = None, name: str = "A") -> Target:
+    """One decode target from one string (see ``ENDPOINT_HELP``); ``name`` prefixes error messages."""
+    text = str(text).strip()
+    if not text:
+        raise UsageError(f"{name}: empty target")
+    ref = split_store_ref(text)
+    if ref is not None:
+        path, row = ref
+        if not path.is_file():
+            raise InputError(f"{name}: {path}: feature store not found")
+        if row.lstrip("-").isdigit():
+            found = from_store(path, encoder, group, index=row)
+        elif ":" in row or "," in row:
+            raise UsageError(f"{name}: {text!r} names several rows; an endpoint is one row")
+        else:
+            found = from_store(path, encoder, group, paths=[row])
+        return found[0]
+    kind, sep, rest = text.partition(":")
+    if sep and kind == "text":
+        return from_text(rest, encoder)
+    if sep and kind == "image":
+        return from_image(rest, encoder)
+    if sep and kind == "vector":
+        return _vector_endpoint(rest, encoder, name)
+    path = Path(text)
+    if path.suffix.lower() in VECTOR_SUFFIXES:
+        return _vector_endpoint(text, encoder, name)
+    if path.is_file():
+        return from_image(path, encoder)
+    raise UsageError(f"{name}: cannot read target {text!r}: no such file; use {ENDPOINT_HELP}")

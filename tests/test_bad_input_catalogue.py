@@ -18,7 +18,8 @@ import h5py
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_diffusion import save_pixel_prior
+
+from tests.tiny_diffusion import save_pixel_prior
 
 GROUP = "timm_test_resnet/embedding"
 

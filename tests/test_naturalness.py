@@ -20,6 +20,7 @@ def test_scores_auc_and_flags_on_known_numbers():
     assert auc([3, 4], [1, 2]) == 1.0 and auc([1, 2], [3, 4]) == 0.0 and auc([1], [1]) == 0.5
 
 
+@pytest.mark.slow
 def test_denoising_error_is_deterministic_and_separates_textures_from_data():
     prior = load_prior("bundled:fashion-ddpm", "cpu")
     gen = torch.Generator().manual_seed(0)
@@ -37,7 +38,7 @@ def test_denoising_error_is_deterministic_and_separates_textures_from_data():
 
 @pytest.mark.parametrize("latent", [False, True])
 def test_encode_inverts_decode_for_pixel_priors_and_runs_for_latent(latent, tmp_path):
-    from tiny_diffusion import save_tiny_sd, tiny_pixel_prior
+    from tests.tiny_diffusion import save_tiny_sd, tiny_pixel_prior
 
     prior = load_prior(str(save_tiny_sd(tmp_path / "sd")), "cpu") if latent else tiny_pixel_prior()
     x = torch.rand(2, prior.channels, prior.image_size, prior.image_size) * 2 - 1

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-import probe.directions as D
+import probe
+import probe.geometry.maps as D
 from probe.store import FeatureStore
 
-PROBE = Path(D.__file__).resolve().parent
+PROBE = Path(probe.__file__).resolve().parent
 
 
 class _Payload:

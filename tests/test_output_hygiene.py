@@ -8,7 +8,7 @@ import io
 
 import pytest
 
-from probe.compare import csv_safe
+from probe.persistence.scoring import csv_safe
 
 
 def test_csv_safe_neutralises_formulas_keeps_numbers():

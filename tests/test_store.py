@@ -227,7 +227,7 @@ def test_group_key():
 # disk would be), so the kill lands at a known point: after batch 3 of 6 was stored and flushed.
 _CHILD = """
 import sys, time
-import probe.extraction as E
+import probe.workflows.extract.pipeline as E
 read = E.read_image01
 def slow(path, *args):
     if "img06" in str(path):
@@ -250,6 +250,7 @@ def _stderr_lines(proc) -> queue.Queue:
     return q
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill(tmp_path, small_images, tiny_ckpt, reference, run_cli):
     store = tmp_path / "feats.h5"
     folder = small_images[0].parent

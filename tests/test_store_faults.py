@@ -149,7 +149,7 @@ def test_read_only_file_system_exit3(run_cli, tmpfs, small_images, tiny_ckpt):
 _KILLER = """
 import os, signal, stat, sys
 import probe.store as S
-import probe.extraction as E
+import probe.workflows.extract.pipeline as E
 point = sys.argv[1]
 if point == "first-batch":
     read = E.read_image01
@@ -173,6 +173,7 @@ cli(sys.argv[2:], prog_name="probe")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point,kept", [("first-batch", 0), ("mid-commit", 4)])
 def test_kill_at_any_moment_then_resume(point, kept, run_cli, tmp_path, small_images, tiny_ckpt):
     store = tmp_path / "f.h5"

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_diffusion import tiny_encoder
 
 from probe.errors import InputError, UsageError
 from probe.store import FeatureStore, group_key
@@ -17,6 +16,7 @@ from probe.targets import (
     resolve_targets,
     vector_target,
 )
+from tests.tiny_diffusion import tiny_encoder
 
 torch.set_num_threads(1)
 

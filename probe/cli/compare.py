@@ -10,10 +10,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from probe.attributes import ATTRIBUTES, INDEPENDENT_CLASSIFIERS
 from probe.cli.console import LateProgress, quiet, say, warn
-from probe.compare import OFF_MANIFOLD_POLICIES, CompareResult
 from probe.errors import UsageError
+from probe.persistence.attributes import ATTRIBUTES, INDEPENDENT_CLASSIFIERS
+from probe.persistence.samples import OFF_MANIFOLD_POLICIES
+from probe.persistence.scoring import CompareResult
 from probe.workflows import compare as workflow
 from probe.workflows.compare import DEFAULT_CLASSIFIER
 

@@ -14,11 +14,11 @@ import click
 
 from probe.cli.console import LateProgress, emit_json, print_table, quiet, say, speak_only_if, warn
 from probe.cli.options import decode_options
-from probe.decoding import DecodeEvent, DecodeSummary
 from probe.manifest import SampleRecord
 from probe.naturalness import OFF_MANIFOLD
 from probe.targets import Targets
 from probe.workflows import decode as workflow
+from probe.workflows.decode.pipeline import DecodeEvent, DecodeSummary
 
 
 class DecodeProgress(LateProgress):

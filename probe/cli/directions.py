@@ -1,6 +1,6 @@
 """``probe interpolate``, ``probe perturb`` and ``probe map``: decoding walks through feature space.
 
-Thin layer: parse options (probe.cli.options), call probe.workflows.interpolate / perturb / map, and
+Thin layer: parse options (probe.cli.options), call probe.workflows.walks.interpolate / perturb / map, and
 print progress on stderr or a summary as JSON on stdout.
 """
 
@@ -13,9 +13,9 @@ import click
 from probe.cli.console import emit_json, say, warn
 from probe.cli.decode import DecodeProgress, show
 from probe.cli.options import COMPONENTS, GRID, SCALES, decode_options
-from probe.workflows import interpolate as interpolate_workflow
-from probe.workflows import map as map_workflow
-from probe.workflows import perturb as perturb_workflow
+from probe.workflows.walks import interpolate as interpolate_workflow
+from probe.workflows.walks import map as map_workflow
+from probe.workflows.walks import perturb as perturb_workflow
 
 
 # -- interpolate -----------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from probe.cli.console import emit_json, print_table, say
-from probe.extraction import export_group
 from probe.store import FeatureStore
+from probe.workflows.extract.pipeline import export_group
 
 
 @click.command()

@@ -59,9 +59,9 @@ def _parser(module: str, name: str) -> Callable[[str], Any]:
     return parse
 
 
-COMPONENTS = _Parsed("components", _parser("probe.directions", "parse_components"))
-SCALES = _Parsed("scales", _parser("probe.directions", "parse_scales"))
-GRID = _Parsed("grid", _parser("probe.directions", "parse_grid"))
+COMPONENTS = _Parsed("components", _parser("probe.geometry.directions", "parse_components"))
+SCALES = _Parsed("scales", _parser("probe.geometry.directions", "parse_scales"))
+GRID = _Parsed("grid", _parser("probe.geometry.maps", "parse_grid"))
 
 
 def _apply(fn: Callable, opts: list) -> Callable:

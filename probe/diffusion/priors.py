@@ -282,8 +282,21 @@ def _layout_of_index(index: dict) -> str:
     raise InputError(f"pipeline {name} is neither a DDPM nor a Stable Diffusion layout")
 
 
-def load_prior(spec: str = DEFAULT_PRIOR, device: str | torch.device | None = None) -> Prior:
-    """Load the prior named by ``spec`` (see the module docstring) onto ``device``."""
+def load_prior(spec: str | Prior | None = None, device: str | torch.device | None = None,
+               precision: str | None = None, checkpoint: str | None = None) -> Prior:
+    """A diffusion prior: ``bundled:fashion-ddpm`` (default), a diffusers folder or hub id (see the module
+    docstring), or a Prior as is (moved to ``device`` when given), on ``device``. ``precision`` ("fp32",
+    "bf16") and ``checkpoint`` ("none", "vae", "unet", "all") set how it computes (:meth:`Prior.configure`,
+    also on a Prior passed in); None keeps what it has."""
+    check_compute(precision, checkpoint)  # before a slow load
+    if isinstance(spec, Prior):
+        prior = spec if device is None or torch.device(device) == spec.device else spec.to(device)
+    else:
+        prior = _load_spec(spec or DEFAULT_PRIOR, device)
+    return prior.configure(precision, checkpoint)
+
+
+def _load_spec(spec: str, device: str | torch.device | None) -> Prior:
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if spec.startswith("bundled:"):

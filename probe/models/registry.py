@@ -14,23 +14,89 @@ Forms:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 
 from probe.errors import InputError, ProbeError, UsageError
-from probe.models.encoder import Encoder, EncoderParts
+from probe.models.encoder import Encoder, EncoderParts, Preprocess
 
-FAMILIES = ("bundled", "timm", "open_clip", "torchvision", "torchscript")
-SPEC_FORMS = (
-    ("bundled:NAME", "a model shipped with probe, e.g. bundled:fashion-cnn"),
-    ("timm:NAME", "any timm model; hub weights, or --weights PATH|random"),
-    ("open_clip:ARCH/TAG", "an open_clip model, e.g. open_clip:ViT-B-32/openai; or open_clip:ARCH --weights"),
-    ("torchvision:ARCH/WEIGHTS", "a torchvision classifier, e.g. torchvision:vit_h_14/IMAGENET1K_SWAG_E2E_V1"),
-    ("torchscript:PATH", "a TorchScript file; preprocessing from PATH.json if present"),
-)
 DEFAULT_ENCODER = "bundled:fashion-cnn"
+
+
+@dataclass(frozen=True)
+class Family:
+    """One spec family: the form of its specs, what it means (``probe models list``), and its loader
+    ``load(name, weights) -> EncoderParts`` (``name`` is the spec after ``family:``)."""
+
+    form: str
+    help: str
+    load: Callable[[str, str | None], EncoderParts]
+
+
+def _bundled(name: str, weights: str | None) -> EncoderParts:
+    if weights is not None:
+        raise UsageError("--weights applies to timm:, open_clip: and torchvision: specs, not bundled ones")
+    from probe.models.bundled import load_bundled_encoder
+
+    return load_bundled_encoder(name)
+
+
+def _timm(name: str, weights: str | None) -> EncoderParts:
+    from probe.models.timm_models import load_timm
+
+    return load_timm(name, weights)
+
+
+def _open_clip(name: str, weights: str | None) -> EncoderParts:
+    from probe.models.open_clip_models import load_open_clip
+
+    return load_open_clip(name, weights)
+
+
+def _torchvision(name: str, weights: str | None) -> EncoderParts:
+    from probe.models.torchvision_models import load_torchvision
+
+    return load_torchvision(name, weights)
+
+
+def _torchscript(name: str, weights: str | None) -> EncoderParts:
+    from probe.models.torchscript_models import load_torchscript
+
+    return load_torchscript(name)
+
+
+#: family name -> Family: the one table of what a spec can name (as timm's model registry); add a family with
+#: :func:`register_family`. Loaders import their library only when called, so listing families stays cheap.
+FAMILIES: dict[str, Family] = {
+    "bundled": Family("bundled:NAME", "a model shipped with probe, e.g. bundled:fashion-cnn", _bundled),
+    "timm": Family("timm:NAME", "any timm model; hub weights, or --weights PATH|random", _timm),
+    "open_clip": Family("open_clip:ARCH/TAG",
+                        "an open_clip model, e.g. open_clip:ViT-B-32/openai; or open_clip:ARCH --weights", _open_clip),
+    "torchvision": Family("torchvision:ARCH/WEIGHTS",
+                          "a torchvision classifier, e.g. torchvision:vit_h_14/IMAGENET1K_SWAG_E2E_V1", _torchvision),
+    "torchscript": Family("torchscript:PATH", "a TorchScript file; preprocessing from PATH.json if present",
+                          _torchscript),
+}
+
+
+def register_family(name: str, family: Family, *, replace: bool = False) -> Family:
+    """Add a spec family (``name:…`` specs then load through ``family.load``)."""
+    if name in FAMILIES and not replace:
+        raise UsageError(f"model family {name!r} exists; pass replace=True to replace it")
+    FAMILIES[name] = family
+    return family
+
+
+def spec_forms() -> list[tuple[str, str]]:
+    """(form, meaning) of every family, for ``probe models list`` and error messages."""
+    return [(f.form, f.help) for f in FAMILIES.values()]
+
+
+SPEC_FORMS = tuple(spec_forms())  # the built-in families' forms
 
 
 @dataclass(frozen=True)
@@ -45,7 +111,7 @@ class Spec:
 def parse_spec(spec: str) -> Spec:
     family, sep, name = spec.partition(":")
     if not sep or family not in FAMILIES or not name:
-        forms = ", ".join(f for f, _ in SPEC_FORMS)
+        forms = ", ".join(f for f, _ in spec_forms())
         raise UsageError(f"unknown model spec {spec!r}: use one of {forms} (see 'probe models list')")
     return Spec(family, name)
 
@@ -91,41 +157,50 @@ def _load_parts_seeded(spec: str, weights: str | None = None) -> EncoderParts:
 
 def _load_parts(spec: str, weights: str | None = None) -> EncoderParts:
     s = parse_spec(spec)
-    if s.family == "bundled":
-        if weights is not None:
-            raise UsageError("--weights applies to timm:, open_clip: and torchvision: specs, not bundled ones")
-        from probe.models.bundled import load_bundled_encoder
-
-        return load_bundled_encoder(s.name)
-    if s.family == "timm":
-        from probe.models.timm_models import load_timm
-
-        return load_timm(s.name, weights)
-    if s.family == "open_clip":
-        from probe.models.open_clip_models import load_open_clip
-
-        return load_open_clip(s.name, weights)
-    if s.family == "torchvision":
-        from probe.models.torchvision_models import load_torchvision
-
-        return load_torchvision(s.name, weights)
-    from probe.models.torchscript_models import load_torchscript
-
-    return load_torchscript(s.name)
+    return FAMILIES[s.family].load(s.name, weights)
 
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_encoder(spec: str, layers: Sequence[str] | None = None, weights: str | None = None,
-                 device: str | torch.device | None = None, keep_spatial: bool = False,
-                 token_pool: str = "cls") -> Encoder:
-    """Build an Encoder for ``spec`` reading ``layers`` (default: the final embedding)."""
-    target = resolve_device(device)
-    parts = load_parts(spec, weights)
-    enc = Encoder(spec, parts, layers=layers, keep_spatial=keep_spatial, token_pool=token_pool, weights=weights)
-    return enc.to(target)
+def load_encoder(spec_or_module: str | nn.Module | Encoder,
+                 preprocess: Preprocess | Mapping[str, Any] | None = None,
+                 layers: Sequence[str] | str | None = None, *, weights: str | None = None,
+                 device: str | torch.device | None = None, keep_spatial: bool = False, token_pool: str = "cls",
+                 embed: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+                 head: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+                 class_names: Sequence[str] | None = None, name: str | None = None) -> Encoder:
+    """An :class:`~probe.models.encoder.Encoder` from a spec (``bundled:fashion-cnn``, ``timm:resnet50``,
+    ``open_clip:ViT-B-32/openai``, ``torchscript:net.pt``; see :data:`FAMILIES`) or from any ``nn.Module``,
+    reading ``layers`` (default: the final embedding).
+
+    A module needs ``preprocess`` (a :class:`Preprocess`, a dict of its fields, or a timm data config)
+    unless it is a timm model; its output is the embedding unless ``embed(model, x)`` says otherwise,
+    ``head(model, x)`` gives logits (with ``class_names``) and ``layers`` name submodules to read
+    (``dict(model.named_modules())``). ``name`` is the spec recorded in outputs (default
+    ``module:ClassName``).
+    """
+    if isinstance(layers, str):
+        layers = [layers]
+    if isinstance(spec_or_module, Encoder):
+        if layers is None or list(layers) == spec_or_module.layers:
+            return spec_or_module if device is None else spec_or_module.to(device)
+        spec_or_module = spec_or_module.model
+    if isinstance(spec_or_module, str):
+        if preprocess is not None or embed is not None or head is not None:
+            raise UsageError("preprocess=, embed= and head= apply to a module; a spec brings its own")
+        target = resolve_device(device)
+        parts = load_parts(spec_or_module, weights)
+        enc = Encoder(spec_or_module, parts, layers=layers, keep_spatial=keep_spatial, token_pool=token_pool,
+                      weights=weights)
+        return enc.to(target)
+    from probe.models.modules import module_parts
+
+    parts = module_parts(spec_or_module, preprocess, embed=embed, head=head, class_names=class_names)
+    enc = Encoder(name or f"module:{type(spec_or_module).__name__}", parts, layers=layers,
+                  keep_spatial=keep_spatial, token_pool=token_pool, weights=weights)
+    return enc.to(device or default_device())
 
 
 def list_layers(spec: str, weights: str | None = None) -> list[dict]:

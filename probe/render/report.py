@@ -1,6 +1,7 @@
 """The persistence chart (PNG) and the self-contained HTML report of ``probe compare``.
 
-The HTML page inlines every image as base64 so it can be mailed, attached to an issue or opened
+The HTML page (a jinja2 template, ``templates/compare_report.html``) inlines every image as base64 so it can
+be mailed, attached to an issue or opened
 from a CI artifact without the decode directory beside it. Matplotlib runs on the Agg backend so
 rendering works on headless machines.
 """
@@ -8,7 +9,7 @@ rendering works on headless machines.
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import io
 import math
 from collections.abc import Sequence
@@ -18,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from probe.compare import CompareResult, SampleGroup, SampleSet, load_image
+from probe.persistence.samples import SampleGroup, SampleSet, load_image
+from probe.persistence.scoring import CompareResult
 
 #: bar colours by verdict, so the chart reads at a glance
 VERDICT_COLOURS = {"encoded": "#2b8a3e", "partly": "#e8a33d", "free": "#868e96", "undefined": "#ced4da",
@@ -134,72 +136,24 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,sans-serif;margin:2em;color:#212529;max-width:1100px}
-table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.9em}
-th,td{border-bottom:1px solid #dee2e6;padding:3px 10px;text-align:left}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-.encoded{color:#2b8a3e;font-weight:600}.partly{color:#b7791f}.free{color:#868e96}.undefined{color:#adb5bd}
-.meta{color:#495057;font-size:0.9em}.warn{color:#c92a2a}
-img{max-width:100%}details{margin-bottom:1em}summary{cursor:pointer;font-weight:600}
-"""
+@functools.cache
+def _templates():
+    """The report templates shipped in ``probe/render/templates/`` (HTML-escaped by default)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("probe.render", "templates"),
+                             autoescape=jinja2.select_autoescape(["html"]), keep_trailing_newline=True)
+    env.filters["fmt"] = _fmt
+    return env
 
 
 def html_report(
     result: CompareResult, samples: SampleSet, path: Path | str | None = None,
     options: ReportOptions | None = None,
 ) -> str:
-    """One self-contained HTML page: summary, chart, contact sheets and per-target tables."""
+    """One self-contained HTML page (``templates/compare_report.html``): summary, chart, contact sheets and
+    per-target tables."""
     opt = options or ReportOptions()
-    esc = html.escape
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>probe compare: ",
-        esc(result.source), "</title><style>", _CSS, "</style></head><body>",
-        "<h1>Which attributes does the feature encode?</h1>",
-        f"<p class='meta'>Input: <code>{esc(result.source)}</code> ({esc(result.kind)}), "
-        f"{len(result.targets)} targets; reference: {esc(result.reference_source)} "
-        f"({result.n_reference} images). Score = dispersion across a target's decoded samples ÷ "
-        "dispersion across the reference: near 0 the attribute persists (the feature encodes it), "
-        "near 1 it varies as freely as in the reference.</p>",
-    ]
-    om = result.off_manifold
-    if om is not None:
-        if om["n_recorded"]:
-            parts.append(f"<p class='meta'>Off-manifold samples (the decode's realism check): {om['n_flagged']} of "
-                         f"{om['n_recorded']} ({om['share']:.0%}); policy <b>{esc(om['policy'])}</b>"
-                         + (f", {sum(om['excluded'].values())} excluded from the scores" if om["excluded"] else "")
-                         + ".</p>")
-        else:
-            parts.append("<p class='meta'>Off-manifold flags: not recorded in this manifest (an older decode); "
-                         "samples unchecked.</p>")
-    for w in result.warnings:
-        parts.append(f"<p class='warn'>{esc(w)}</p>")
-    parts.append(f"<img alt='persistence chart' src='{_png_b64(persistence_chart(result))}'>")
-
-    level = int(round(result.config.ci_level * 100))
-    parts.append(f"<h2>Attributes, most to least persistent</h2><table><tr><th>#</th><th>attribute</th>"
-                 f"<th>group</th><th>kind</th><th>score</th><th>{level}% CI</th><th>targets</th>"
-                 "<th>reading</th><th>measures</th></tr>")
-    def row(rank: str, s) -> str:
-        excl = f" (+{s.n_excluded} excl.)" if s.n_excluded else ""
-        reading = "(circular: the decoded network)" if s.circular else s.verdict
-        return (f"<tr><td>{rank}</td><td>{esc(s.name)}</td><td>{esc(s.group)}</td><td>{esc(s.kind)}</td>"
-                f"<td class='num'>{_fmt(s.mean)}</td><td class='num'>{_fmt(s.ci_low)} – {_fmt(s.ci_high)}</td>"
-                f"<td class='num'>{s.n_targets}{excl}</td><td class='{esc(s.verdict)}'>{esc(reading)}</td>"
-                f"<td class='meta'>{esc(s.description)}</td></tr>")
-
-    for i, s in enumerate(result.ranked, 1):
-        parts.append(row(str(i), s))
-    if result.circular:
-        parts.append("<tr><th colspan='9'>Circular: measured by the network that was decoded (its agreement is "
-                     "no evidence: the decode optimised it), not ranked</th></tr>")
-        parts += [row("—", s) for s in result.circular]
-    for c in result.collapsed:
-        parts.append(f"<tr><td>—</td><td>{esc(c['label'])}</td><td>colour</td><td></td><td class='num'>—</td>"
-                     f"<td></td><td></td><td class='undefined'>see brightness, contrast</td>"
-                     f"<td class='meta'>{esc(c['note'])}</td></tr>")
-    parts.append("</table>")
-
     shown = samples.groups[: opt.max_groups]
     rows: list[tuple[str, Sequence[Path]]] = [
         (g.group_id if not g.label or g.label == g.group_id else f"{g.group_id} ({g.label})", g.paths)
@@ -208,47 +162,31 @@ def html_report(
     rows.append(("reference", samples.reference))
     targets = [_target_path(g.meta) for g in shown] + [None]
     captions = [_sample_captions(g) for g in shown] + [[]]
-    parts.append("<h2>Contact sheet</h2>")
-    if any(t is not None for t in targets):
-        parts.append("<p class='meta'>First column: the target's own picture (the decode's copy in the run "
-                     "folder).</p>")
-    elif samples.kind == "decode":
-        parts.append("<p class='meta'>No target pictures in the run folder (targets without a picture, or a "
-                     "decode older than OUT/targets/).</p>")
-    if len(samples.groups) > opt.max_groups:
-        parts.append(f"<p class='meta'>first {opt.max_groups} of {len(samples.groups)} targets</p>")
     sheet = contact_sheet(rows, opt.tile, opt.max_samples, targets=targets, captions=captions)
-    parts.append(f"<img alt='contact sheet' src='{_image_b64(sheet)}'>")
 
-    parts.append("<h2>Per target</h2>")
     order = [s.name for s in result.summaries]
     circular = {s.name for s in result.circular}
     groups = {g.group_id: g for g in samples.groups}
+    per_target = []
     for t in result.targets[: opt.max_target_tables]:
-        title = t.target_id + (f" — {t.label}" if t.label and t.label != t.target_id else "")
         om = t.meta.get("off_manifold") or {}
-        note = (f", {om['excluded']} off-manifold excluded" if om.get("excluded") else
-                f", {om['flagged_scored']} off-manifold (scored)" if om.get("flagged_scored") else "")
-        parts.append(f"<details><summary>{esc(title)} ({t.n_samples} samples{esc(note)})</summary>")
         g = groups.get(t.target_id)
+        strip = None
         if g is not None and (g.paths or _target_path(g.meta)):
-            strip = contact_sheet([("", g.paths)], opt.tile, opt.max_samples, targets=[_target_path(g.meta)],
-                                  captions=[_sample_captions(g)])
-            parts.append(f"<img alt='samples of {esc(t.target_id)}' src='{_image_b64(strip)}'>")
-        parts.append("<table><tr><th>attribute</th><th>score</th><th>within</th><th>reference</th>"
-                     "<th>note</th></tr>")
-        for name in order:
-            sc = t.scores[name]
-            shown_name = name + (" (circular)" if name in circular else "")
-            parts.append(f"<tr><td>{esc(shown_name)}</td><td class='num'>{_fmt(sc.score)}</td>"
-                         f"<td class='num'>{_fmt(sc.within)}</td><td class='num'>{_fmt(sc.reference)}</td>"
-                         f"<td class='meta'>{esc(sc.reason or '')}</td></tr>")
-        parts.append("</table></details>")
-    if len(result.targets) > opt.max_target_tables:
-        parts.append(f"<p class='meta'>{len(result.targets) - opt.max_target_tables} more targets in the "
-                     "JSON/CSV output</p>")
-    parts.append("</body></html>")
-    page = "".join(parts)
+            strip = _image_b64(contact_sheet([("", g.paths)], opt.tile, opt.max_samples,
+                                             targets=[_target_path(g.meta)], captions=[_sample_captions(g)]))
+        per_target.append({
+            "id": t.target_id, "n_samples": t.n_samples, "strip": strip,
+            "title": t.target_id + (f" — {t.label}" if t.label and t.label != t.target_id else ""),
+            "note": (f", {om['excluded']} off-manifold excluded" if om.get("excluded") else
+                     f", {om['flagged_scored']} off-manifold (scored)" if om.get("flagged_scored") else ""),
+            "rows": [(name, name in circular, t.scores[name]) for name in order],
+        })
+    page = _templates().get_template("compare_report.html").render(
+        r=result, opt=opt, chart=_png_b64(persistence_chart(result)), sheet=_image_b64(sheet),
+        level=int(round(result.config.ci_level * 100)), has_targets=any(t is not None for t in targets),
+        kind=samples.kind, n_groups=len(samples.groups), per_target=per_target,
+        more_targets=max(len(result.targets) - opt.max_target_tables, 0))
     if path is not None:
         Path(path).write_text(page, encoding="utf-8")
     return page

@@ -1,5 +1,7 @@
-"""What every workflow shares: loading an encoder or a prior from whatever the caller has (on this
-process's device under torchrun), turning targets of any form into :class:`~probe.targets.Target` lists,
+"""What every workflow shares: an encoder from whatever the caller has (on this process's device under
+torchrun; the one loaders are :func:`probe.models.registry.load_encoder` and
+:func:`probe.diffusion.priors.load_prior`), turning targets of any form into :class:`~probe.targets.Target`
+lists,
 and the output folder (the caller's, or a temporary one when a notebook only wants the tensors back).
 """
 
@@ -7,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,48 +20,12 @@ from torch import nn
 
 from probe.distributed import Runtime
 from probe.errors import UsageError
-from probe.models.encoder import Encoder, Preprocess
-from probe.targets import Target, Targets, encode_images01, unique_ids, vector_target
+from probe.models.encoder import Encoder
+from probe.models.registry import load_encoder
+from probe.targets import Target, Targets, encode_images01, parse_endpoint, split_store_ref, unique_ids, vector_target
 from probe.workflows.options import EncoderOptions
 
 Note = Callable[[str], None]
-
-
-def load_encoder(spec_or_module: str | nn.Module | Encoder, preprocess: Preprocess | Mapping[str, Any] | None = None,
-                 layers: Sequence[str] | str | None = None, *, weights: str | None = None,
-                 device: str | torch.device | None = None, keep_spatial: bool = False, token_pool: str = "cls",
-                 embed: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
-                 head: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
-                 class_names: Sequence[str] | None = None, name: str | None = None) -> Encoder:
-    """An :class:`~probe.models.encoder.Encoder` from a spec (``bundled:fashion-cnn``, ``timm:resnet50``,
-    ``open_clip:ViT-B-32/openai``, ``torchscript:net.pt``) or from any ``nn.Module``.
-
-    A module needs ``preprocess`` (a :class:`Preprocess`, a dict of its fields, or a timm data config)
-    unless it is a timm model; its output is the embedding unless ``embed(model, x)`` says otherwise,
-    ``head(model, x)`` gives logits (with ``class_names``) and ``layers`` name submodules to read
-    (``dict(model.named_modules())``). ``name`` is the spec recorded in outputs (default
-    ``module:ClassName``).
-    """
-    if isinstance(layers, str):
-        layers = [layers]
-    if isinstance(spec_or_module, Encoder):
-        if layers is None or list(layers) == spec_or_module.layers:
-            return spec_or_module if device is None else spec_or_module.to(device)
-        spec_or_module = spec_or_module._parts.model
-    if isinstance(spec_or_module, str):
-        if preprocess is not None or embed is not None or head is not None:
-            raise UsageError("preprocess=, embed= and head= apply to a module; a spec brings its own")
-        from probe.models.registry import load_encoder as load_spec
-
-        return load_spec(spec_or_module, layers=layers, weights=weights, device=device, keep_spatial=keep_spatial,
-                         token_pool=token_pool)
-    from probe.models.modules import module_parts
-    from probe.models.registry import default_device
-
-    parts = module_parts(spec_or_module, preprocess, embed=embed, head=head, class_names=class_names)
-    enc = Encoder(name or f"module:{type(spec_or_module).__name__}", parts, layers=layers,
-                  keep_spatial=keep_spatial, token_pool=token_pool, weights=weights)
-    return enc.to(device or default_device())
 
 
 def resolve_encoder(encoder: Encoder | EncoderOptions | str | nn.Module | None, store: str | Path | None = None,
@@ -93,30 +59,11 @@ def load_on(encoder: Any, device: str | None, rt: Runtime, store: str | Path | N
 def store_of(*refs: Any) -> Path | None:
     """The feature store the first ``F.h5:ROW`` reference names (the store an encoder of None is inferred
     from)."""
-    from probe.walks import split_store_ref
-
     for ref in refs:
         found = split_store_ref(ref) if isinstance(ref, str) else None
         if found and found[0].is_file():
             return found[0]
     return None
-
-
-def load_prior(spec: Any = None, device: str | torch.device | None = None, precision: str | None = None,
-               checkpoint: str | None = None):
-    """A diffusion prior: ``bundled:fashion-ddpm`` (default), a diffusers folder or hub id, or a Prior as is
-    (moved to ``device`` when given). ``precision`` ("fp32", "bf16") and ``checkpoint`` ("none", "vae",
-    "unet", "all") set how it computes (:meth:`Prior.configure`, also on a Prior passed in); None keeps
-    what it has."""
-    from probe.diffusion.priors import DEFAULT_PRIOR, Prior, check_compute
-    from probe.diffusion.priors import load_prior as load
-
-    check_compute(precision, checkpoint)  # before a slow load
-    if isinstance(spec, Prior):
-        prior = spec if device is None or torch.device(device) == spec.device else spec.to(device)
-    else:
-        prior = load(spec or DEFAULT_PRIOR, device)
-    return prior.configure(precision, checkpoint)
 
 
 def as_targets(encoder: Encoder, target: Any, group: str | None = None, name: str = "target") -> list[Target]:
@@ -125,8 +72,6 @@ def as_targets(encoder: Encoder, target: Any, group: str | None = None, name: st
     ``probe interpolate``'s endpoints (``F.h5:ROW``, ``image:PATH`` or a path, ``text:PROMPT``,
     ``vector:PATH``); :class:`~probe.targets.Targets` (``probe decode``'s target options); or a list of
     any of these."""
-    from probe.walks import parse_endpoint
-
     out: list[Target] = []
     items = list(target) if isinstance(target, (list, tuple)) else [target]
     if not items:

@@ -5,7 +5,10 @@
   baseline, the guidance preset and any sampler override (a :class:`~probe.diffusion.schedules.GuidanceConfig`
   field), and how the prior computes (``precision``, ``checkpoint``: :meth:`Prior.configure`).
   :meth:`DecodeOptions.build` refuses a name it does not know, so an option can never be silently dropped
-  on its way from the command line (or a notebook) to the sampler.
+  on its way from the command line (or a notebook) to the sampler; every value is checked when the options
+  are built, before any model loads;
+* :class:`DecodeSettings` -- what the decode pipeline reads: :meth:`DecodeOptions.settings` with the preset
+  and overrides resolved into one GuidanceConfig (tests and benchmarks build it directly).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from probe.diffusion.priors import check_compute
-from probe.diffusion.schedules import DEFAULT_PRESET, GuidanceConfig, preset
+from probe.diffusion.schedules import DEFAULT_PRESET, PRESETS, GuidanceConfig, preset
 from probe.errors import UsageError
 from probe.models.registry import DEFAULT_ENCODER
+from probe.naturalness import OFF_MANIFOLD
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ class DecodeOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "overrides", _FrozenDict(self.overrides))
         check_compute(self.precision, self.checkpoint)
-        self.config()  # an unknown schedule or a bad override fails now, not after loading the models
+        self.settings()  # a bad value, an unknown schedule or override fails now, not after loading the models
 
     @classmethod
     def build(cls, base: DecodeOptions | None = None, **options: Any) -> DecodeOptions:
@@ -113,13 +117,51 @@ class DecodeOptions:
         """The guidance preset with the overrides applied."""
         return preset(self.schedule, **dict(self.overrides))
 
-    def settings(self):
-        """The decode pipeline's :class:`~probe.decoding.DecodeSettings`."""
-        from probe.decoding import DecodeSettings
-
+    def settings(self) -> DecodeSettings:
+        """The decode pipeline's :class:`DecodeSettings` (the preset resolved into one GuidanceConfig)."""
         return DecodeSettings(samples=self.samples, seed=self.seed, batch_size=self.batch_size,
                               config=self.config(), trajectory_every=self.trajectory_every,
                               baseline=self.baseline, overwrite=self.overwrite)
+
+
+@dataclass
+class DecodeSettings:
+    """Run-level settings (the sampler's own knobs live in ``config``)."""
+
+    samples: int = 4
+    seed: int = 0
+    batch_size: int = 8
+    config: GuidanceConfig = field(default_factory=lambda: PRESETS[DEFAULT_PRESET])
+    trajectory_every: int = 0
+    baseline: bool = True
+    overwrite: bool = False
+    sheet: bool = True
+    realism: bool = True
+    off_manifold_threshold: float = OFF_MANIFOLD
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise UsageError(f"--samples must be >= 1, not {self.samples}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, not {self.batch_size}")
+        if self.trajectory_every < 0:
+            raise UsageError("--save-trajectory must be >= 0")
+        if self.seed < 0:
+            raise UsageError(f"--seed must be >= 0, not {self.seed}")
+
+    @property
+    def samples_per_batch(self) -> int:
+        """Samples per sampler call: ``batch_size`` bounds the chains run side by side, and with
+        ``config.candidates`` = N each sample runs N chains through the first steps."""
+        return self.config.samples_per_call(self.batch_size)
+
+    def seed_of(self, sample_index: int) -> int:
+        return self.seed + sample_index
+
+    def to_dict(self) -> dict:
+        return {**self.config.to_dict(), "samples": self.samples, "seed": self.seed,
+                "batch_size": self.batch_size}
+
 
 
 class _FrozenDict(dict):

@@ -1,0 +1,422 @@
+"""The guided sampler's maths and bookkeeping on tiny random models (each test well under a few seconds)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from probe.diffusion import sampler as S
+from probe.diffusion.schedules import PRESETS, GuidanceConfig, preset
+from probe.errors import InputError, UsageError
+from tests.tiny_diffusion import tiny_encoder, tiny_pixel_prior, tiny_scheduler
+
+torch.set_num_threads(1)
+
+SMALL = GuidanceConfig(name="test", steps=10, weight=4.0, tau=3.0, rounds=3, early_rounds=5, early_steps=2,
+                       update="ddim", eta=1.0)
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return tiny_pixel_prior()
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return tiny_encoder()
+
+
+@pytest.fixture(scope="module")
+def target(encoder):
+    gen = torch.Generator().manual_seed(123)
+    img = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 16, 16, generator=gen), 3, 1, 1)
+    with torch.no_grad():
+        return encoder(img)[0]
+
+
+# -- building blocks ----------------------------------------------------------------------------------
+def test_round_ste_values_and_gradient():
+    x = (torch.rand(2, 1, 4, 4) * 2 - 0.5).requires_grad_(True)
+    img = S.to_unit_image(x, quantize=True)
+    assert torch.equal(img * 255, torch.round(img * 255))
+    assert float(img.detach().min()) >= 0 and float(img.detach().max()) <= 1
+    y = torch.randn(5).requires_grad_(True)
+    (S.round_ste(y) * torch.arange(5.0)).sum().backward()
+    assert torch.equal(y.grad, torch.arange(5.0))  # d round_ste / dx = identity
+    assert torch.equal(S.round_ste(y), torch.round(y))
+
+
+def test_clamp_straight_through_keeps_gradient_of_saturated_pixels():
+    x = torch.tensor([[-5.0, 0.0, 5.0]])
+    for clamp, expected in (("straight-through", [0.5, 0.5, 0.5]), ("hard", [0.0, 0.5, 0.0])):
+        xs = x.clone().requires_grad_(True)
+        img = S.to_unit_image(xs, quantize=True, clamp=clamp)
+        assert torch.equal(img.detach(), torch.tensor([[0.0, 128 / 255, 1.0]]))  # the saved PNG either way
+        img.sum().backward()
+        assert torch.equal(xs.grad, torch.tensor([expected]))
+
+
+def test_normalisation_gives_eps_norm_per_sample():
+    g = torch.randn(3, 2, 5, 5) * torch.tensor([0.01, 1.0, 100.0]).view(3, 1, 1, 1)
+    eps = torch.randn(3, 2, 5, 5) * torch.tensor([1.0, 2.0, 0.5]).view(3, 1, 1, 1)
+    out = S.normalize_per_sample(g, eps)
+    assert torch.allclose(out.flatten(1).norm(dim=1), eps.flatten(1).norm(dim=1), rtol=1e-5)
+    cos = torch.nn.functional.cosine_similarity(out.flatten(1), g.flatten(1))
+    assert torch.allclose(cos, torch.ones(3), atol=1e-6)
+
+
+def test_thresholding_clamps_to_mean_pm_tau_std_per_sample():
+    g = torch.randn(2, 1, 8, 8)
+    g[0, 0, 0, 0], g[1, 0, 3, 3] = 50.0, -80.0
+    out = S.threshold_per_sample(g, 2.0)
+    for b in range(2):
+        m, s = g[b].mean(), g[b].std()
+        assert float(out[b].max()) <= float(m + 2 * s) + 1e-6
+        assert float(out[b].min()) >= float(m - 2 * s) - 1e-6
+        inside = (g[b] >= m - 2 * s) & (g[b] <= m + 2 * s)
+        assert torch.equal(out[b][inside], g[b][inside])
+    assert torch.equal(S.threshold_per_sample(g, 0.0), g)
+
+
+def test_ddpm_step_is_method_md_formula_for_consecutive_steps():
+    acp = tiny_scheduler("scaled_linear").alphas_cumprod.double()
+    t = 500
+    a_t, a_prev = float(acp[t]), float(acp[t - 1])
+    beta = 1 - a_t / a_prev
+    z, x0, n = torch.randn(3, 4, 4, dtype=torch.float64).unbind(0)
+    eps2 = S.predict_eps(z, x0, a_t)
+    expected = (z - beta / math.sqrt(1 - a_t) * eps2) / math.sqrt(1 - beta) + math.sqrt(beta) * n
+    got = S.reverse_step(z, x0, a_t, a_prev, GuidanceConfig(update="ddpm"), n)
+    assert torch.allclose(got, expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("update,variance", [("ddpm", "fixed_large"), ("ddim", "fixed_small")])
+def test_strided_step_matches_diffusers_ddpm_scheduler(update, variance):
+    """Strided 'ddpm' = DDPMScheduler(fixed_large) with custom timesteps; 'ddim' η=1 = fixed_small."""
+    from diffusers import DDPMScheduler
+
+    sch = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                        beta_end=0.012, clip_sample=False, variance_type=variance)
+    cfg = GuidanceConfig(steps=10, update=update, eta=1.0)
+    ts = cfg.timesteps(1000)
+    sch.set_timesteps(timesteps=ts)
+    z, eps = torch.randn(2, 1, 1, 4, 4).unbind(0)
+    for i in (0, 4):
+        t, tp = ts[i], ts[i + 1]
+        a_t, a_prev = float(sch.alphas_cumprod[t]), float(sch.alphas_cumprod[tp])
+        ref = sch.step(eps, t, z, generator=torch.Generator().manual_seed(5)).prev_sample
+        n = torch.randn(z.shape, generator=torch.Generator().manual_seed(5))
+        x0 = S.predict_x0(z.double(), eps.double(), a_t)
+        got = S.reverse_step(z.double(), x0, a_t, a_prev, cfg, n.double())
+        assert torch.allclose(got.float(), ref, atol=1e-4)
+
+
+def test_timesteps_strided_and_full():
+    assert GuidanceConfig(steps=1000).timesteps(1000) == list(range(999, -1, -1))
+    ts = GuidanceConfig(steps=50).timesteps(1000)
+    assert len(ts) == 50 and ts[0] == 999 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
+    assert len(set(ts)) == 50
+
+
+def test_quadratic_spacing_is_denser_near_zero_and_distinct():
+    ts = GuidanceConfig(steps=50, spacing="quadratic").timesteps(1000)
+    assert len(ts) == len(set(ts)) == 50 and ts[0] == 999 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
+    assert ts[-2] - ts[-1] < 3 and ts[0] - ts[1] > 30       # small strides at the end, large at the start
+    assert ts[25] == round(999 * (24 / 49) ** 2)
+    with pytest.raises(UsageError):
+        GuidanceConfig(spacing="cosine")
+
+
+def test_late_emphasis_rounds_and_evaluation_count():
+    cfg = GuidanceConfig(steps=10, rounds=2, early_rounds=5, early_steps=1, late_rounds=7, late_steps=3)
+    assert [cfg.rounds_at(i, 10) for i in range(10)] == [5] + [2] * 6 + [7] * 3
+    assert cfg.evaluations(1000) == 5 + 12 + 21
+    assert cfg.baseline().evaluations(1000) == 0 and cfg.baseline().late_steps == 0
+    assert GuidanceConfig(steps=10, rounds=2, early_steps=0, late_steps=3).evaluations(1000) == 20  # rounds 0: off
+    with pytest.raises(UsageError):
+        GuidanceConfig(late_steps=-1)
+
+
+def test_presets():
+    p = PRESETS["paper"]
+    assert (p.steps, p.weight, p.tau, p.rounds, p.early_rounds, p.early_steps, p.update) == \
+        (1000, 4.0, 3.0, 8, 1000, 5, "ddpm")
+    assert p.evaluations(1000) == 5 * 1000 + 995 * 8 == 12960
+    assert PRESETS["none"].unguided and PRESETS["none"].evaluations(1000) == 0
+    # issue 10: the cheap presets guide gently (w >= 2 wrote adversarial textures) and stay >= 20x cheaper
+    assert PRESETS["balanced"].weight == PRESETS["fast"].weight == 0.5
+    assert (PRESETS["balanced"].evaluations(1000), PRESETS["fast"].evaluations(1000)) == (642, 552)
+    assert PRESETS["paper"].evaluations(1000) / PRESETS["balanced"].evaluations(1000) >= 20
+    # and pick among 48 candidate layouts over the first 8 (high-noise) steps, where the shape is set, with
+    # the guidance there capped by its size in x0 space
+    assert PRESETS["balanced"].early_steps == PRESETS["fast"].early_steps == 8
+    assert PRESETS["balanced"].candidates == PRESETS["fast"].candidates == 48
+    assert PRESETS["balanced"].x0_cap == PRESETS["fast"].x0_cap == 0.5
+    assert PRESETS["paper"].candidates == 1 and PRESETS["paper"].x0_cap == 0
+    assert preset("fast", steps=20, weight=None).steps == 20
+    with pytest.raises(UsageError):
+        preset("nope")
+    with pytest.raises(UsageError):
+        preset("fast", rounds=0)
+    with pytest.raises(UsageError):
+        preset("fast", update="euler")
+
+
+# -- the loop -----------------------------------------------------------------------------------------
+def test_recurrence_count(prior, encoder, target):
+    res = S.sample(prior, encoder, target, [0, 1], SMALL)
+    assert res.evaluations.tolist() == [2 * 5 + 8 * 3] * 2 == [SMALL.evaluations(1000)] * 2
+    late = SMALL.replace(late_rounds=4, late_steps=2)
+    assert S.sample(prior, encoder, target, [0], late).evaluations.tolist() == [2 * 5 + 6 * 3 + 2 * 4]
+    assert res.best_images.shape == (2, 1, 16, 16)
+    assert len(res.timesteps) == 10
+
+
+def test_best_is_minimum_of_recorded_and_reproduces_when_reencoded(prior, encoder, target, monkeypatch):
+    seen: list[torch.Tensor] = []
+    update = S._Best.update
+
+    def spy(self, idx, d, img, step, t):
+        seen.append(torch.full((2,), math.inf).index_put((idx,), d.detach().float().cpu()))
+        update(self, idx, d, img, step, t)
+
+    monkeypatch.setattr(S._Best, "update", spy)
+    steps: list[torch.Tensor] = []
+    res = S.sample(prior, encoder, target, [3, 4], SMALL, callback=lambda i, n, best: steps.append(best))
+    assert len(seen) == 2 * SMALL.evaluations(1000)  # before and after guidance, every round
+    assert torch.equal(res.best_distance, torch.stack(seen).min(0).values)
+    assert all(bool((b <= a).all()) for a, b in zip(steps, steps[1:]))  # best never gets worse
+    assert bool((res.best_distance <= res.final_distance).all())
+    # what a user gets by saving the PNG and encoding it again:
+    png = torch.round(res.best_images * 255).to(torch.uint8)
+    with torch.no_grad():
+        d = ((encoder(png.float() / 255) - target) ** 2).sum(1)
+    assert torch.allclose(d, res.best_distance, rtol=1e-5, atol=1e-6)
+    assert torch.equal(res.best_images * 255, torch.round(res.best_images * 255))
+
+
+def test_seeds_reproduce_bit_identically(prior, encoder, target):
+    a = S.sample(prior, encoder, target, [7, 8], SMALL)
+    b = S.sample(prior, encoder, target, [7, 8], SMALL)
+    assert torch.equal(a.best_images, b.best_images) and torch.equal(a.final_images, b.final_images)
+    assert torch.equal(a.best_distance, b.best_distance)
+
+
+def test_batch_keeps_each_samples_noise_and_evaluations(prior, encoder, target):
+    # The guided chain amplifies float rounding, so only the *same* batch reproduces bit for bit
+    # (test_seeds_reproduce_bit_identically); what a sample starts from (its noise, hence its unguided
+    # image) and its evaluation count never depend on its batch neighbours.
+    a = S.sample(prior, encoder, target, [5, 11, 6], SMALL)
+    alone = S.sample(prior, encoder, target, [11], SMALL)
+    assert int(a.evaluations[1]) == int(alone.evaluations[0])
+    base_alone = S.sample(prior, encoder, target, [11], SMALL.baseline())
+    base_batch = S.sample(prior, encoder, target, [5, 11, 6], SMALL.baseline())
+    assert torch.allclose(base_batch.final_images[1], base_alone.final_images[0], atol=1.5 / 255)
+
+
+def test_same_seed_gives_same_initial_noise_across_targets(prior, encoder, target):
+    other = target.flip(0)
+    base = SMALL.baseline()
+    a = S.sample(prior, encoder, torch.stack([target, other]), [9, 9], base)
+    assert torch.equal(a.final_images[0], a.final_images[1])  # unguided: same noise, same image
+    n1 = S.draw_noise([torch.Generator().manual_seed(9)], (1, 4, 4), torch.device("cpu"))
+    n2 = S.draw_noise([torch.Generator().manual_seed(1), torch.Generator().manual_seed(9)], (1, 4, 4),
+                      torch.device("cpu"))
+    assert torch.equal(n1[0], n2[1])
+
+
+def test_guided_beats_unguided(prior, encoder, target):
+    seeds = [0, 1, 2]
+    guided = S.sample(prior, encoder, target, seeds, SMALL)
+    base = S.sample(prior, encoder, target, seeds, SMALL.baseline())
+    assert base.evaluations.sum() == 0
+    assert bool((guided.best_distance < 0.5 * base.final_distance).all()), (guided.best_distance,
+                                                                           base.final_distance)
+
+
+def test_unguided_without_encoder(prior):
+    res = S.sample(prior, None, None, [0], PRESETS["none"].replace(steps=5))
+    assert res.final_images.shape == (1, 1, 16, 16) and torch.isnan(res.final_distance).all()
+    with pytest.raises(UsageError):
+        S.sample(prior, None, None, [0], SMALL)
+
+
+def test_early_stopping_on_distance_and_patience(prior, encoder, target):
+    res = S.sample(prior, encoder, target, [0, 1], SMALL.replace(max_distance=1e9))
+    assert res.stopped_step.tolist() == [0, 0] and res.evaluations.tolist() == [5, 5]
+    res = S.sample(prior, encoder, target, [0], SMALL.replace(stop_patience=1, rounds=1, early_steps=0))
+    assert int(res.evaluations[0]) == int(res.stopped_step[0]) + 1
+    assert torch.isfinite(res.final_distance).all()
+
+
+def test_nan_guard_skips_guidance(prior):
+    """A network whose output ignores the image has ‖g‖ = 0: the normalised gradient is NaN."""
+    from probe.models.encoder import Encoder, EncoderParts, Preprocess
+
+    flat = torch.nn.Linear(1, 4)
+    parts = EncoderParts(model=flat, preprocess=Preprocess(size=16, mean=(0.0,), std=(1.0,), in_chans=1),
+                         embed=lambda m, x: m(torch.ones(x.shape[0], 1)) + 0 * x.sum())
+    enc = Encoder("test:flat", parts)
+    cfg = SMALL.replace(steps=3, early_steps=0, rounds=2)
+    res = S.sample(prior, enc, torch.zeros(4), [0], cfg)
+    assert res.skipped.tolist() == res.evaluations.tolist() == [6]
+    assert torch.isfinite(res.final_images).all()
+
+
+def test_trajectory_frames(prior, encoder, target):
+    res = S.sample(prior, encoder, target, [0], SMALL.replace(rounds=1, early_steps=0), trajectory_every=4)
+    assert [i for i, _ in res.trajectory] == [0, 4, 8, 9]
+    assert res.trajectory[-1][1].shape == (1, 1, 16, 16)
+
+
+def test_bad_inputs(prior, encoder, target):
+    with pytest.raises(UsageError, match="dimensions"):
+        S.sample(prior, encoder, torch.zeros(7), [0], SMALL)
+    bad = target.clone()
+    bad[0] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        S.sample(prior, encoder, bad, [0], SMALL)
+    with pytest.raises(UsageError):
+        S.sample(prior, encoder, torch.stack([target] * 3), [0, 1], SMALL)
+    with pytest.raises(UsageError):
+        S.sample(prior, encoder, target, [], SMALL)
+
+
+def test_several_layers_add_their_distances(prior):
+    enc = tiny_encoder()
+    two = type(enc)(enc.spec, enc._parts, layers=["embedding", "body.0"])
+    img = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        feats = two.features(img)
+        target = torch.cat([two.features(torch.rand(1, 1, 16, 16))[n].flatten(1) for n in two.layers], 1)[0]
+        both = S.saved_image_distance(two, img, target)
+    d0 = feats["embedding"].shape[1]
+    per_layer = ((feats["embedding"] - target[:d0]) ** 2).sum(1) \
+        + ((feats["body.0"].flatten(1) - target[d0:]) ** 2).sum(1)
+    assert torch.allclose(both, per_layer, rtol=1e-5)
+    res = S.sample(prior, two, target, [0], SMALL.replace(steps=3, early_steps=0, rounds=1))
+    assert torch.isfinite(res.best_distance).all()
+
+
+# -- naturalness levers (issue 10) ---------------------------------------------------------------------
+def test_weight_schedule_free_steps_and_evaluations():
+    cfg = GuidanceConfig(steps=10, rounds=2, early_rounds=5, early_steps=1, late_rounds=7, late_steps=3,
+                         free_steps=2, weight=4.0, weight_end=1.0)
+    assert [cfg.rounds_at(i, 10) for i in range(10)] == [5] + [2] * 4 + [7] * 3 + [1] * 2
+    assert [cfg.guided_at(i, 10) for i in range(10)] == [True] * 8 + [False] * 2
+    assert cfg.evaluations(1000) == 5 + 8 + 21
+    assert cfg.weight_at(0, 10) == 4.0 and cfg.weight_at(7, 10) == 1.0 and cfg.weight_at(9, 10) == 1.0
+    assert cfg.weight_at(3, 10) == pytest.approx(4.0 - 3.0 * 3 / 7)
+    assert GuidanceConfig(weight=3.0).weight_at(5, 10) == 3.0
+    for bad in ({"free_steps": -1}, {"eot_samples": 0}, {"eot_shift": -1}, {"grad_blur": -0.5},
+                {"weight_end": float("nan")}):
+        with pytest.raises(UsageError):
+            GuidanceConfig(**bad)
+
+
+def test_shift_flip_moves_and_mirrors_with_replicated_edges():
+    img = torch.arange(16.0).view(1, 1, 4, 4).repeat(3, 1, 1, 1)
+    shifts = torch.tensor([[0, 0], [1, 0], [0, -1]])
+    out = S.shift_flip(img, shifts, torch.tensor([False, False, True]))
+    assert torch.equal(out[0], img[0])
+    assert torch.equal(out[1, 0, 1:], img[1, 0, :3]) and torch.equal(out[1, 0, 0], img[1, 0, 0])  # down by 1
+    moved_left = torch.cat([img[2, 0, :, 1:], img[2, 0, :, 3:]], dim=1)
+    assert torch.equal(out[2, 0], moved_left.flip(-1))
+    x = img.clone().requires_grad_(True)
+    S.shift_flip(x, shifts, torch.tensor([True, False, False])).sum().backward()
+    assert float(x.grad.sum()) == 48.0  # every output pixel comes from exactly one input pixel
+
+
+def test_draw_transforms_are_per_chain_and_reproducible():
+    cfg = GuidanceConfig(eot_shift=2, eot_flip=True, eot_samples=3)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (5, 6)]  # noqa: E731
+    a, b = S.draw_transforms(gens(), cfg), S.draw_transforms(gens(), cfg)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert a[0].shape == (6, 2) and a[1].shape == (6,) and int(a[0].abs().max()) <= 2
+    solo = S.draw_transforms([torch.Generator().manual_seed(6)], cfg)
+    assert torch.equal(solo[0], a[0][3:]) and torch.equal(solo[1], a[1][3:])  # chain 6 alone draws the same
+
+
+def test_gaussian_blur_keeps_constants_and_removes_high_frequencies():
+    const = torch.full((2, 3, 8, 8), 2.5)
+    assert torch.allclose(S.gaussian_blur(const, 1.0), const)
+    stripes = (torch.arange(8.0) % 2).view(1, 1, 1, 8).expand(1, 1, 8, 8) - 0.5
+    blurred = S.gaussian_blur(stripes, 1.0)
+    assert float(blurred.abs().max()) < 0.1 * float(stripes.abs().max())
+    assert torch.equal(S.gaussian_blur(stripes, 0.0), stripes)
+
+
+def test_eot_and_free_steps_decode_reports_saved_distances(prior, encoder, target):
+    cfg = SMALL.replace(eot_shift=2, eot_flip=True, eot_samples=2, grad_blur=0.5, free_steps=2, weight_end=1.0)
+    a = S.sample(prior, encoder, target, [0, 1], cfg)
+    b = S.sample(prior, encoder, target, [0, 1], cfg)
+    assert torch.equal(a.best_images, b.best_images)                       # reproducible
+    assert a.evaluations.tolist() == [cfg.evaluations(1000)] * 2 == [2 * 5 + 6 * 3] * 2
+    again = S.saved_image_distance(encoder, a.best_images, target.expand(2, -1))
+    assert torch.allclose(again, a.best_distance, rtol=1e-5)               # the untransformed image's distance
+    base = S.sample(prior, encoder, target, [0, 1], SMALL.baseline())
+    assert float(a.best_distance.mean()) < float(base.final_distance.mean())
+
+
+# -- best-of-N candidates at the layout stage ---------------------------------------------------------
+def test_candidates_keep_the_chain_closest_at_selection(prior, encoder, target):
+    # selecting after the last step: the kept chain is the closest of the N, bit for bit the same chain as
+    # the N seeds decoded side by side without selection (same batch, so the same arithmetic)
+    cfg = SMALL.replace(early_steps=10, candidates=3)
+    res = S.sample(prior, encoder, target, [7, 8], cfg)
+    plain = S.sample(prior, encoder, target, S.candidate_seeds([7, 8], 3), cfg.replace(candidates=1))
+    groups = plain.final_distance.view(2, 3)
+    assert res.candidate.tolist() == groups.argmin(dim=1).tolist()
+    rows = torch.arange(2) * 3 + res.candidate
+    assert torch.equal(res.final_images, plain.final_images[rows])
+    assert torch.equal(res.best_distance, plain.best_distance[rows])
+    assert res.evaluations.tolist() == plain.evaluations.view(2, 3).sum(dim=1).tolist() == [3 * 10 * 5] * 2
+    assert S.candidate_seeds([7, 8], 3)[:2] == [7, 7 + S.CANDIDATE_SEED_OFFSET]
+
+
+def test_candidates_stop_after_the_early_steps_and_count_their_evaluations(prior, encoder, target):
+    cfg = SMALL.replace(candidates=4)                                   # early_steps = 2 of 10, 5 rounds each
+    res = S.sample(prior, encoder, target, [0, 1, 2], cfg)
+    assert res.best_images.shape == (3, 1, 16, 16) and res.candidate.shape == (3,)
+    assert res.evaluations.tolist() == [cfg.evaluations(1000)] * 3 == [4 * 2 * 5 + 8 * 3] * 3
+    assert res.stopped_step.tolist() == [9, 9, 9] and len(res.seeds) == 3
+    again = S.saved_image_distance(encoder, res.best_images, target.expand(3, -1))
+    assert torch.allclose(again, res.best_distance, rtol=1e-5)
+    one = S.sample(prior, encoder, target, [0, 1, 2], cfg.replace(candidates=1))
+    assert one.candidate.tolist() == [0, 0, 0]
+    assert cfg.baseline().candidates == 1
+    with pytest.raises(UsageError, match="candidates"):
+        SMALL.replace(candidates=0)
+
+
+def test_x0_cap_limits_the_weight_where_the_signal_is_small():
+    cfg = GuidanceConfig(weight=0.5, x0_cap=0.5)
+    assert cfg.weight_at(0, 10, abar=0.0) == 0.0                     # pure noise: left to the prior
+    assert cfg.weight_at(3, 10, abar=0.2) == pytest.approx(0.25)     # 0.5·√(0.2/0.8)
+    assert cfg.weight_at(9, 10, abar=0.9) == 0.5                      # the weight itself once the cap is above it
+    assert cfg.weight_at(3, 10) == 0.5 and GuidanceConfig(weight=0.5).weight_at(0, 10, abar=0.0) == 0.5
+    ramp = GuidanceConfig(weight=4.0, weight_end=1.0, x0_cap=1.0)
+    assert ramp.weight_at(9, 10, abar=0.99) == 1.0 and ramp.weight_at(0, 10, abar=0.5) == 1.0
+    with pytest.raises(UsageError, match="x0-cap"):
+        GuidanceConfig(x0_cap=-1)
+
+
+def test_rescale_pulls_the_guided_noise_back_to_the_unguided_norm(prior, encoder, target):
+    z = torch.randn(2, *prior.latent_shape, generator=torch.Generator().manual_seed(5))
+    t = 600
+    a_t = float(prior.alphas_cumprod[t])
+    tgt = target.expand(2, -1)
+    eps = prior.eps(z, t)
+    norm = eps.flatten(1).norm(dim=1)
+    plain, *_ = S._guided_round(prior, encoder, z, t, a_t, tgt, SMALL.replace(weight=2.0), False)
+    full, *_ = S._guided_round(prior, encoder, z, t, a_t, tgt, SMALL.replace(weight=2.0, rescale=1.0), False)
+    half, *_ = S._guided_round(prior, encoder, z, t, a_t, tgt, SMALL.replace(weight=2.0, rescale=0.5), False)
+    assert (plain.flatten(1).norm(dim=1) > norm * 1.01).all()          # ε − w·g is longer than ε
+    torch.testing.assert_close(full.flatten(1).norm(dim=1), norm, rtol=1e-5, atol=1e-5)
+    cos = torch.nn.functional.cosine_similarity(full.flatten(1), plain.flatten(1))
+    torch.testing.assert_close(cos, torch.ones(2), rtol=1e-5, atol=1e-5)  # same direction, ε's length
+    torch.testing.assert_close(half, (plain + full) / 2, rtol=1e-5, atol=1e-5)
+    with pytest.raises(UsageError, match="rescale"):
+        GuidanceConfig(rescale=1.5)
