@@ -105,14 +105,14 @@ def test_a_consecutive_chain_matches_the_official_loop(monkeypatch):
     cfg = PAPER.replace(rounds=2, early_rounds=3, early_steps=2)
 
     seen = []
-    real = S._guided_round
+    real = S.guided_round
 
     def spy(prior_, enc_, z, t, *args, **kwargs):
         out = real(prior_, enc_, z, t, *args, **kwargs)
-        seen.append((t, z.clone(), out[0].clone()))
+        seen.append((S._per_chain(t, 1)[0], z.clone(), out.eps.clone()))
         return out
 
-    monkeypatch.setattr(S, "_guided_round", spy)
+    monkeypatch.setattr(S, "guided_round", spy)
     res = S.sample(prior, enc, target, [7], cfg)
 
     sched, eps_fn, decode, loss = _reference_parts(prior, enc)
@@ -147,14 +147,14 @@ def test_a_15_step_chain_of_the_bundled_models_matches_the_official_loop_round_b
         target = enc(torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(1)))
     cfg = PAPER.replace(rounds=2, early_rounds=3, early_steps=2)
     seen = []
-    real = S._guided_round
+    real = S.guided_round
 
     def spy(prior_, enc_, z, t, *args, **kwargs):
         out = real(prior_, enc_, z, t, *args, **kwargs)
-        seen.append((int(t), z.clone(), out[0].clone()))
+        seen.append((int(S._per_chain(t, 1)[0]), z.clone(), out.eps.clone()))
         return out
 
-    monkeypatch.setattr(S, "_guided_round", spy)
+    monkeypatch.setattr(S, "guided_round", spy)
     res = S.sample(prior, enc, target, [0], cfg)
     sched, eps_fn, decode, loss = _reference_parts(prior, enc)
     assert [t for t, _, _ in seen] == [14] * 3 + [13] * 3 + [t for t in range(12, -1, -1) for _ in range(2)]
