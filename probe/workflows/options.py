@@ -72,7 +72,7 @@ class DecodeOptions:
 
     samples: int = 4
     seed: int = 0
-    batch_size: int = 8
+    batch_size: int | str = "auto"
     schedule: str = DEFAULT_PRESET
     overrides: Mapping[str, Any] = field(default_factory=dict)
     baseline: bool = True
@@ -80,6 +80,7 @@ class DecodeOptions:
     trajectory_every: int = 0
     precision: str | None = None
     checkpoint: str | None = None
+    progress: bool | None = None  # the API's progress bar: None = in a terminal or notebook
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "overrides", _FrozenDict(self.overrides))
@@ -119,7 +120,7 @@ class DecodeOptions:
 
         return DecodeSettings(samples=self.samples, seed=self.seed, batch_size=self.batch_size,
                               config=self.config(), trajectory_every=self.trajectory_every,
-                              baseline=self.baseline, overwrite=self.overwrite)
+                              baseline=self.baseline, overwrite=self.overwrite, progress=self.progress)
 
 
 class _FrozenDict(dict):
