@@ -139,7 +139,7 @@ def test_records_carry_the_realism_score_and_flag(tmp_path, setup, monkeypatch):
         if len(calls) == 1:
             return np.array([1.0, 3.0])
         done = sum(calls[1:-1])  # each sample's best image as it is written
-        return np.array([2.0, 10.0, 1.0, 2.0])[done:done + len(images)]
+        return np.array([2.0, 10.0, 1.0, 2.0] * 2)[done:done + len(images)]
 
     monkeypatch.setattr(decoding, "denoising_error", fake_error)
     summary = decode_targets(prior, enc, targets, tmp_path / "o", DecodeSettings(samples=2, batch_size=4, config=CFG))
