@@ -493,3 +493,10 @@ def test_chain_settings_apart_from_guidance():
     cfg = preset("balanced")
     assert cfg.chain == ChainConfig(steps=50, spacing="quadratic", update="ddim", eta=1.0, beta="chain")
     assert cfg.chain.timesteps(1000) == cfg.timesteps(1000)
+
+
+def test_auto_chains_on_the_cpu(prior, encoder):
+    from probe.diffusion.memory import CPU_CHAINS, activation_bytes, auto_chains
+
+    assert activation_bytes(prior, encoder) >= 1 << 20
+    assert 1 <= auto_chains(prior, encoder) <= CPU_CHAINS

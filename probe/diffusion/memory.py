@@ -15,6 +15,7 @@ from probe.models.encoder import Encoder
 
 CPU_CHAINS = 128
 MAX_CHAINS = 1024
+FALLBACK_CHAIN_BYTES = 256 << 20  # when the activations cannot be counted
 MEMORY_SHARE = 0.6  # of the free memory, the rest for the allocator's slack, the images and other jobs
 
 
@@ -54,14 +55,20 @@ def activation_bytes(prior: Prior, encoder: Encoder) -> int:
             elif hasattr(o, "sample") and isinstance(o.sample, torch.Tensor):
                 total[0] += o.sample.numel() * o.sample.element_size()
     nets = [prior.unet, encoder.model] + ([prior.vae] if prior.vae is not None else [])
-    handles = [m.register_forward_hook(hook) for net in nets for m in net.modules()]
+    handles = []
     try:
+        for net in nets:  # TorchScript modules take no hooks: their activations go uncounted
+            if isinstance(net, torch.nn.Module):
+                handles += [m.register_forward_hook(hook) for m in net.modules()
+                            if not isinstance(m, torch.jit.ScriptModule)]
         with torch.no_grad():
             _round_bytes_forward(prior, encoder)
+    except RuntimeError:
+        return FALLBACK_CHAIN_BYTES
     finally:
         for h in handles:
             h.remove()
-    return 3 * total[0]
+    return max(3 * total[0], 1 << 20)
 
 
 def _round_bytes_forward(prior: Prior, encoder: Encoder) -> None:
