@@ -35,14 +35,23 @@ class DecodeProgress(LateProgress):
                 f"{self.label}: {p['targets']} target(s) x {p['samples']} sample(s), schedule {p['schedule']} "
                 f"({ev.n_steps} steps, {p['evaluations']} guided evaluations per sample) -> {p['out']}")
             self._work = list(itertools.accumulate(p["step_evaluations"]))
-            self._n_steps, self._base = ev.n_steps, p["baseline_batches"]
+            self._n_steps, self._base, self._n_batches = ev.n_steps, p["baseline_batches"], ev.n_batches
+            self._best = None
             self.start(self._base * ev.n_steps + ev.n_batches * self._work[-1])
         elif ev.phase == "baseline":  # an unguided step counted as one evaluation
             self.update((ev.batch - 1) * self._n_steps + ev.step, f"unguided baseline {ev.batch}/{ev.n_batches}")
-        else:
+        else:  # the best distance so far over the run (monotone), not the latest call's
             finite = [d for d in ev.best if d == d and d != float("inf")]
-            extra = f"batch {ev.batch}/{ev.n_batches}" + (f" best d {min(finite):.4g}" if finite else "")
-            self.update(self._base * self._n_steps + (ev.batch - 1) * self._work[-1] + self._work[ev.step - 1], extra)
+            if finite:
+                self._best = min(finite + ([self._best] if getattr(self, "_best", None) is not None else []))
+            best = getattr(self, "_best", None)
+            if ev.fraction is not None:  # the sampler's queue: one stream over all samples
+                extra = f"{ev.samples_done}/{ev.samples_total} samples"
+                done = self._base * self._n_steps + ev.fraction * self._n_batches * self._work[-1]
+            else:
+                extra = f"batch {ev.batch}/{ev.n_batches}"
+                done = self._base * self._n_steps + (ev.batch - 1) * self._work[-1] + self._work[ev.step - 1]
+            self.update(int(done), extra + (f" best d {best:.4g}" if best is not None else ""))
 
 
 def print_result_table(summary: DecodeSummary, limit: int = 40) -> None:

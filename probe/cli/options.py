@@ -116,6 +116,23 @@ def encoder_options(multiple_layers: bool = True, infer: bool = False):
     return wrap
 
 
+class BatchSize(click.ParamType):
+    """--batch-size: 'auto' or an integer >= 1."""
+
+    name = "auto|N"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            n = 0
+        if n < 1:
+            self.fail(f"{value!r} is not 'auto' or an integer >= 1", param, ctx)
+        return n
+
+
 def _same(value: Any) -> Any:
     return value
 
@@ -126,7 +143,7 @@ DECODE_PARAMS: dict[str, tuple[str, Callable[[Any], Any]]] = {
                                         "rounds", "early_rounds", "early_steps", "late_rounds", "late_steps",
                                         "weight_end", "free_steps", "eot_shift", "eot_flip", "eot_samples",
                                         "grad_blur", "x0_cap", "candidates", "rescale", "spacing", "patience",
-                                        "max_distance", "update",
+                                        "max_distance", "update", "grad_min_weight",
                                         "clamp", "clip_x0", "beta", "loss_resize", "best_by", "precision",
                                         "checkpoint", "overwrite")},
     "no_quantize": ("quantize", lambda v: False if v else None),
@@ -185,9 +202,13 @@ def decode_options(samples: int = 4, trajectory: bool = False, out_help: str = "
         click.option("-n", "--samples", type=click.IntRange(min=1), default=samples, show_default=True,
                      help="Decoded images per target; sample s uses seed SEED+s for every target."),
         click.option("--seed", default=0, show_default=True, help="Base seed of the samples."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-                     help="Chains decoded side by side (with --candidates N, batch-size // N samples at a "
-                          "time)."),
+        click.option("--batch-size", type=BatchSize(), default="auto", show_default=True,
+                     help="Chains per network call ('auto': chosen from the device and the networks' memory). "
+                          "The sampler keeps every call full: chains of the next samples enter as others finish "
+                          "their layout stage; the images do not depend on it."),
+        click.option("--grad-min-weight", type=click.FloatRange(min=0), default=None,
+                     help="Rounds whose capped guidance weight is below this run forward-only (no backward "
+                          "pass; guidance dropped there). Off by default."),
         click.option("--schedule", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
                      help=f"Guidance preset. {SCHEDULE_HELP}."),
         click.option("--steps", type=int, help="Override: reverse timesteps (strided over 1000; 0 = all)."),

@@ -112,14 +112,18 @@ class Prior:
         return self
 
     # -- the two maps the sampler uses --------------------------------------------------------------------
-    def eps(self, z: torch.Tensor, t: int) -> torch.Tensor:
-        """Noise prediction ε(z_t, t), unconditional; differentiable with respect to ``z``.
+    def eps(self, z: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """Noise prediction ε(z_t, t), unconditional; differentiable with respect to ``z``. ``t`` is one
+        timestep for the whole batch or a [B] tensor, one per chain.
 
         v- and x0-predicting networks are converted to ε with the schedule, so the guided step is the
         same for every prior.
         """
         b = z.shape[0]
-        tt = torch.full((b,), int(t), device=z.device, dtype=torch.long)
+        if isinstance(t, torch.Tensor) and t.dim() == 1:  # one timestep per chain (the sampler's queue)
+            tt = t.to(device=z.device, dtype=torch.long)
+        else:
+            tt = torch.full((b,), int(t), device=z.device, dtype=torch.long)
         zin = z.to(self.dtype)
         with self._autocast(z.device):
             if self.text_embedding is not None:
@@ -133,10 +137,16 @@ class Prior:
             out = out[:, :c]
         if self.prediction_type == "epsilon":
             return out
-        a = float(self.alphas_cumprod[int(t)])
+        if tt.unique().numel() == 1:
+            a = float(self.alphas_cumprod[int(tt[0])])
+            sa, s1a = a ** 0.5, (1 - a) ** 0.5
+        else:  # per-chain coefficients, each computed in float64 as the scalar path does
+            a64 = self.alphas_cumprod[tt.cpu()]
+            shape = (-1, *([1] * (z.dim() - 1)))
+            sa, s1a = (a64.sqrt().float().to(z.device).view(shape), (1 - a64).sqrt().float().to(z.device).view(shape))
         if self.prediction_type == "v_prediction":
-            return a ** 0.5 * out + (1 - a) ** 0.5 * z
-        return (z - a ** 0.5 * out) / (1 - a) ** 0.5
+            return sa * out + s1a * z
+        return (z - sa * out) / s1a
 
     def decode(self, z0: torch.Tensor) -> torch.Tensor:
         """x̂0 in (about) [−1, 1] from the predicted clean variable; keeps gradients."""

@@ -28,6 +28,7 @@ images. The sampler knows nothing about files.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -181,20 +182,22 @@ def renoise(z_prev: torch.Tensor, a_t: float, a_prev: float, noise: torch.Tensor
 
 
 # --------------------------------------------------------------------------------------------------------
-# Result and bookkeeping
+# Typed outputs (as diffusers' ``step()`` returns a dataclass)
 # --------------------------------------------------------------------------------------------------------
 @dataclass
 class SampleResult:
-    """What a guided decode of B chains returns (all tensors on the CPU, index = chain).
+    """What a guided decode of B samples returns (all tensors on the CPU, index = sample).
 
     ``best_images``/``final_images`` are [B, C, H, W] in [0, 1] on the 8-bit grid (value·255 is an
     integer), at the prior's resolution — exactly what gets saved. Distances are of those 8-bit images.
     ``best_step`` is the 0-based index of the timestep at which the best image was seen; ``best_loss``
     is, when the config picks the best image by the optimised loss (``best_by = "loss"``), that loss;
-    ``evaluations`` counts guided UNet + decode + encoder forward/backward passes (of all candidates);
+    ``evaluations`` counts guided UNet + decode + encoder passes (of all candidates; forward-only rounds,
+    ``GuidanceConfig.grad_min_weight``, included and also counted in ``forward_only``);
     ``candidate`` is the candidate chain kept per target (``GuidanceConfig.candidates``); ``stopped_step`` is
     the step after which a chain stopped (len(timesteps) − 1 when it ran to the end); ``skipped`` counts
-    steps whose guidance was dropped because the gradient was not finite.
+    steps whose guidance was dropped because the gradient was not finite. ``seconds`` is the wall time of
+    the call; ``sample_seconds`` each sample's share of it (network calls split by their chains).
     """
 
     best_images: torch.Tensor
@@ -213,6 +216,33 @@ class SampleResult:
     trajectory: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     best_loss: torch.Tensor | None = None
     candidate: torch.Tensor | None = None
+    forward_only: torch.Tensor | None = None
+    sample_seconds: torch.Tensor | None = None
+
+
+@dataclass
+class RoundOutput:
+    """One guided round of a batch of chains (steps 1–8; diffusers' community guidance ``cond_fn``):
+    ``eps`` the guided ε', ``eps_prior`` the prior's ε, ``image`` the pre-guidance 8-bit image in [0, 1],
+    ``distance`` its distance (or the optimised loss with ``best_by = "loss"``), ``skipped`` chains whose
+    gradient was not finite (guidance dropped), ``forward_only`` chains run without a backward pass."""
+
+    eps: torch.Tensor
+    eps_prior: torch.Tensor
+    image: torch.Tensor
+    distance: torch.Tensor
+    skipped: torch.Tensor
+    forward_only: torch.Tensor
+
+
+@dataclass
+class StepOutput:
+    """One denoising step of a batch of chains (steps 9–11; as diffusers' ``SchedulerOutput``):
+    ``prev_sample`` is z at the next round's input (re-noised back to t between self-recurrence rounds, z at
+    t_prev after the last round, ẑ0' at the chain's end); ``pred_original_sample`` the guided ẑ0'."""
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor
 
 
 def candidate_seeds(seeds: Sequence[int], n: int) -> list[int]:
@@ -221,25 +251,30 @@ def candidate_seeds(seeds: Sequence[int], n: int) -> list[int]:
 
 
 class _Best:
-    """Smallest distance seen per chain, with its image and step."""
+    """Smallest distance seen per chain, with its image (per chain, so a finished sample's can be freed) and step
+    (best-image tracking)."""
 
-    def __init__(self, b: int, shape: Sequence[int]):
+    def __init__(self, b: int):
         self.distance = torch.full((b,), math.inf)
-        self.images = torch.zeros((b, *shape))
+        self.images: dict[int, torch.Tensor] = {}
         self.step = torch.full((b,), -1, dtype=torch.long)
         self.timestep = torch.full((b,), -1, dtype=torch.long)
         self.improved_at = torch.zeros(b, dtype=torch.long)
 
-    def update(self, idx: torch.Tensor, d: torch.Tensor, img: torch.Tensor, step: int, t: int) -> None:
+    def update(self, idx: torch.Tensor, d: torch.Tensor, img: torch.Tensor, step, t) -> None:
+        """Chains ``idx`` saw image ``img`` at distance ``d`` at step ``step`` / timestep ``t`` (ints or
+        per-chain tensors)."""
         d = d.detach().float().cpu()
         better = d < self.distance[idx]
         if better.any():
             sel = idx[better]
+            step, t = torch.as_tensor(step).expand(len(idx)), torch.as_tensor(t).expand(len(idx))
             self.distance[sel] = d[better]
-            self.images[sel] = img.detach().float().cpu()[better]
-            self.step[sel] = step
-            self.timestep[sel] = t
-            self.improved_at[sel] = step
+            for c, im in zip(sel.tolist(), img.detach().float().cpu()[better]):
+                self.images[c] = im
+            self.step[sel] = step[better]
+            self.timestep[sel] = t[better]
+            self.improved_at[sel] = step[better]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -304,47 +339,120 @@ def gaussian_blur(g: torch.Tensor, sigma: float) -> torch.Tensor:
     out = torch.nn.functional.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     return torch.nn.functional.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
+# --------------------------------------------------------------------------------------------------------
+# The guided round (steps 1–8) and the denoising step (9–11), for chains at any mix of timesteps
+# --------------------------------------------------------------------------------------------------------
+def _per_chain(value, n: int) -> list:
+    """A scalar or a sequence/tensor of n values -> a list of n Python values."""
+    if isinstance(value, torch.Tensor):
+        return value.tolist() if value.dim() else [value.item()] * n
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value] * n
 
-def _guided_round(prior: Prior, encoder: Encoder, z: torch.Tensor, t: int, a_t: float, target: torch.Tensor,
-                  config: GuidanceConfig, loss_is_saved_distance: bool, weight: float | None = None,
-                  eot_generators: Sequence[torch.Generator] | None = None):
-    """Steps 1–8 for a batch of chains: returns ε', the pre-guidance 8-bit image and its distance,
-    and a mask of chains whose gradient was not finite (their guidance is skipped).
+
+def _by_value(values: Sequence) -> list[tuple[object, torch.Tensor | None]]:
+    """Rows grouped by equal value, [(value, rows)]; rows is None when every row shares the value."""
+    uniq = list(dict.fromkeys(values))
+    if len(uniq) == 1:
+        return [(uniq[0], None)]
+    return [(u, torch.tensor([j for j, v in enumerate(values) if v == u])) for u in uniq]
+
+
+def _rowwise(groups: list[tuple[object, torch.Tensor | None]], fn: Callable, *tensors: torch.Tensor) -> torch.Tensor:
+    """``fn(value, *rows)`` on each group's rows (one timestep's scalar arithmetic), put back together. A chain's
+    numbers do not depend on which other chains share the call: every row sees the same scalar operations."""
+    if groups[0][1] is None:
+        return fn(groups[0][0], *tensors)
+    parts = []
+    for value, rows in groups:
+        rows = rows.to(tensors[0].device)
+        parts.append((rows, fn(value, *[x[rows] for x in tensors])))
+    out = parts[0][1].new_empty((tensors[0].shape[0], *parts[0][1].shape[1:]))
+    for rows, r in parts:
+        out = out.index_copy(0, rows, r)
+    return out
+
+
+def guided_round(prior: Prior, encoder: Encoder, z: torch.Tensor, t: int | Sequence[int] | torch.Tensor,
+                 target: torch.Tensor, config: GuidanceConfig, *, abar: float | Sequence[float],
+                 weight: float | Sequence[float] | None = None,
+                 eot_generators: Sequence[torch.Generator] | None = None,
+                 loss_is_saved_distance: bool = False) -> RoundOutput:
+    """Steps 1–8 for a batch of chains, each at its own timestep ``t`` with its ᾱ ``abar`` and weight (scalars:
+    the same for all). Chains whose weight is below ``config.grad_min_weight`` run forward-only: ε' = ε, the
+    distance from an encoder forward on x̂0, no backward pass.
 
     With expectation over transformations (``config.eot_*``) the loss is the mean over random shifted /
     mirrored copies of the image, and the reported distance is still that of the untransformed image."""
-    weight = config.weight if weight is None else weight
+    n = z.shape[0]
+    ts, abars = [int(v) for v in _per_chain(t, n)], [float(v) for v in _per_chain(abar, n)]
+    weights = [float(v) for v in _per_chain(config.weight if weight is None else weight, n)]
+    fwd = [0 < w < config.grad_min_weight for w in weights]  # w = 0 exactly: guidance is off anyway (as before)
+    if any(fwd) and not all(fwd):                              # two calls: with and without a backward pass
+        parts = [[j for j in range(n) if fwd[j] == f] for f in (False, True)]
+        outs = [guided_round(prior, encoder, z[rows], [ts[j] for j in rows], target[rows], config,
+                             abar=[abars[j] for j in rows], weight=[weights[j] for j in rows],
+                             eot_generators=None if eot_generators is None else [eot_generators[j] for j in rows],
+                             loss_is_saved_distance=loss_is_saved_distance) for rows in parts]
+        order = torch.tensor(parts[0] + parts[1])
+        inv = torch.empty_like(order)
+        inv[order] = torch.arange(n)
+
+        def cat(name: str) -> torch.Tensor:
+            x = torch.cat([getattr(o, name) for o in outs])
+            return x[inv.to(x.device)]
+        return RoundOutput(**{name: cat(name) for name in ("eps", "eps_prior", "image", "distance", "skipped",
+                                                           "forward_only")})
+    backward = not fwd[0]
     eot = config.eot_shift > 0 or config.eot_flip
-    with torch.enable_grad():
-        z = z.detach().requires_grad_(True)
-        eps = prior.eps(z, t)                                                    # 1
-        x0 = predict_x0(z, eps, a_t, official=config.beta == "scheduler")       # 2
-        img = to_unit_image(prior.decode(x0), config.quantize, config.clamp)    # 3 (+ [0,1], 8-bit STE)
-        if eot:
+    official = config.beta == "scheduler"
+    tt = ts[0] if len(set(ts)) == 1 else torch.tensor(ts)
+    shifts = flips = None
+    if eot:  # drawn in forward-only rounds too, so a chain's later draws do not depend on the option
+        shifts, flips = draw_transforms(eot_generators, config)
+    with torch.set_grad_enabled(backward):
+        z = z.detach().requires_grad_(backward)
+        eps = prior.eps(z, tt)                                                                     # 1
+        x0 = _rowwise(_by_value(abars), lambda a, z_, e_: predict_x0(z_, e_, a, official), z, eps)  # 2
+        img = to_unit_image(prior.decode(x0), config.quantize, config.clamp)   # 3 (+ [0,1], 8-bit STE)
+        if eot and backward:
             e = config.eot_samples
-            shifts, flips = draw_transforms(eot_generators, config)
             seen = shift_flip(img.repeat_interleave(e, dim=0), shifts, flips)
             feats = concat_features(encoder, network_input(encoder, seen, config.quantize,
                                                            whole=config.loss_resize == "whole"))
             loss = squared_distance(feats, target.repeat_interleave(e, dim=0)).view(-1, e).mean(dim=1)
         else:
             loss = loss_path_distance(encoder, img, target, config)             # 4
-        (grad_loss,) = torch.autograd.grad(loss.sum(), z)                       # chains are independent
+        if backward:
+            (grad_loss,) = torch.autograd.grad(loss.sum(), z)                   # chains are independent
     img = img.detach().clamp(0, 1)                                               # the saved image
     if config.best_by == "loss" or (loss_is_saved_distance and not eot):
         distance = loss.detach()
     else:
         distance = saved_image_distance(encoder, torch.round(img * 255) / 255, target)
     eps = eps.detach()
+    if not backward:
+        no = torch.zeros(n, dtype=torch.bool, device=eps.device)
+        return RoundOutput(eps, eps, img, distance, no, ~no)
     g = gaussian_blur(-grad_loss, config.grad_blur)                              # 5: ∂(−L)/∂z_t
     g = normalize_per_sample(g, eps)                                             # 6
     bad = ~torch.isfinite(g.flatten(1)).all(dim=1)                               # NaN guard (and ‖g‖ = 0)
     g = torch.where(bad.view(-1, *([1] * (g.dim() - 1))), torch.zeros_like(g), g)
     g = threshold_per_sample(g, config.tau)                                      # 7
-    eps_guided = eps - weight * g                                                # 8
+    eps_guided = _rowwise(_by_value(weights), lambda w, e_, g_: e_ - w * g_, eps, g)  # 8
     if config.rescale > 0:                                                       # pull ‖ε'‖ back to ‖ε‖
         eps_guided = torch.lerp(eps_guided, normalize_per_sample(eps_guided, eps), config.rescale)
-    return eps_guided, img, distance, bad
+    return RoundOutput(eps_guided, eps, img, distance, bad, torch.zeros_like(bad))
+
+
+def _guided_round(prior: Prior, encoder: Encoder, z: torch.Tensor, t: int, a_t: float, target: torch.Tensor,
+                  config: GuidanceConfig, loss_is_saved_distance: bool, weight: float | None = None,
+                  eot_generators: Sequence[torch.Generator] | None = None):
+    """:func:`guided_round` as a tuple (ε', image, distance, skipped), the earlier signature."""
+    out = guided_round(prior, encoder, z, t, target, config, abar=a_t, weight=weight,
+                       eot_generators=eot_generators, loss_is_saved_distance=loss_is_saved_distance)
+    return out.eps, out.image, out.distance, out.skipped
 
 
 @torch.no_grad()
@@ -359,20 +467,99 @@ def _scheduler_beta(prior: Prior, config: GuidanceConfig, t: int, t_prev: int) -
     return None
 
 
-def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, seeds: Sequence[int],
-           config: GuidanceConfig, *, trajectory_every: int = 0,
-           callback: StepCallback | None = None) -> SampleResult:
-    """Run B = len(seeds) guided chains towards ``target`` ([B, D] or [D]; the encoder's layers
-    concatenated) and return the best and final images with their distances.
+class _Chain:
+    """Where one timestep of the chain stands: its t, the neighbours' ᾱ and what the config asks there."""
 
-    With ``config.unguided`` (the ``none`` preset and the baselines) no gradient is taken; ``encoder``
-    and ``target`` may then be None (distances are reported as NaN). ``callback(step, total, best)`` is
-    called after every timestep with the 1-based step count and the current best distances.
-    With ``config.candidates`` = N the first ``early_steps`` run N chains per target (memory: B·N chains;
-    ``DecodeSettings.samples_per_batch`` sizes B for that).
+    def __init__(self, prior: Prior, config: GuidanceConfig, timesteps: list[int], acp: torch.Tensor, i: int):
+        n = len(timesteps)
+        self.i, self.t = i, timesteps[i]
+        self.last = i == n - 1
+        self.t_prev = -1 if self.last else timesteps[i + 1]
+        self.a_t = float(acp[self.t])
+        self.a_prev = 1.0 if self.last else float(acp[self.t_prev])
+        self.beta = _scheduler_beta(prior, config, self.t, self.t_prev)
+        self.rounds = config.rounds_at(i, n)
+        self.guided = config.guided_at(i, n)
+        self.weight = config.weight_at(i, n, self.a_t)
+
+
+@torch.no_grad()
+def denoise_step(prior: Prior, z: torch.Tensor, eps_guided: torch.Tensor, at: _Chain, config: GuidanceConfig,
+                 generators: Sequence[torch.Generator], final_round: bool) -> StepOutput:
+    """Steps 9–11 for chains at one timestep: ẑ0' from ε', z_{t_prev} (noise from each chain's generator),
+    and, between self-recurrence rounds, re-noised back to t."""
+    x0 = predict_x0(z, eps_guided, at.a_t, official=config.beta == "scheduler")     # 9: ẑ0'
+    if prior.clip_sample and config.clip_x0:
+        x0 = x0.clamp(-prior.clip_sample_range, prior.clip_sample_range)
+    noise = None if at.last else draw_noise(generators, prior.latent_shape, z.device)
+    z_prev = reverse_step(z, x0, at.a_t, at.a_prev, config, noise, at.beta)          # 10
+    if not final_round:                                                              # 11: self-recurrence
+        z_prev = renoise(z_prev, at.a_t, at.a_prev, draw_noise(generators, prior.latent_shape, z.device), at.beta)
+    return StepOutput(z_prev, x0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The loop: a queue of chains, kept full
+# --------------------------------------------------------------------------------------------------------
+class _Queue:
+    """Chains of many samples, each at its own step and round; samples enter in order while there is room.
+
+    A sample enters with its ``candidates`` chains (layout stage); when all of them have passed the
+    selection step, the closest goes on and the others leave (:meth:`select`); a chain leaves early on
+    patience or a distance bound (:meth:`stop_early`). A sample is finished when its kept chain has left.
+    Each chain draws its noise from its own generators, so which chains share a network call changes
+    nothing in the arithmetic but float rounding of the batched networks.
     """
-    n_cand = config.chains_at(0)                                                 # chains per target at first
-    t_start = time.perf_counter()
+
+    def __init__(self, seeds: Sequence[int], n_cand: int, max_chains: int | None):
+        self.n_cand = n_cand
+        self.n_samples = len(seeds)
+        self.chain_seeds = candidate_seeds(seeds, n_cand)
+        self.max_chains = max_chains or len(self.chain_seeds)
+        self.next_sample = 0
+        self.running: list[int] = []            # chains in admission order (state 'run' or 'wait')
+        self.state = ["new"] * len(self.chain_seeds)
+        self.chosen: list[int | None] = [None if n_cand > 1 else s for s in range(self.n_samples)]
+        self.finished: set[int] = set()
+
+    def chains_of(self, s: int) -> range:
+        return range(s * self.n_cand, (s + 1) * self.n_cand)
+
+    def admit(self) -> list[int]:
+        """Samples that enter now: while fewer than ``max_chains`` chains are in flight (at least one sample)."""
+        new = []
+        while self.next_sample < self.n_samples and (not self.running or len(self.running) < self.max_chains):
+            s = self.next_sample
+            self.next_sample += 1
+            for c in self.chains_of(s):
+                self.state[c] = "run"
+                self.running.append(c)
+            new.append(s)
+        return new
+
+    def ready(self) -> list[int]:
+        """The chains of the next network call: the earliest samples' first (they finish, and are written, first)."""
+        return [c for c in self.running if self.state[c] == "run"][:self.max_chains]
+
+    def leave(self, c: int) -> None:
+        self.state[c] = "off"
+        self.running.remove(c)
+
+    def sample_of(self, c: int) -> int:
+        return c // self.n_cand
+
+
+def sample_stream(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, seeds: Sequence[int],
+                  config: GuidanceConfig, *, trajectory_every: int = 0, callback: StepCallback | None = None,
+                  max_chains: int | None = None):
+    """:func:`sample`, yielding ``(index, result)`` for each sample (``result`` holds that one sample) as soon as
+    it is finished, while the chains of the next samples keep the network calls full.
+
+    ``max_chains`` bounds the chains per network call (None: all chains at once, as one batch); samples enter
+    the queue while fewer than ``max_chains`` chains are in flight. A sample's images are the ones a run of
+    that sample alone gives, up to the float rounding of batched network kernels.
+    """
+    n_cand = config.chains_at(0)
     guided = not config.unguided
     has_target = encoder is not None and target is not None
     if guided and not has_target:
@@ -380,125 +567,249 @@ def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, s
     device = prior.device
     if has_target:
         target = _check_inputs(prior, encoder, torch.as_tensor(target), seeds).to(encoder.device).float()
-    chain_seeds = candidate_seeds(seeds, n_cand)
-    if has_target and n_cand > 1:
-        target = target.repeat_interleave(n_cand, dim=0)
-    chosen = torch.arange(len(seeds)) * n_cand                                   # the chain kept per target
-    selected = n_cand == 1
-    b = len(chain_seeds)
-    generators = [torch.Generator("cpu").manual_seed(s) for s in chain_seeds]
-    eot_generators = [torch.Generator("cpu").manual_seed(s + EOT_SEED_OFFSET) for s in chain_seeds]
+    q = _Queue(seeds, n_cand, max_chains)
+    b = len(q.chain_seeds)
     timesteps = config.timesteps(prior.num_train_timesteps)
     n_steps = len(timesteps)
     # beta = "scheduler": ᾱ = Π(1 − β_s) in float64 from the scheduler's β, as the official code computes it
     # (diffusers accumulates ᾱ in float32)
     acp = prior.alphas_cumprod if config.beta == "chain" else torch.cumprod(1 - prior.betas.double(), 0)
+    at = [_Chain(prior, config, timesteps, acp, i) for i in range(n_steps)]
     img_shape = (prior.channels, prior.image_size, prior.image_size)
     loss_is_saved = config.quantize and config.clamp != "none" and encoder is not None and \
         (encoder.in_chans, encoder.input_size, encoder.input_size) == img_shape
     by_loss = guided and config.track_best and config.best_by == "loss"
 
-    def distance_of(img: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def distance_of(img: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         if not has_target:
-            return torch.full((len(idx),), math.nan)
-        return saved_image_distance(encoder, img, target[idx])
+            return torch.full((len(rows),), math.nan)
+        return saved_image_distance(encoder, img, target[rows])
 
-    z = draw_noise(generators, prior.latent_shape, device)                     # z_T ~ N(0, I)
-    best = _Best(b, img_shape)
-    final_images = torch.zeros((b, *img_shape))
+    generators: dict[int, torch.Generator] = {}
+    eot_generators: dict[int, torch.Generator] = {}
+    z: dict[int, torch.Tensor] = {}              # each chain's z at its next round's input
+    step = [0] * b
+    rnd = [0] * b
+    best = _Best(b)
+    final_images: dict[int, torch.Tensor] = {}
     final_distance = torch.full((b,), math.nan)
     evaluations = torch.zeros(b, dtype=torch.long)
+    forward_only = torch.zeros(b, dtype=torch.long)
     skipped = torch.zeros(b, dtype=torch.long)
     stopped_step = torch.full((b,), n_steps - 1, dtype=torch.long)
-    active = torch.ones(b, dtype=torch.bool)
-    trajectory: list[tuple[int, torch.Tensor]] = []
+    frames: dict[int, list[tuple[int, torch.Tensor]]] = {}
+    seconds = torch.zeros(len(seeds), dtype=torch.float64)
+    progress = [0] * len(seeds)
+    reported = -1
 
-    for i, t in enumerate(timesteps):
-        idx = active.nonzero().flatten()
-        if len(idx) == 0:
-            break
-        last = i == n_steps - 1
-        t_prev = -1 if last else timesteps[i + 1]
-        a_t = float(acp[t])
-        a_prev = 1.0 if last else float(acp[t_prev])
-        gens = [generators[j] for j in idx.tolist()]
-        z_t = z[idx]
-        beta_t = _scheduler_beta(prior, config, t, t_prev)
-        rounds = config.rounds_at(i, n_steps)
-        guided_now = guided and config.guided_at(i, n_steps)
-        weight = config.weight_at(i, n_steps, a_t)
-        eot_gens = [eot_generators[j] for j in idx.tolist()]
-        keep_frame = bool(trajectory_every) and (i % trajectory_every == 0 or last)
-        for k in range(rounds):
-            if guided_now:
-                eps_g, img_pre, d_pre, bad = _guided_round(prior, encoder, z_t, t, a_t, target[idx], config,
-                                                           loss_is_saved, weight, eot_gens)
-                evaluations[idx] += 1
-                skipped[idx] += bad.cpu().long()
+    def admit() -> None:
+        for s in q.admit():
+            chains = list(q.chains_of(s))
+            for c in chains:
+                generators[c] = torch.Generator("cpu").manual_seed(q.chain_seeds[c])
+                eot_generators[c] = torch.Generator("cpu").manual_seed(q.chain_seeds[c] + EOT_SEED_OFFSET)
+                frames[c] = []
+            zs = draw_noise([generators[c] for c in chains], prior.latent_shape, device)   # z_T ~ N(0, I)
+            for j, c in enumerate(chains):
+                z[c] = zs[j]
+
+    def select(s: int) -> None:
+        """Best of N at the layout stage: the candidate whose x̂0 is closest goes on, the others leave."""
+        chains = list(q.chains_of(s))
+        k = int(final_distance[chains].nan_to_num(math.inf).argmin())
+        q.chosen[s] = chains[k]
+        for c in chains:
+            if q.state[c] == "wait":
+                if c == chains[k]:
+                    q.state[c] = "run"
+                else:
+                    stopped_step[c] = step[c] - 1
+                    q.leave(c)
+
+    def stop_early(c: int, i: int) -> bool:
+        """Patience or distance bound reached after step i."""
+        done = (config.max_distance > 0 and bool(best.distance[c] < config.max_distance)) or \
+            (config.stop_patience > 0 and i - int(best.improved_at[c]) >= config.stop_patience)
+        if done:
+            stopped_step[c] = i
+        return done
+
+    def finish(s: int) -> SampleResult:
+        chains = list(q.chains_of(s))
+        c = q.chosen[s]
+        best_loss = None
+        best_distance = best.distance[c:c + 1].clone()
+        img = best.images[c].unsqueeze(0)
+        if by_loss:  # the loss picked the best image; report the distance its saved PNG gives
+            best_loss = best_distance
+            best_distance = distance_of(img.to(encoder.device), torch.tensor([s])).cpu().float()
+        res = SampleResult(best_images=img, final_images=final_images[c].unsqueeze(0),
+                           best_distance=best_distance, final_distance=final_distance[c:c + 1].clone(),
+                           best_step=best.step[c:c + 1].clone(), best_timestep=best.timestep[c:c + 1].clone(),
+                           evaluations=evaluations[chains].sum().view(1), stopped_step=stopped_step[c:c + 1].clone(),
+                           skipped=skipped[chains].sum().view(1), seconds=float(seconds[s]), timesteps=timesteps,
+                           seeds=[int(seeds[s])], config=config,
+                           trajectory=[(i, f.unsqueeze(0)) for i, f in frames[c]], best_loss=best_loss,
+                           candidate=torch.tensor([c - chains[0]]), forward_only=forward_only[chains].sum().view(1),
+                           sample_seconds=seconds[s:s + 1].float())
+        for c2 in chains:  # free the sample's chains
+            for store in (best.images, final_images, frames, z, generators, eot_generators):
+                store.pop(c2, None)
+        q.finished.add(s)
+        return res
+
+    admit()
+    while len(q.finished) < len(seeds):
+        rows_l = q.ready()
+        tick = time.perf_counter()
+        if rows_l:
+            rows = torch.tensor(rows_l)
+            srows = rows // n_cand                                                  # each chain's sample
+            steps_l = [step[c] for c in rows_l]
+            z_t = torch.stack([z[c] for c in rows_l])
+            eps_g = torch.empty_like(z_t)
+            guided_rows = [j for j, i in enumerate(steps_l) if guided and at[i].guided]
+            if guided_rows:                                                         # 1–8
+                gi = torch.tensor(guided_rows)
+                gc = [rows_l[j] for j in guided_rows]
+                out = guided_round(prior, encoder, z_t[gi.to(device)], [at[steps_l[j]].t for j in guided_rows],
+                                   target[srows[gi].to(target.device)], config,
+                                   abar=[at[steps_l[j]].a_t for j in guided_rows],
+                                   weight=[at[steps_l[j]].weight for j in guided_rows],
+                                   eot_generators=[eot_generators[c] for c in gc], loss_is_saved_distance=loss_is_saved)
+                eps_g[gi.to(device)] = out.eps
+                gidx = rows[gi]
+                evaluations[gidx] += 1
+                forward_only[gidx] += out.forward_only.cpu().long()
+                skipped[gidx] += out.skipped.cpu().long()
                 if config.track_best:
-                    best.update(idx, d_pre, img_pre, i, t)
-            else:
+                    best.update(gidx, out.distance, out.image, torch.tensor([steps_l[j] for j in guided_rows]),
+                                torch.tensor([at[steps_l[j]].t for j in guided_rows]))
+            plain = [j for j in range(len(rows_l)) if j not in set(guided_rows)]
+            if plain:                                                               # unguided steps
+                pi = torch.tensor(plain).to(device)
                 with torch.no_grad():
-                    eps_g = prior.eps(z_t, t)
-            with torch.no_grad():
-                x0 = predict_x0(z_t, eps_g, a_t, official=config.beta == "scheduler")  # 9: ẑ0'
-                if prior.clip_sample and config.clip_x0:
-                    x0 = x0.clamp(-prior.clip_sample_range, prior.clip_sample_range)
-                final_round = k == rounds - 1
-                if config.track_best or (final_round and (guided or last or keep_frame)):
-                    decoded = prior.decode(x0)
-                    img_post = to_unit_image(decoded, True)
-                    saved_needed = (config.track_best and not by_loss) or \
-                        (final_round and (config.track_best or guided or last))
-                    d_post = distance_of(img_post, idx) if saved_needed else torch.full((len(idx),), math.nan)
+                    eps_g[pi] = prior.eps(z_t[pi], _tensor_or_int([at[steps_l[j]].t for j in plain]))
+            # 9–11, per timestep (the same scalar arithmetic whatever shares the call)
+            final_round = [rnd[c] == at[i].rounds - 1 for c, i in zip(rows_l, steps_l)]
+            x0 = torch.empty_like(z_t)
+            z_next = torch.empty_like(z_t)
+            for (i, fin), grp in _by_value(list(zip(steps_l, final_round))):
+                sel = torch.arange(len(rows_l)) if grp is None else grp
+                d = sel.to(device)
+                st = denoise_step(prior, z_t[d], eps_g[d], at[i], config,
+                                  [generators[rows_l[j]] for j in sel.tolist()], fin)
+                x0[d], z_next[d] = st.pred_original_sample, st.prev_sample
+            keep_frame = [bool(trajectory_every) and (i % trajectory_every == 0 or at[i].last) for i in steps_l]
+            need = [config.track_best or (fin and (guided or at[i].last or kf))
+                    for i, fin, kf in zip(steps_l, final_round, keep_frame)]
+            d_post = torch.full((len(rows_l),), math.nan)
+            img_post = None
+            if any(need):
+                ni = torch.tensor([j for j in range(len(rows_l)) if need[j]])
+                with torch.no_grad():
+                    decoded = prior.decode(x0[ni.to(device)])
+                    img_post = torch.zeros((len(rows_l), *img_shape))
+                    img_n = to_unit_image(decoded, True)
+                    img_post[ni] = img_n.float().cpu()
+                    saved = [j for j in ni.tolist() if (config.track_best and not by_loss) or
+                             (final_round[j] and (config.track_best or guided or at[steps_l[j]].last))]
+                    if saved and has_target:
+                        si = torch.tensor(saved)
+                        pos = torch.tensor([ni.tolist().index(j) for j in saved])
+                        d_post[si] = distance_of(img_n[pos.to(img_n.device)], srows[si].to(target.device)).float().cpu()
                     if config.track_best:
-                        d_sel = loss_path_distance(encoder, to_unit_image(decoded, config.quantize, config.clamp),
-                                                   target[idx], config) if by_loss else d_post
-                        best.update(idx, d_sel, img_post, i, t)
-                noise = None if last else draw_noise(gens, prior.latent_shape, device)
-                z_prev = reverse_step(z_t, x0, a_t, a_prev, config, noise, beta_t)  # 10
-                if not final_round:                                                 # 11: self-recurrence
-                    z_t = renoise(z_prev, a_t, a_prev, draw_noise(gens, prior.latent_shape, device), beta_t)
-        z[idx] = z_prev
-        if config.track_best or guided or last or keep_frame:                       # chain's current output
-            final_images[idx] = img_post.cpu()
-            final_distance[idx] = d_post.float().cpu()
-            if not config.track_best:
-                best.distance[idx], best.images[idx] = final_distance[idx], final_images[idx]
-                best.step[idx], best.timestep[idx] = i, t
-        if keep_frame:
-            trajectory.append((i, final_images.clone()))
-        if guided and not last:                                                     # early stopping
-            done = torch.zeros(b, dtype=torch.bool)
-            if config.max_distance > 0:
-                done |= best.distance < config.max_distance
-            if config.stop_patience > 0:
-                done |= (i - best.improved_at) >= config.stop_patience
-            newly = done & active
-            stopped_step[newly] = i
-            active &= ~done
-        if not selected and i == config.early_steps - 1:                             # keep one candidate
-            chosen = chosen + final_distance.view(-1, n_cand).nan_to_num(math.inf).argmin(dim=1)
-            dropped = torch.ones(b, dtype=torch.bool)
-            dropped[chosen] = False
-            stopped_step[dropped & active] = i
-            active &= ~dropped
-            selected = True
+                        if by_loss:
+                            d_sel = loss_path_distance(encoder, to_unit_image(decoded, config.quantize, config.clamp),
+                                                       target[srows[ni].to(target.device)], config)
+                        else:
+                            d_sel = d_post[ni]
+                        best.update(rows[ni], d_sel, img_n, torch.tensor([steps_l[j] for j in ni.tolist()]),
+                                    torch.tensor([at[steps_l[j]].t for j in ni.tolist()]))
+            # each chain's bookkeeping: next round, or the step done (output, trajectory, early stop, selection)
+            for j, c in enumerate(rows_l):
+                i = steps_l[j]
+                z[c] = z_next[j]
+                if not final_round[j]:
+                    rnd[c] += 1
+                    continue
+                rnd[c], step[c] = 0, i + 1
+                s = q.sample_of(c)
+                if config.track_best or guided or at[i].last or keep_frame[j]:      # the chain's current output
+                    final_images[c], final_distance[c] = img_post[j].clone(), d_post[j]
+                    if not config.track_best:
+                        best.distance[c], best.images[c] = d_post[j], img_post[j].clone()
+                        best.step[c], best.timestep[c] = i, at[i].t
+                if keep_frame[j]:
+                    frames[c].append((i, final_images[c]))
+                if at[i].last or (guided and stop_early(c, i)):
+                    q.leave(c)
+                elif q.chosen[s] is None and i == config.early_steps - 1:
+                    q.state[c] = "wait"
+                progress[s] = max(progress[s], i + 1)
+            dt = time.perf_counter() - tick
+            seconds.index_add_(0, srows, torch.full((len(rows_l),), dt / len(rows_l), dtype=torch.float64))
+        for s in range(q.next_sample):                                             # selections, finished samples
+            if s in q.finished:
+                continue
+            if q.chosen[s] is None and all(q.state[c] != "run" for c in q.chains_of(s)):
+                select(s)
+            if q.chosen[s] is not None and q.state[q.chosen[s]] == "off":
+                progress[s] = n_steps
+                yield s, finish(s)
+        admit()
         if callback is not None:
-            callback(i + 1, n_steps, best.distance[chosen] if selected else
-                     best.distance.view(-1, n_cand).min(dim=1).values)
+            done = sum(progress) // len(seeds)
+            if done != reported:
+                reported = done
+                callback(done, n_steps, torch.tensor([_sample_best(best, q, s) for s in range(len(seeds))]))
 
-    best_loss = None
-    best_distance = best.distance[chosen]
-    if by_loss:  # the loss picked the best images; report the distance their saved PNGs give
-        best_loss = best_distance.clone()
-        best_distance = torch.cat([distance_of(best.images[j:j + 1].to(encoder.device), torch.tensor([j])).cpu()
-                                   for j in chosen.tolist()])
-    return SampleResult(best_images=best.images[chosen], final_images=final_images[chosen],
-                        best_distance=best_distance, final_distance=final_distance[chosen],
-                        best_step=best.step[chosen], best_timestep=best.timestep[chosen],
-                        evaluations=evaluations.view(-1, n_cand).sum(dim=1), stopped_step=stopped_step[chosen],
-                        skipped=skipped.view(-1, n_cand).sum(dim=1), seconds=time.perf_counter() - t_start,
-                        timesteps=timesteps, seeds=[int(s) for s in seeds], config=config,
-                        trajectory=[(i, frame[chosen]) for i, frame in trajectory], best_loss=best_loss,
-                        candidate=chosen - torch.arange(len(seeds)) * n_cand)
+
+def _tensor_or_int(ts: list[int]) -> int | torch.Tensor:
+    return ts[0] if len(set(ts)) == 1 else torch.tensor(ts)
+
+
+def _sample_best(best: _Best, q: _Queue, s: int) -> float:
+    """A sample's best distance so far: its kept chain's, or the closest of its candidates before the selection."""
+    if q.chosen[s] is not None:
+        return float(best.distance[q.chosen[s]])
+    return float(best.distance[list(q.chains_of(s))].min())
+
+
+def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, seeds: Sequence[int],
+           config: GuidanceConfig, *, trajectory_every: int = 0,
+           callback: StepCallback | None = None, max_chains: int | None = None) -> SampleResult:
+    """Run B = len(seeds) guided samples towards ``target`` ([B, D] or [D]; the encoder's layers
+    concatenated) and return the best and final images with their distances.
+
+    With ``config.unguided`` (the ``none`` preset and the baselines) no gradient is taken; ``encoder``
+    and ``target`` may then be None (distances are reported as NaN). ``callback(step, total, best)`` is
+    called as the samples advance (step: timesteps done, averaged over the samples) with each sample's
+    best distance so far. With ``config.candidates`` = N the first ``early_steps`` run N chains per sample.
+    ``max_chains`` bounds the chains per network call (:func:`sample_stream`, the queue behind this).
+    """
+    t0 = time.perf_counter()
+    done = dict(sample_stream(prior, encoder, target, seeds, config, trajectory_every=trajectory_every,
+                              callback=callback, max_chains=max_chains))
+    return combine([done[s] for s in range(len(seeds))], seconds=time.perf_counter() - t0)
+
+
+def combine(results: Sequence[SampleResult], seconds: float | None = None) -> SampleResult:
+    """Per-sample results (``sample_stream``'s) as one, in the given order. A trajectory frame missing for a
+    sample that stopped early repeats its last frame."""
+    first = results[0]
+    tensors = {}
+    for f in dataclasses.fields(SampleResult):
+        vals = [getattr(r, f.name) for r in results]
+        if all(isinstance(v, torch.Tensor) for v in vals):
+            tensors[f.name] = torch.cat(vals)
+    steps = sorted({i for r in results for i, _ in r.trajectory})
+    trajectory = []
+    for i in steps:
+        frame = []
+        for r in results:
+            before = [f for k, f in r.trajectory if k <= i]
+            frame.append(before[-1] if before else r.trajectory[0][1])
+        trajectory.append((i, torch.cat(frame)))
+    return dataclasses.replace(first, **tensors, seeds=[s for r in results for s in r.seeds], trajectory=trajectory,
+                               seconds=sum(r.seconds for r in results) if seconds is None else seconds)

@@ -131,6 +131,7 @@ class GuidanceConfig:
     beta: str = "chain"
     loss_resize: str = "eval"
     best_by: str = "saved"
+    grad_min_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -146,6 +147,8 @@ class GuidanceConfig:
             raise UsageError("--tau and --max-distance must be >= 0 (0 turns them off)")
         if not np.isfinite(self.weight) or (self.weight_end is not None and not np.isfinite(self.weight_end)):
             raise UsageError(f"--weight and --weight-end must be finite numbers, not {self.weight}/{self.weight_end}")
+        if self.grad_min_weight < 0:
+            raise UsageError(f"--grad-min-weight must be >= 0 (0 = off), not {self.grad_min_weight}")
         if self.x0_cap < 0:
             raise UsageError(f"--x0-cap must be >= 0 (0 = off), not {self.x0_cap}")
         if not 0.0 <= self.rescale <= 1.0:
@@ -164,21 +167,14 @@ class GuidanceConfig:
             if getattr(self, name) not in allowed:
                 raise UsageError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
 
-    def timesteps(self, num_train_timesteps: int) -> list[int]:
-        """Descending timesteps strided from T−1 down to 0 (both ends always included, all distinct).
+    @property
+    def chain(self) -> ChainConfig:
+        """The reverse chain's settings alone (steps, spacing, update, η, β)."""
+        return ChainConfig(steps=self.steps, spacing=self.spacing, update=self.update, eta=self.eta, beta=self.beta)
 
-        Starting at T−1 means the chain starts from the same pure-noise level as the full-length run.
-        """
-        T = num_train_timesteps
-        if self.steps == 0 or self.steps >= T:
-            return list(range(T - 1, -1, -1))
-        if self.steps == 1:
-            return [T - 1]
-        u = np.linspace(1.0, 0.0, self.steps)
-        ts = np.round((T - 1) * (u if self.spacing == "linear" else u ** 2)).astype(int)
-        for k in range(len(ts) - 2, -1, -1):  # quadratic spacing rounds its last steps together
-            ts[k] = max(ts[k], ts[k + 1] + 1)
-        return [int(t) for t in ts]
+    def timesteps(self, num_train_timesteps: int) -> list[int]:
+        """Descending timesteps strided from T−1 down to 0 (:meth:`ChainConfig.timesteps`)."""
+        return self.chain.timesteps(num_train_timesteps)
 
     def rounds_at(self, step_index: int, n_steps: int) -> int:
         """Self-recurrence rounds at the ``step_index``-th of ``n_steps`` timesteps (0 = the first, noisiest)."""
@@ -236,7 +232,38 @@ class GuidanceConfig:
                             max_distance=0.0, track_best=False)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not d["grad_min_weight"]:  # unset: left out, so folders decoded before the option existed resume
+            del d["grad_min_weight"]
+        return d
+
+
+@dataclass(frozen=True)
+class ChainConfig:
+    """The reverse chain apart from guidance: ``steps`` timesteps strided as ``spacing`` says, the ``update``
+    rule ('ddpm' / 'ddim' with ``eta``) and ``beta`` ('chain' / 'scheduler'); see :class:`GuidanceConfig`."""
+
+    steps: int = 1000
+    spacing: str = "linear"
+    update: str = "ddpm"
+    eta: float = 1.0
+    beta: str = "chain"
+
+    def timesteps(self, num_train_timesteps: int) -> list[int]:
+        """Descending timesteps strided from T−1 down to 0 (both ends always included, all distinct).
+
+        Starting at T−1 means the chain starts from the same pure-noise level as the full-length run.
+        """
+        T = num_train_timesteps
+        if self.steps == 0 or self.steps >= T:
+            return list(range(T - 1, -1, -1))
+        if self.steps == 1:
+            return [T - 1]
+        u = np.linspace(1.0, 0.0, self.steps)
+        ts = np.round((T - 1) * (u if self.spacing == "linear" else u ** 2)).astype(int)
+        for k in range(len(ts) - 2, -1, -1):  # quadratic spacing rounds its last steps together
+            ts[k] = max(ts[k], ts[k + 1] + 1)
+        return [int(t) for t in ts]
 
 
 PRESETS: dict[str, GuidanceConfig] = {

@@ -76,7 +76,7 @@ class DecodeOptions:
 
     samples: int = 4
     seed: int = 0
-    batch_size: int = 8
+    batch_size: int | str = "auto"
     schedule: str = DEFAULT_PRESET
     overrides: Mapping[str, Any] = field(default_factory=dict)
     baseline: bool = True
@@ -84,6 +84,7 @@ class DecodeOptions:
     trajectory_every: int = 0
     precision: str | None = None
     checkpoint: str | None = None
+    progress: bool | None = None  # the API's progress bar: None = in a terminal or notebook
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "overrides", _FrozenDict(self.overrides))
@@ -121,7 +122,11 @@ class DecodeOptions:
         """The decode pipeline's :class:`DecodeSettings` (the preset resolved into one GuidanceConfig)."""
         return DecodeSettings(samples=self.samples, seed=self.seed, batch_size=self.batch_size,
                               config=self.config(), trajectory_every=self.trajectory_every,
-                              baseline=self.baseline, overwrite=self.overwrite)
+                              baseline=self.baseline, overwrite=self.overwrite, progress=self.progress)
+
+
+#: chains per decode-grid group when --batch-size is 'auto' (the grid only assigns samples to shards)
+GRID_CHAINS = 8
 
 
 @dataclass
@@ -130,7 +135,7 @@ class DecodeSettings:
 
     samples: int = 4
     seed: int = 0
-    batch_size: int = 8
+    batch_size: int | str = "auto"
     config: GuidanceConfig = field(default_factory=lambda: PRESETS[DEFAULT_PRESET])
     trajectory_every: int = 0
     baseline: bool = True
@@ -138,12 +143,14 @@ class DecodeSettings:
     sheet: bool = True
     realism: bool = True
     off_manifold_threshold: float = OFF_MANIFOLD
+    progress: bool | None = None  # the API's progress bar without on_event: None = when interactive
 
     def __post_init__(self) -> None:
         if self.samples < 1:
             raise UsageError(f"--samples must be >= 1, not {self.samples}")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1, not {self.batch_size}")
+        if self.batch_size != "auto" and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                         or self.batch_size < 1):
+            raise UsageError(f"--batch-size must be 'auto' or an integer >= 1, not {self.batch_size!r}")
         if self.trajectory_every < 0:
             raise UsageError("--save-trajectory must be >= 0")
         if self.seed < 0:
@@ -151,9 +158,18 @@ class DecodeSettings:
 
     @property
     def samples_per_batch(self) -> int:
-        """Samples per sampler call: ``batch_size`` bounds the chains run side by side, and with
-        ``config.candidates`` = N each sample runs N chains through the first steps."""
-        return self.config.samples_per_call(self.batch_size)
+        """Samples per group of the decode grid (which shard decodes what; the manifest's order): as many as
+        ``batch_size`` chains hold (8 for 'auto', the earlier default, so older folders resume and shard
+        alike). The sampler's queue runs all of a run's samples; ``chains_per_call`` bounds its calls."""
+        return self.config.samples_per_call(GRID_CHAINS if self.batch_size == "auto" else self.batch_size)
+
+    def chains_per_call(self, prior, encoder) -> int:
+        """``batch_size``, or for 'auto' a value chosen from the device and the networks' memory."""
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        from probe.diffusion.memory import auto_chains
+
+        return auto_chains(prior, encoder)
 
     def seed_of(self, sample_index: int) -> int:
         return self.seed + sample_index
@@ -161,7 +177,6 @@ class DecodeSettings:
     def to_dict(self) -> dict:
         return {**self.config.to_dict(), "samples": self.samples, "seed": self.seed,
                 "batch_size": self.batch_size}
-
 
 
 class _FrozenDict(dict):

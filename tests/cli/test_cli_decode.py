@@ -79,3 +79,21 @@ def test_candidates_x0_cap_and_rescale_flags_reach_the_manifest(run_cli, prior_d
     bad = run_cli("decode", "--prior", prior_dir, *tiny_encoder_args, "--image", small_images[0], *flags[:-4],
                   "--rescale", "2", "--out", tmp_path / "bad2")
     assert bad.exit_code == 2 and "--rescale must be in [0, 1]" in bad.stderr
+
+
+def test_progress_line_reports_the_best_distance_so_far(monkeypatch):
+    """The plain progress line's 'best d' never gets worse, whatever the latest call's chains reached."""
+    from probe.cli.decode import DecodeProgress
+    from probe.workflows.decode.pipeline import DecodeEvent
+
+    seen = []
+    bar = DecodeProgress()
+    monkeypatch.setattr(bar, "start", lambda total: None)
+    monkeypatch.setattr(bar, "update", lambda done, extra="": seen.append((done, extra)))
+    plan = {"encoder": "e", "layers": ["x"], "prior": "p", "device": "cpu", "targets": 1, "samples": 2,
+            "schedule": "fast", "evaluations": 6, "step_evaluations": [2, 2, 2], "out": "o", "baseline_batches": 0}
+    bar(DecodeEvent("start", 0, 2, 0, 3, 0, 2, [], plan))
+    for frac, best in ((0.2, [0.86, float("inf")]), (0.5, [18.2, 60.1]), (0.9, [0.5, 60.1])):
+        bar(DecodeEvent("decode", 1, 1, 1, 3, 0, 2, best, fraction=frac))
+    assert [e.split("best d ")[1] for _, e in seen] == ["0.86", "0.86", "0.5"]
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)

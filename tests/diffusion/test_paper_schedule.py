@@ -105,14 +105,14 @@ def test_a_consecutive_chain_matches_the_official_loop(monkeypatch):
     cfg = PAPER.replace(rounds=2, early_rounds=3, early_steps=2)
 
     seen = []
-    real = S._guided_round
+    real = S.guided_round
 
     def spy(prior_, enc_, z, t, *args, **kwargs):
         out = real(prior_, enc_, z, t, *args, **kwargs)
-        seen.append((t, z.clone(), out[0].clone()))
+        seen.append((S._per_chain(t, 1)[0], z.clone(), out.eps.clone()))
         return out
 
-    monkeypatch.setattr(S, "_guided_round", spy)
+    monkeypatch.setattr(S, "guided_round", spy)
     res = S.sample(prior, enc, target, [7], cfg)
 
     sched, eps_fn, decode, loss = _reference_parts(prior, enc)
@@ -130,3 +130,56 @@ def test_a_consecutive_chain_matches_the_official_loop(monkeypatch):
     assert (res.final_images - ref_final).abs().max() <= 1 / 255 + 1e-6
     # the reported distance is the saved PNG's, not the unclamped loss that picked the image
     assert torch.allclose(res.best_distance, S.saved_image_distance(enc, res.best_images, target))
+
+
+def test_a_15_step_chain_of_the_bundled_models_matches_the_official_loop_round_by_round(fashion, monkeypatch):
+    """Issue 23 item 6: t = 14 … 0 consecutive (the bundled prior's first 15 training steps), w = 4, τ = 3,
+    K = 2 with 3 rounds on the first 2 steps, seed 0. The transcription, fed probe's z_t at every round, gives
+    the same ε' (every round, t = 1 included) and, from probe's z_t and ε' with the same noise draws, the same
+    next z_t. A free-running transcription drifts apart from ~1e-7 (float32 operation order) because the
+    guided chain amplifies rounding near t = 0; that is why each round is fed probe's state."""
+    import dataclasses
+
+    prior, enc = fashion
+    T = 15
+    prior = dataclasses.replace(prior, alphas_cumprod=prior.alphas_cumprod[:T], betas=prior.betas[:T])
+    with torch.no_grad():
+        target = enc(torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(1)))
+    cfg = PAPER.replace(rounds=2, early_rounds=3, early_steps=2)
+    seen = []
+    real = S.guided_round
+
+    def spy(prior_, enc_, z, t, *args, **kwargs):
+        out = real(prior_, enc_, z, t, *args, **kwargs)
+        seen.append((int(S._per_chain(t, 1)[0]), z.clone(), out.eps.clone()))
+        return out
+
+    monkeypatch.setattr(S, "guided_round", spy)
+    res = S.sample(prior, enc, target, [0], cfg)
+    sched, eps_fn, decode, loss = _reference_parts(prior, enc)
+    assert [t for t, _, _ in seen] == [14] * 3 + [13] * 3 + [t for t in range(12, -1, -1) for _ in range(2)]
+    assert len(seen) == int(res.evaluations[0]) == cfg.evaluations(T)
+    gen = torch.Generator("cpu").manual_seed(0)
+    z0 = torch.randn((1, 1, 32, 32), generator=gen)
+    assert torch.equal(seen[0][1], z0)
+    betas = sched.betas
+    for n, (t, z, eps_g) in enumerate(seen):
+        eps, eps_ref, _sim, _ = guided_round(sched, eps_fn, decode, loss, target, z, t, cfg.weight, cfg.tau)
+        assert _rel(eps_g, eps_ref, eps) < TOL, (t, _rel(eps_g, eps_ref, eps))
+        # the official transition (operation_diffusion, lines 883–907) from probe's z_t and ε'
+        rounds, j = (3 if t >= T - 2 else 2), sum(1 for s in seen[:n] if s[0] == t)
+        z_recon = sched.predict_start_from_noise(z, t, eps_g)
+        if t != 0:
+            z_eps = sched.predict_noise_from_xstart(z, t, z_recon)
+            z_prev = (1 / torch.sqrt(1 - betas[t])) * (z - (1 / sched.sqrt_one_minus_alphas_cumprod[t])
+                                                        * betas[t] * z_eps) \
+                + torch.sqrt(betas[t]) * torch.randn((1, 1, 32, 32), generator=gen)
+        else:
+            z_prev = z_recon
+        if j != rounds - 1:
+            z_next = torch.sqrt(1 - betas[t]) * z_prev + torch.sqrt(betas[t]) * torch.randn((1, 1, 32, 32),
+                                                                                          generator=gen)
+        else:
+            z_next = z_prev
+        if n + 1 < len(seen):
+            assert _rel(z_next, seen[n + 1][1], seen[n + 1][1]) < 1e-6, (t, j)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from probe.diffusion import sampler as S
-from probe.diffusion.schedules import PRESETS, GuidanceConfig, preset
+from probe.diffusion.schedules import PRESETS, ChainConfig, GuidanceConfig, preset
 from probe.errors import InputError, UsageError
 from tests.tiny_diffusion import tiny_encoder, tiny_pixel_prior, tiny_scheduler
 
@@ -420,3 +420,83 @@ def test_rescale_pulls_the_guided_noise_back_to_the_unguided_norm(prior, encoder
     torch.testing.assert_close(half, (plain + full) / 2, rtol=1e-5, atol=1e-5)
     with pytest.raises(UsageError, match="rescale"):
         GuidanceConfig(rescale=1.5)
+
+
+# -- the queue: chains of several samples at different timesteps share network calls ------------------
+class _RowWise(torch.nn.Module):
+    """A network run one row at a time: batch-invariant by construction, so the queue's own arithmetic can be
+    checked bit for bit (batched conv/GEMM kernels round differently per batch size, ~1e-6 relative)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.config = getattr(net, "config", None)
+
+    def forward(self, x, t=None, **kw):
+        if t is None:
+            return torch.cat([self.net(x[j:j + 1]) for j in range(len(x))])
+        outs = [self.net(x[j:j + 1], t[j:j + 1], **kw).sample for j in range(len(x))]
+        return type("Out", (), {"sample": torch.cat(outs)})()
+
+
+@pytest.fixture(scope="module")
+def rowwise(prior, encoder):
+    import copy
+    import dataclasses
+
+    p = dataclasses.replace(prior, unet=_RowWise(prior.unet))
+    e = copy.copy(encoder)
+    e.model = _RowWise(encoder.model)
+    return p, e
+
+
+@pytest.mark.parametrize("max_chains", [1, 3, 5])
+def test_queued_samples_equal_one_sample_at_a_time(rowwise, target, max_chains):
+    prior, encoder = rowwise
+    cfg = SMALL.replace(candidates=3, early_steps=2, early_rounds=2, late_rounds=4, late_steps=2)
+    seeds = [4, 9, 2, 7]
+    gen = torch.Generator().manual_seed(3)
+    targets = target + 0.3 * torch.randn(len(seeds), target.numel(), generator=gen)
+    queued = S.sample(prior, encoder, targets, seeds, cfg, max_chains=max_chains)
+    for j, s in enumerate(seeds):
+        alone = S.sample(prior, encoder, targets[j], [s], cfg)
+        for name in ("best_images", "final_images", "best_distance", "final_distance", "best_step", "candidate",
+                     "evaluations", "stopped_step"):
+            assert torch.equal(getattr(queued, name)[j], getattr(alone, name)[0]), (name, s)
+
+
+def test_stream_yields_each_sample_when_it_finishes(prior, encoder, target):
+    cfg = SMALL.replace(candidates=4, early_steps=2)
+    order = [s for s, _ in S.sample_stream(prior, encoder, target, [0, 1, 2], cfg, max_chains=5)]
+    assert sorted(order) == [0, 1, 2] and order[0] == 0  # the earliest sample's chains go first
+
+
+def test_forward_only_rounds_below_grad_min_weight(prior, encoder, target):
+    cfg = SMALL.replace(x0_cap=0.5, weight=0.5, candidates=3)
+    steps = cfg.timesteps(1000)
+    acp = prior.alphas_cumprod
+    light = [i for i in range(len(steps)) if cfg.weight_at(i, len(steps), float(acp[steps[i]])) < 0.05]
+    assert light  # the first, noisiest steps are capped near 0
+    res = S.sample(prior, encoder, target, [0], cfg.replace(grad_min_weight=0.05))
+    expected = sum(cfg.rounds_at(i, len(steps)) * cfg.chains_at(i) for i in light)
+    assert int(res.forward_only[0]) == expected and int(res.evaluations[0]) == cfg.evaluations(1000)
+    assert int(S.sample(prior, encoder, target, [0], cfg).forward_only[0]) == 0
+    assert "grad_min_weight" not in cfg.to_dict() and cfg.replace(grad_min_weight=0.1).to_dict()["grad_min_weight"]
+    z = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    out = S.guided_round(prior, encoder, z, [900, 100], target.expand(2, -1), cfg.replace(grad_min_weight=0.1),
+                         abar=[float(acp[900]), float(acp[100])], weight=[0.01, 0.5])
+    assert out.forward_only.tolist() == [True, False]
+    assert torch.equal(out.eps[0], out.eps_prior[0]) and not torch.equal(out.eps[1], out.eps_prior[1])
+
+
+def test_chain_settings_apart_from_guidance():
+    cfg = preset("balanced")
+    assert cfg.chain == ChainConfig(steps=50, spacing="quadratic", update="ddim", eta=1.0, beta="chain")
+    assert cfg.chain.timesteps(1000) == cfg.timesteps(1000)
+
+
+def test_auto_chains_on_the_cpu(prior, encoder):
+    from probe.diffusion.memory import CPU_CHAINS, activation_bytes, auto_chains
+
+    assert activation_bytes(prior, encoder) >= 1 << 20
+    assert 1 <= auto_chains(prior, encoder) <= CPU_CHAINS

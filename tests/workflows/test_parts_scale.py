@@ -88,19 +88,19 @@ def test_two_shards_merged_equal_one_process(tmp_path, setup):
 def test_interrupted_decode_resumes_to_the_same_result(tmp_path, setup, monkeypatch):
     prior, enc, targets = setup
     decode_targets(prior, enc, targets, tmp_path / "ref", SETTINGS)
-    real, calls = decoding.sample, []
+    real = decoding.sample_stream
 
-    def dies(*args, **kw):
-        calls.append(1)
-        if len(calls) == 3:  # baseline, batch 1, then the kill during batch 2
-            raise KeyboardInterrupt
-        return real(*args, **kw)
+    def dies(*args, **kw):  # the queue writes 4 samples, then the kill
+        for n, item in enumerate(real(*args, **kw)):
+            if n == 4:
+                raise KeyboardInterrupt
+            yield item
 
-    monkeypatch.setattr(decoding, "sample", dies)
+    monkeypatch.setattr(decoding, "sample_stream", dies)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         decode_targets(prior, enc, targets, out, SETTINGS)
-    monkeypatch.setattr(decoding, "sample", real)
+    monkeypatch.setattr(decoding, "sample_stream", real)
     # a kill between the feature rows and the manifest lines: one record cut in half, its rows already written
     lines = (out / "manifest.jsonl").read_text().splitlines()
     assert len(lines) == 4
@@ -114,8 +114,10 @@ def test_resume_refuses_other_settings_and_a_locked_folder(tmp_path, setup):
     prior, enc, targets = setup
     out = tmp_path / "out"
     decode_targets(prior, enc, targets[:1], out, SETTINGS)
-    with pytest.raises(UsageError, match=r"made with settings.batch_size=4, not 2; .*--overwrite"):
-        decode_targets(prior, enc, targets[:1], out, dataclasses.replace(SETTINGS, batch_size=2))
+    with pytest.raises(UsageError, match=r"made with settings.seed=0, not 1; .*--overwrite"):
+        decode_targets(prior, enc, targets[:1], out, dataclasses.replace(SETTINGS, seed=1))
+    # chains per call (--batch-size) no longer changes which images a sample gets: a rerun with another resumes
+    assert decode_targets(prior, enc, targets[:1], out, dataclasses.replace(SETTINGS, batch_size=2)).resumed == 2
     with ProbeLock(out, lock_file=out / ".probe.lock"):
         with pytest.raises(UsageError, match=rf"{out}: locked by another probe process \(pid {os.getpid()}\)"):
             decode_targets(prior, enc, targets[:1], out, SETTINGS)

@@ -22,6 +22,7 @@ interpolation strips and the unguided baseline comparable.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import shutil
 import time
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 from probe.diffusion.priors import PRECISIONS, Prior
-from probe.diffusion.sampler import SampleResult, sample
+from probe.diffusion.sampler import SampleResult, sample, sample_stream
 from probe.distributed import Shard
 from probe.errors import UsageError
 from probe.images import save_png, sha256_file, to_uint8
@@ -73,6 +74,7 @@ class DecodeEvent:
     samples_total: int
     best: list[float]
     plan: dict | None = None  # 'start' only: who decodes what, and the guided rounds at each step
+    fraction: float | None = None  # 'decode': share of the run's guided evaluations done (the queue's progress)
 
 
 @dataclass
@@ -155,7 +157,8 @@ def run_baseline(prior: Prior, encoder: Encoder, out: Path, settings: DecodeSett
     and the images [S, C, H, W] (the reference for the realism score)."""
     cfg = settings.config.baseline()
     seeds = [settings.seed_of(s) for s in range(settings.samples)]
-    chunks = [seeds[i:i + settings.batch_size] for i in range(0, len(seeds), settings.batch_size)]
+    per = settings.chains_per_call(prior, encoder)
+    chunks = [seeds[i:i + per] for i in range(0, len(seeds), per)]
     feats, images = [], []
     done = 0
     for bi, chunk in enumerate(chunks):
@@ -219,9 +222,12 @@ def save_target_images(out: Path, targets: Sequence[Target]) -> list[Target]:
 def _compatible(records: Sequence[SampleRecord], common: dict, targets: Sequence[Target], where: Path) -> None:
     """Refuse to resume a folder whose records were made by another command (one line, exit 2)."""
     now = json.loads(json.dumps(common))
+    now["settings"] = {k: v for k, v in now.get("settings", {}).items() if k != "batch_size"}  # chains per call
     for rec in records:
         for key, value in now.items():
             old = getattr(rec, key)
+            if key == "settings" and isinstance(old, dict):
+                old = {k: v for k, v in old.items() if k != "batch_size"}
             if old != value:
                 if isinstance(value, dict) and isinstance(old, dict):
                     diff = sorted(k for k in set(value) | set(old) if value.get(k) != old.get(k))
@@ -285,6 +291,10 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
     ``probe.workflows.decode.merge.merge_decodes`` joins the shards. OUT is locked against a second writer.
     """
     settings = settings or DecodeSettings()
+    if on_event is None and (settings.progress or (settings.progress is None and _interactive())):
+        with _ApiProgress() as bar:  # the Python API's bar (the CLI passes its own on_event)
+            return decode_targets(prior, encoder, targets, out, dataclasses.replace(settings, progress=False),
+                                  bar, extra_record, shard, on_warning)
     shard = shard or Shard()
     out = Path(out)
     targets = list(targets)
@@ -345,7 +355,7 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
                     "evaluations": settings.config.evaluations(prior.num_train_timesteps),
                     "step_evaluations": [settings.config.rounds_at(i, n_steps) * settings.config.chains_at(i)
                                          for i in range(n_steps)], "out": str(out),
-                    "baseline_batches": -(-settings.samples // settings.batch_size)
+                    "baseline_batches": -(-settings.samples // settings.chains_per_call(prior, encoder))
                     if settings.baseline and batches else 0}
             on_event(DecodeEvent("start", 0, len(batches), 0, n_steps, 0, sum(map(len, batches)), [], plan))
         base_feats = None
@@ -360,24 +370,33 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
         manifest = Manifest(RunDir(work).manifest)
         writer = _FeatureWriter(RunDir(work).features, encoder) if batches else None
         try:
-            for bi, batch in enumerate(batches):
-                vectors = torch.from_numpy(np.stack([targets[ti].vector for ti, _ in batch]))
-                seeds = [settings.seed_of(s) for _, s in batch]
-                todo = [j for j, (ti, s) in enumerate(batch) if (targets[ti].id, s) not in done]
-                n_done = bi * per
+            # one queue over every sample still to decode: chains of the next samples enter as others finish
+            # their layout stage or stop, so each network call holds up to chains_per_call chains; a sample
+            # is written (image, features, manifest record) as soon as it is finished
+            pending = [(ti, s) for batch in batches for ti, s in batch if (targets[ti].id, s) not in done]
+            if pending:
+                vectors = torch.from_numpy(np.stack([targets[ti].vector for ti, _ in pending]))
+                seeds = [settings.seed_of(s) for _, s in pending]
+                n_written = [0]
 
-                def cb(step: int, total: int, best: torch.Tensor, bi: int = bi, n_done: int = n_done) -> None:
+                cfg = settings.config
+                cum = list(itertools.accumulate(cfg.rounds_at(i, len(cfg.timesteps(prior.num_train_timesteps))) *
+                                                 cfg.chains_at(i) for i in range(len(cfg.timesteps(
+                                                     prior.num_train_timesteps)))))
+
+                def cb(step: int, total: int, best: torch.Tensor) -> None:
                     if on_event is not None:
-                        on_event(DecodeEvent("decode", bi + 1, len(batches), step, total, n_done,
-                                             len(batches) * per, best.tolist()))
-                tb = time.perf_counter()
-                res = sample(prior, encoder, vectors, seeds, settings.config,
-                             trajectory_every=settings.trajectory_every, callback=cb)
-                realism = realism_scores(denoising_error(prior, res.best_images), reference_error) \
-                    if settings.realism else np.full(len(batch), np.nan)
-                manifest.append(_write_batch(work, res, batch, targets, encoder, base_feats, settings, common,
-                                             {**identity, **(extra_record or {})}, writer,
-                                             time.perf_counter() - tb, realism, todo))
+                        on_event(DecodeEvent("decode", 1, 1, step, total, n_written[0], len(pending), best.tolist(),
+                                             fraction=cum[step - 1] / cum[-1] if step else 0.0))
+                for j, res in sample_stream(prior, encoder, vectors, seeds, settings.config,
+                                            trajectory_every=settings.trajectory_every, callback=cb,
+                                            max_chains=settings.chains_per_call(prior, encoder)):
+                    realism = realism_scores(denoising_error(prior, res.best_images), reference_error) \
+                        if settings.realism else np.full(1, np.nan)
+                    manifest.append(_write_batch(work, res, [pending[j]], targets, encoder, base_feats, settings,
+                                                 common, {**identity, **(extra_record or {})}, writer,
+                                                 float(res.seconds), realism))
+                    n_written[0] += 1
         finally:
             if writer is not None:
                 writer.close()
@@ -401,6 +420,52 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
                          seconds=time.perf_counter() - t0, n_targets=len(targets),
                          samples=settings.samples, baseline_seconds=base_seconds,
                          resumed=len(everything) - len(records))
+
+
+def _interactive() -> bool:
+    """A terminal on stderr or a notebook kernel: where a progress bar is shown by default."""
+    import sys
+
+    return "ipykernel" in sys.modules or bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+class _ApiProgress:
+    """A rich progress bar fed by :class:`DecodeEvent`s: guided evaluations done, best distance so far."""
+
+    def __enter__(self) -> _ApiProgress:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                             TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[extra]}"))
+        self._bar.start()
+        self._task = None
+        self._best = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.stop()
+
+    def __call__(self, ev: DecodeEvent) -> None:
+        if ev.phase == "start":
+            p = ev.plan or {}
+            self._work = list(itertools.accumulate(p["step_evaluations"]))
+            self._base, self._n_steps, self._n_batches = p["baseline_batches"], ev.n_steps, ev.n_batches
+            total = self._base * ev.n_steps + ev.n_batches * self._work[-1]
+            self._task = self._bar.add_task("decode", total=max(total, 1), extra="")
+            return
+        if self._task is None:
+            return
+        if ev.phase == "baseline":
+            self._bar.update(self._task, completed=(ev.batch - 1) * self._n_steps + ev.step,
+                             description="unguided baseline")
+            return
+        finite = [d for d in ev.best if d == d and d != float("inf")]
+        if finite:
+            self._best = min(finite + ([self._best] if self._best is not None else []))
+        frac = ev.fraction if ev.fraction is not None else ev.step / max(ev.n_steps, 1)
+        self._bar.update(self._task, completed=self._base * self._n_steps + frac * self._n_batches * self._work[-1],
+                         description="decode", extra=f"{ev.samples_done}/{ev.samples_total} samples"
+                         + (f", best d {self._best:.4g}" if self._best is not None else ""))
 
 
 def _select(res: SampleResult, idx: Sequence[int]) -> SampleResult:

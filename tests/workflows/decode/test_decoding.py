@@ -97,15 +97,15 @@ def test_other_settings_are_refused_then_overwritten(tmp_path, setup):
 
 def test_earlier_batches_stay_valid_when_a_later_one_fails(tmp_path, setup, monkeypatch):
     prior, enc, targets = setup
-    real, calls = decoding.sample, []
+    real = decoding.sample_stream
 
-    def failing(*args, **kw):
-        calls.append(1)
-        if len(calls) == 3:  # baseline, first target, then the second target fails
-            raise RuntimeError("boom")
-        return real(*args, **kw)
+    def failing(*args, **kw):  # the queue yields the first target's two samples, then fails
+        for n, item in enumerate(real(*args, **kw)):
+            if n == 2:
+                raise RuntimeError("boom")
+            yield item
 
-    monkeypatch.setattr(decoding, "sample", failing)
+    monkeypatch.setattr(decoding, "sample_stream", failing)
     settings = DecodeSettings(samples=2, batch_size=2, config=CFG.replace(steps=2, early_steps=0, rounds=1))
     with pytest.raises(RuntimeError):
         decode_targets(prior, enc, targets, tmp_path, settings)
@@ -136,14 +136,17 @@ def test_records_carry_the_realism_score_and_flag(tmp_path, setup, monkeypatch):
 
     def fake_error(prior_, images, config=None):  # baseline first (reference), then each batch's best images
         calls.append(len(images))
-        return np.array([1.0, 3.0]) if len(calls) == 1 else np.array([2.0, 10.0, 1.0, 2.0])[:len(images)]
+        if len(calls) == 1:
+            return np.array([1.0, 3.0])
+        done = sum(calls[1:-1])  # each sample's best image as it is written
+        return np.array([2.0, 10.0, 1.0, 2.0] * 2)[done:done + len(images)]
 
     monkeypatch.setattr(decoding, "denoising_error", fake_error)
     summary = decode_targets(prior, enc, targets, tmp_path / "o", DecodeSettings(samples=2, batch_size=4, config=CFG))
     # reference = median of the two unguided samples' errors = 2.0; threshold 2.0
     assert [r.naturalness for r in summary.records] == [1.0, 5.0, 0.5, 1.0]
     assert [r.off_manifold for r in summary.records] == [False, True, False, False]
-    assert calls == [2, 4]
+    assert calls == [2, 1, 1, 1, 1]  # the baseline, then each sample as it is written
     plain = decode_targets(prior, enc, targets, tmp_path / "p",
                            DecodeSettings(samples=1, config=CFG, baseline=False))
     assert all(r.naturalness is None and r.off_manifold is None for r in plain.records)
