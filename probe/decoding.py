@@ -250,6 +250,7 @@ def write_contact_sheet(out: Path, records: Sequence[SampleRecord], targets: Seq
                         title: str) -> Path | None:
     """Targets down, samples across (with the target image first when there is one), the unguided
     baseline as the last row; every caption gives the distance and the relative distance."""
+    from probe.containment import inside, is_inside
     from probe.images import fs_path, read_image01
     from probe.render.sheets import image_grid
     from probe.render.sheets import save_png as save_sheet
@@ -275,7 +276,7 @@ def write_contact_sheet(out: Path, records: Sequence[SampleRecord], targets: Seq
             caps.append("target")
         for s in range(samples):
             r = recs.get((t.id, s))
-            row.append(load(out / r.image) if r else None)
+            row.append(load(inside(out, r.image)) if r and is_inside(out, r.image) else None)
             if r:
                 rel, nat = r.relative_distance, r.naturalness
                 caps.append(f"d={r.best_distance:.3g}" + (f"\nrel={rel:.2f}" if rel is not None else "")

@@ -213,7 +213,8 @@ def export_group(store_path: Path, group: str | None, out: Path) -> dict:
     and .label_names.txt: line k names label k, so the integer labels can be read without the store)."""
     from probe.outputs import check_writable_file
 
-    check_writable_file(out, "-o")
+    for side in (out, *(out.with_suffix(x) for x in (".paths.txt", ".labels.npy", ".label_names.txt"))):
+        check_writable_file(side, "-o")
     with FeatureStore(store_path, "r") as st:
         g = st.group(group)
         feats = g.rows(slice(None))

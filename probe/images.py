@@ -111,10 +111,12 @@ def path_text(path: str | Path) -> str:
     File names on POSIX are bytes; Python gives undecodable bytes to ``str`` as lone surrogates, which
     h5py, JSON and most terminals refuse. Those bytes are written as ``\\xNN`` escapes instead
     (``fs_path`` turns them back into the real file name), so a row is never stored with an empty path.
+    Line breaks are escaped the same way (``\\x0a``), so a name is always one line.
     """
     if hasattr(path, "read"):  # an in-memory image (a tar member, a parquet cell): its ``name`` attribute
         return str(getattr(path, "name", "<image bytes>"))
-    return os.fsencode(os.fspath(path)).decode("utf-8", "backslashreplace")
+    text = os.fsencode(os.fspath(path)).decode("utf-8", "backslashreplace")
+    return text.replace("\n", "\\x0a").replace("\r", "\\x0d")  # one name, one line (.paths.txt, messages)
 
 
 _ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")

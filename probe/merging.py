@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from probe.containment import inside
 from probe.distributed import Shard
 from probe.errors import InputError, UsageError
 from probe.locking import ProbeLock
@@ -255,7 +256,8 @@ def merge_decodes(out: Path, sheet: bool = True, keep: bool = False, on_warning=
                         rel = getattr(rec, key)
                         if not rel:
                             continue
-                        s, d = src / rel, out / rel
+                        s = inside(src, rel, key, where=src / MANIFEST)  # never "../../x" or "/etc/x"
+                        d = inside(out, rel, key, where=src / MANIFEST)
                         if s.is_file():
                             d.parent.mkdir(parents=True, exist_ok=True)
                             os.replace(s, d)
@@ -269,6 +271,8 @@ def merge_decodes(out: Path, sheet: bool = True, keep: bool = False, on_warning=
         for src in shard_dirs:
             if (src / "baseline").is_dir():
                 for f in sorted((src / "baseline").glob("*.png")):
+                    if f.is_symlink():  # a link would carry an outside file into the run
+                        continue
                     if not (out / "baseline" / f.name).is_file():
                         (out / "baseline").mkdir(parents=True, exist_ok=True)
                         os.replace(f, out / "baseline" / f.name)
@@ -309,9 +313,11 @@ def sheet_from_records(out: Path, records: list[SampleRecord]) -> Path | None:
             continue
         seen.add(r.target_id)
         t = r.target
+        # the picture copied into OUT/targets/, never a path the record names elsewhere
+        picture = str(inside(out, r.target_image, "target_image")) if r.target_image else None
         targets.append(Target(id=r.target_id, vector=np.zeros(0, dtype=np.float32), kind=t.get("kind", ""),
                               source=t.get("source", ""), index=t.get("index"), label=t.get("label"),
-                              image_path=t.get("image_path")))
+                              image_path=picture))
     first = records[0]
     s = first.settings
     title = f"{first.encoder} [{first.layer}] <- {first.prior} ({s.get('name')})"
