@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from probe.bounds import check_image_shape
 from probe.errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -200,8 +201,9 @@ def _read_tiff_fallback(path: str | Path, max_pixels: int | None) -> np.ndarray:
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
-            shape = page.shape
-            _check_pixels(path, int(np.prod(shape[:2])) if len(shape) >= 2 else 0, max_pixels)
+            # every axis counts: a planar 3x12000x12000 page is 432M values, not 36000 "pixels"
+            check_image_shape(path_text(path), page.imagelength, page.imagewidth, max_pixels,
+                              values=int(np.prod(page.shape)))
             arr = page.asarray()
     except InputError:
         raise
@@ -221,12 +223,6 @@ def _read_tiff_fallback(path: str | Path, max_pixels: int | None) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
-def _check_pixels(path: str | Path, pixels: int, max_pixels: int | None) -> None:
-    if max_pixels and pixels > max_pixels:
-        raise ImageTooLarge(f"{path_text(path)}: image too large ({pixels:,} pixels > limit {max_pixels:,}; "
-                            "raise it with --max-pixels)")
-
-
 def read_image_array(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an image file to float32 [C, H, W] in [0, 1] (C = 1 for grey, else 3), as a viewer shows it.
 
@@ -242,7 +238,7 @@ def read_image_array(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXE
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = None  # our own limit below replaces PIL's, so it can be raised
             with Image.open(path) as im:
-                _check_pixels(path, im.size[0] * im.size[1], max_pixels)
+                check_image_shape(name, im.size[1], im.size[0], max_pixels)  # before any pixel is decoded
                 im.seek(0)
                 im.load()
                 im = ImageOps.exif_transpose(im)

@@ -231,7 +231,9 @@ def read_vectors(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         if path.suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
+            from probe.bounds import load_npy
+
+            arr = load_npy(path)  # header checked against the file's bytes first
         else:
             text = path.read_text()
             arr = np.array([[float(v) for v in re.split(r"[,\s]+", ln.strip()) if v]

@@ -133,7 +133,8 @@ def _target_table(result: CompareResult, max_targets: int = 10) -> Table:
               help="Bootstrap resamples for the confidence intervals.")
 @click.option("--ci", "ci_level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95,
               show_default=True, help="Confidence level.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**62), default=0, show_default=True,
+              help="Seed of the bootstrap.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--allow-unequal", is_flag=True, help="Score groups even when their sample counts differ.")
 @click.option("--off-manifold", "off_manifold", type=click.Choice(OFF_MANIFOLD_POLICIES), default="exclude",
