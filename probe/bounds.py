@@ -31,7 +31,9 @@ def load_npy(path: str | Path) -> np.ndarray:
     try:
         with open(path, "rb") as fh:
             version = np.lib.format.read_magic(fh)
-            shape, _fortran, dtype = np.lib.format._read_array_header(fh, version)  # noqa: SLF001 - numpy's own
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _fortran, dtype = read_header(fh, max_header_size=1 << 16)
             start = fh.tell()
             fh.seek(0, 2)
             held = fh.tell() - start

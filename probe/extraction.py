@@ -21,7 +21,7 @@ from probe.distributed import Shard
 from probe.errors import InputError, UsageError
 from probe.images import DEFAULT_MAX_PIXELS, path_text, read_image01, sha256_text
 from probe.models.encoder import Encoder
-from probe.sources import Item, decode_item, item_key, read_item
+from probe.sources import Item, decode_item, item_key, quiet_worker, read_item
 from probe.store import FeatureStore, existing_hashes, group_key
 
 
@@ -133,7 +133,7 @@ def extract_images(encoder: Encoder, paths: Sequence[Item], store_path: Path, co
             skip |= set.intersection(*have.values()) if have else set()
     positions = [i for batch in shard.batches(len(paths), config.batch_size) for i in batch]
     loader = DataLoader(_ImageFiles(paths, positions, encoder, skip, config.max_pixels), batch_size=config.batch_size,
-                        num_workers=config.workers, collate_fn=_collate,
+                        num_workers=config.workers, collate_fn=_collate, worker_init_fn=quiet_worker,
                         persistent_workers=False, prefetch_factor=4 if config.workers else None)
     start = time.perf_counter()
     done = 0

@@ -211,6 +211,8 @@ def _read_tiff_fallback(path: str | Path, max_pixels: int | None) -> np.ndarray:
         raise InputError(f"{path_text(path)}: unreadable image ({type(exc).__name__}: {exc})") from exc
     if arr.ndim == 2:
         arr = arr[..., None]
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (1, 3, 4):  # planar: channels first
+        arr = arr.transpose(1, 2, 0)
     if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
         raise InputError(f"{path_text(path)}: unsupported TIFF layout {tuple(arr.shape)}")
     if arr.shape[-1] == 4:

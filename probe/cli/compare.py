@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from probe.attributes import ATTRIBUTES, INDEPENDENT_CLASSIFIERS
-from probe.cli.console import LateProgress, quiet, say, warn
+from probe.cli.console import LateProgress, print_rich_table, quiet, say, warn
 from probe.compare import OFF_MANIFOLD_POLICIES, CompareResult
 from probe.errors import UsageError
 from probe.workflows import compare as workflow
@@ -192,11 +192,11 @@ def compare(
     if as_json:
         click.echo(result.to_json())
         return
-    out.print(_summary_table(result))
+    print_rich_table(_summary_table(result), out)
     for line in _notes(result):
         say(line, style="dim")
     if per_target:
-        out.print(_target_table(result))
+        print_rich_table(_target_table(result), out)
     for label, p in (("summary CSV", csv_path), ("per-target CSV", targets_csv), ("chart", chart_path),
                      ("report", html_path)):
         if p:
