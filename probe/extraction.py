@@ -22,7 +22,7 @@ from probe.errors import InputError, UsageError
 from probe.images import DEFAULT_MAX_PIXELS, path_text, read_image01, sha256_text
 from probe.models.encoder import Encoder
 from probe.sources import Item, decode_item, item_key, quiet_worker, read_item
-from probe.store import FeatureStore, existing_hashes, group_key
+from probe.store import FeatureStore, check_dtype, existing_hashes, group_key
 
 
 @dataclass
@@ -33,6 +33,13 @@ class ExtractConfig:
     overwrite: bool = False
     labels: str | None = None  # "parent": the parent folder's name is the label
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # larger images are skipped with a warning (0/None: no limit)
+
+    def __post_init__(self) -> None:  # the API's values obey the CLI's rules (issue 22)
+        check_dtype(self.dtype)
+        if self.batch_size < 1 or self.workers < 0 or (self.max_pixels or 0) < 0:
+            raise UsageError("batch_size must be >= 1, workers and max_pixels >= 0")
+        if self.labels not in (None, "parent"):
+            raise UsageError(f"labels must be None or 'parent', not {self.labels!r}")
 
 
 @dataclass

@@ -267,6 +267,24 @@ def read_image01(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) 
     return torch.from_numpy(read_image_array(path, max_pixels))
 
 
+def check_image_tensor(x: torch.Tensor, name: str = "images") -> torch.Tensor:
+    """The one rule for image tensors given to the API (extract, decode targets): [C, H, W] or
+    [N, C, H, W] of finite values in [0, 1] -- NaN or 0-255 pixels are a UsageError, never encoded."""
+    from probe.errors import UsageError
+
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(x)
+    if x.dim() not in (3, 4):
+        raise UsageError(f"{name}: expected images [N, C, H, W] or [C, H, W], got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise UsageError(f"{name}: image tensors must be float in [0, 1], not {x.dtype} (divide 0-255 by 255)")
+    if x.numel() and not torch.isfinite(x).all():
+        raise UsageError(f"{name}: image tensor holds NaN or infinite values")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise UsageError(f"{name}: image tensors must hold values in [0, 1] (0-255 pixels: divide by 255)")
+    return x
+
+
 def to_uint8(x01: torch.Tensor) -> np.ndarray:
     """[C, H, W] in [0, 1] -> HxW or HxWx3 uint8, rounding as the decoder's quantiser does."""
     arr = (x01.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()

@@ -65,6 +65,17 @@ def weights_mismatch(stored: dict, record: dict) -> str | None:
     return f"weights={show(old_w, old_h)}, not {show(new_w, new_h)}"
 
 
+#: what features are stored as (``--float16`` halves the file)
+STORE_DTYPES = ("float32", "float16")
+
+
+def check_dtype(dtype: object) -> str:
+    """A store dtype, or UsageError (``extract(dtype="int8")`` would store zeros)."""
+    if str(dtype) not in STORE_DTYPES:
+        raise UsageError(f"dtype must be one of {', '.join(STORE_DTYPES)}, not {dtype!r}")
+    return str(dtype)
+
+
 def stored_name(path: object) -> str:
     """A path as stored: bytes that are not UTF-8 and line breaks written as ``\\xNN`` escapes, so every
     name is valid text and one line of ``.paths.txt`` (``probe.images.fs_path`` reads the file back)."""
@@ -200,7 +211,18 @@ class StoreGroup:
         try:
             for name in present:
                 self._g[name].resize(start + n, axis=0)
-            self._g["features"][start:] = features.astype(self._g["features"].dtype)
+            with np.errstate(over="ignore"):  # an overflow is reported below, as one line
+                stored = features.astype(self._g["features"].dtype)
+            if stored.dtype == np.float16 and np.isfinite(features).all() and not np.isfinite(stored).all():
+                import warnings
+
+                from probe.errors import ProbeWarning
+
+                bad = int((~np.isfinite(stored)).any(axis=1).sum())
+                warnings.warn(f"{self._path}: {bad} row(s) of group {self.name} exceed float16's range (65504) "
+                              "and are stored as inf; extract without --float16 to keep them", ProbeWarning,
+                              stacklevel=2)
+            self._g["features"][start:] = stored
             self._g["paths"][start:] = [stored_name(p) for p in paths]
             self._g["sha256"][start:] = [h.encode() for h in hashes]
             if "labels" in self._g:

@@ -122,3 +122,23 @@ def cli(ctx: click.Context, quiet: bool, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj.update(quiet=quiet, debug=debug)
+    _probe_warnings_as_lines()
+
+
+def _probe_warnings_as_lines() -> None:
+    """probe's own warnings (ProbeWarning) print as one ``warning:`` line like every other warning."""
+    import warnings
+
+    from probe.errors import ProbeWarning
+
+    shown = warnings.showwarning
+    if getattr(shown, "_probe", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ProbeWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+    show._probe = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
