@@ -84,6 +84,21 @@ def stored_name(path: object) -> str:
     return path_text(str(path))
 
 
+#: what makes two groups' rows one matrix: the record plus the layer, the kind and the weights' content hash
+MERGE_KEYS = (*RECORD_KEYS, "layer", "kind")
+
+
+def record_mismatch(a: dict, b: dict) -> str | None:
+    """Why rows of groups with attributes ``a`` and ``b`` must not be joined (a merge of shards), or None."""
+    for key in MERGE_KEYS:
+        if _unattr(_attr(a.get(key))) != _unattr(_attr(b.get(key))):
+            return f"{key} {a.get(key)!r} vs {b.get(key)!r}"
+    if a.get("weights_sha256") or b.get("weights_sha256"):
+        if (a.get("weights_sha256") or "") != (b.get("weights_sha256") or ""):
+            return f"weights_sha256 {str(a.get('weights_sha256'))[:12]} vs {str(b.get('weights_sha256'))[:12]}"
+    return None
+
+
 def group_key(model_spec: str, layer: str) -> str:
     return f"{model_spec.replace(':', '_').replace('/', '_')}/{layer}"
 
