@@ -82,3 +82,25 @@ def test_merged_decode_folder_has_metadata(run_cli, tmp_path, small_images):
     assert r.exit_code == 0, r.output
     meta = [json.loads(ln) for ln in (out / "images" / "metadata.jsonl").read_text().splitlines()]
     assert [m["file_name"] for m in meta] == ["t0_s00.png", "t1_s00.png"]
+
+
+def test_resume_refuses_changed_target_vector(run_cli, tmp_path, tiny_ckpt):
+    """A decode resumed after its target vector changed would keep samples of the old vector under the
+    same name: the record carries the vector's hash and the resume refuses (exit 2)."""
+    from tiny_diffusion import save_pixel_prior
+
+    prior = save_pixel_prior(tmp_path / "prior")
+    vec = tmp_path / "v.npy"
+    np.save(vec, np.linspace(0, 1, 96, dtype=np.float32))
+    args = ["decode", "--prior", prior, "-m", "timm:test_resnet", "--weights", tiny_ckpt, "--device", "cpu",
+            "--steps", "2", "-n", "1", "--no-baseline", "--vector", vec, "-o", tmp_path / "d"]
+    r = run_cli(*args)
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "d" / "manifest.jsonl").read_text().splitlines()[0])
+    assert len(rec["target"]["vector_sha256"]) == 64
+    assert run_cli(*args).exit_code == 0  # same vector: resumes (nothing to do)
+    np.save(vec, np.linspace(1, 0, 96, dtype=np.float32))
+    r = run_cli(*args)
+    assert r.exit_code == 2, r.output
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "other targets" in errors[0]
