@@ -72,8 +72,8 @@ def print_table(title: str, columns: list[str], rows: list[list[object]], err: b
 
 
 def print_rich_table(table, out: Console | None = None) -> None:
-    """A rich table built for the terminal; on a pipe or file, plain tab-separated lines (title-less
-    header first, cells as plain text) like every other listing, so no name is wrapped or cut."""
+    """A rich table built for the terminal; on a pipe or file, plain tab-separated lines (header first,
+    cells as plain text) like every other listing, so no name is wrapped or cut; the title goes to stderr."""
     from rich.text import Text
 
     if quiet():
@@ -86,6 +86,8 @@ def print_rich_table(table, out: Console | None = None) -> None:
         if isinstance(cell, Text):
             return cell.plain
         return Text.from_markup(cell).plain if isinstance(cell, str) else str(cell)
+    if table.title:  # the title is a message (stderr), so stdout holds only the table's lines
+        click.echo(plain(table.title), err=True)
     columns = table.columns
     click.echo("\t".join(_cell(plain(c.header)) for c in columns))
     for i in range(table.row_count):
