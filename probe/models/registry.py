@@ -73,8 +73,9 @@ def spec_from_data(spec: object, weights: object, source: object) -> None:
     elif w and w != "random" and not w.endswith(".safetensors"):
         why = f"its weights {w!r} are a pickle checkpoint"
     if why:
-        raise UsageError(f"{source}: was made by {text}{f' with --weights {w}' if w else ''}; probe does not load "
-                         f"a model named by a data file when {why}: pass -m {text} on the command line to confirm")
+        given = f"{text}{f' --weights {w}' if w else ''}"
+        raise UsageError(f"{source}: was made by {given}; probe does not load a model named by a data file when "
+                         f"{why}: pass -m {given} on the command line to confirm")
 
 
 RANDOM_SEED = 0  # --weights random: the same random network in every process, so a rerun resumes correctly
