@@ -279,7 +279,9 @@ def write_contact_sheet(out: Path, records: Sequence[SampleRecord], targets: Seq
             row.append(load(inside(out, r.image)) if r and is_inside(out, r.image) else None)
             if r:
                 rel, nat = r.relative_distance, r.naturalness
-                caps.append(f"d={r.best_distance:.3g}" + (f"\nrel={rel:.2f}" if rel is not None else "")
+                best = r.best_distance
+                caps.append((f"d={best:.3g}" if best is not None else "d=n/a")  # null: it diverged
+                            + (f"\nrel={rel:.2f}" if rel is not None else "")
                             + (f"\nreal={nat:.2f}" if nat is not None else "")
                             + (" OFF-MANIFOLD" if r.off_manifold else ""))
             else:
