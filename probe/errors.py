@@ -27,3 +27,8 @@ class InputError(ProbeError):
     """The data given is unusable: unreadable file, corrupt store, NaN target, nothing processed."""
 
     exit_code = 3
+
+
+class ProbeWarning(UserWarning):
+    """Something the user should know about a result that is still written (float16 overflow ...): the
+    CLI prints it as one ``warning:`` line; API callers get a Python warning."""

@@ -20,6 +20,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from probe.bounds import ImageTooLarge as ImageTooLarge  # re-exported: what the readers raise
+from probe.bounds import check_image_shape
+from probe.containment import inside
 from probe.errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -98,10 +101,6 @@ def collect_inputs(items: Iterable[str], list_file: str | None = None) -> list[P
     return out
 
 
-class ImageTooLarge(InputError):
-    """An image over the pixel limit: skipped (with a warning) by extraction, refused elsewhere."""
-
-
 DEFAULT_MAX_PIXELS = 90_000_000  # about PIL's own bomb threshold; a 90 MP RGB image is ~1 GB as float32
 
 
@@ -111,10 +110,12 @@ def path_text(path: str | Path) -> str:
     File names on POSIX are bytes; Python gives undecodable bytes to ``str`` as lone surrogates, which
     h5py, JSON and most terminals refuse. Those bytes are written as ``\\xNN`` escapes instead
     (``fs_path`` turns them back into the real file name), so a row is never stored with an empty path.
+    Line breaks are escaped the same way (``\\x0a``), so a name is always one line.
     """
     if hasattr(path, "read"):  # an in-memory image (a tar member, a parquet cell): its ``name`` attribute
         return str(getattr(path, "name", "<image bytes>"))
-    return os.fsencode(os.fspath(path)).decode("utf-8", "backslashreplace")
+    text = os.fsencode(os.fspath(path)).decode("utf-8", "backslashreplace")
+    return text.replace("\n", "\\x0a").replace("\r", "\\x0d")  # one name, one line (.paths.txt, messages)
 
 
 _ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
@@ -198,8 +199,9 @@ def _read_tiff_fallback(path: str | Path, max_pixels: int | None) -> np.ndarray:
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
-            shape = page.shape
-            _check_pixels(path, int(np.prod(shape[:2])) if len(shape) >= 2 else 0, max_pixels)
+            # every axis counts: a planar 3x12000x12000 page is 432M values, not 36000 "pixels"
+            check_image_shape(path_text(path), page.imagelength, page.imagewidth, max_pixels,
+                              values=int(np.prod(page.shape)))
             arr = page.asarray()
     except InputError:
         raise
@@ -207,6 +209,8 @@ def _read_tiff_fallback(path: str | Path, max_pixels: int | None) -> np.ndarray:
         raise InputError(f"{path_text(path)}: unreadable image ({type(exc).__name__}: {exc})") from exc
     if arr.ndim == 2:
         arr = arr[..., None]
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (1, 3, 4):  # planar: channels first
+        arr = arr.transpose(1, 2, 0)
     if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
         raise InputError(f"{path_text(path)}: unsupported TIFF layout {tuple(arr.shape)}")
     if arr.shape[-1] == 4:
@@ -217,12 +221,6 @@ def _read_tiff_fallback(path: str | Path, max_pixels: int | None) -> np.ndarray:
     else:
         out = _grey_scale(arr, "F", path_text(path))
     return np.ascontiguousarray(out.transpose(2, 0, 1))
-
-
-def _check_pixels(path: str | Path, pixels: int, max_pixels: int | None) -> None:
-    if max_pixels and pixels > max_pixels:
-        raise ImageTooLarge(f"{path_text(path)}: image too large ({pixels:,} pixels > limit {max_pixels:,}; "
-                            "raise it with --max-pixels)")
 
 
 def read_image_array(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -240,7 +238,7 @@ def read_image_array(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXE
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = None  # our own limit below replaces PIL's, so it can be raised
             with Image.open(path) as im:
-                _check_pixels(path, im.size[0] * im.size[1], max_pixels)
+                check_image_shape(name, im.size[1], im.size[0], max_pixels)  # before any pixel is decoded
                 im.seek(0)
                 im.load()
                 im = ImageOps.exif_transpose(im)
@@ -267,6 +265,24 @@ def read_image01(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) 
     return torch.from_numpy(read_image_array(path, max_pixels))
 
 
+def check_image_tensor(x: torch.Tensor, name: str = "images") -> torch.Tensor:
+    """The one rule for image tensors given to the API (extract, decode targets): [C, H, W] or
+    [N, C, H, W] of finite values in [0, 1] -- NaN or 0-255 pixels are a UsageError, never encoded."""
+    from probe.errors import UsageError
+
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(x)
+    if x.dim() not in (3, 4):
+        raise UsageError(f"{name}: expected images [N, C, H, W] or [C, H, W], got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise UsageError(f"{name}: image tensors must be float in [0, 1], not {x.dtype} (divide 0-255 by 255)")
+    if x.numel() and not torch.isfinite(x).all():
+        raise UsageError(f"{name}: image tensor holds NaN or infinite values")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise UsageError(f"{name}: image tensors must hold values in [0, 1] (0-255 pixels: divide by 255)")
+    return x
+
+
 def to_uint8(x01: torch.Tensor) -> np.ndarray:
     """[C, H, W] in [0, 1] -> HxW or HxWx3 uint8, rounding as the decoder's quantiser does."""
     arr = (x01.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
@@ -276,3 +292,14 @@ def to_uint8(x01: torch.Tensor) -> np.ndarray:
 def save_png(x01: torch.Tensor, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(to_uint8(x01)).save(path)
+
+
+def images_inside(root: str | Path, folder: str | Path) -> list[Path]:
+    """The images of ``folder`` (a run's ``baseline/``), refused when the folder or one of its files is a
+    link that leads out of ``root``."""
+    root, folder = Path(root), Path(folder)
+    inside(root, folder.relative_to(root) if folder.is_relative_to(root) else folder, "folder")
+    images = list_images(folder)
+    for p in images:
+        inside(root, p.relative_to(root) if p.is_relative_to(root) else p, "image")
+    return images

@@ -16,6 +16,7 @@ import os
 import socket
 from pathlib import Path
 
+from probe.containment import open_lock
 from probe.errors import InputError, UsageError
 
 try:
@@ -53,7 +54,7 @@ class ProbeLock:
         for _ in range(20):  # retry only if the file we locked was unlinked by a releasing holder meanwhile
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                fh = open(self.path, "a+")
+                fh = open_lock(self.path)  # never through a symlink: its target would be overwritten
             except OSError as exc:  # read-only or full file system, no permission: bad input, not a bug
                 raise InputError(f"{self.target}: cannot write here ({exc.strerror or exc})") from exc
             try:

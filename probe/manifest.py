@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,7 +151,8 @@ class SampleRecord:
         return {**kept, **added}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict())
+        """One line of strict JSON: a NaN or infinite number (a distance that diverged) is written as null."""
+        return json.dumps(_json_safe(self.to_dict()), allow_nan=False)
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any], where: str = "record") -> SampleRecord:
@@ -190,6 +192,17 @@ _WRITTEN_WHEN_SET = frozenset({
     "naturalness", "off_manifold", "path_position", "path_kind", "path_index", "direction", "direction_index",
     "scale", "scale_index", "direction_info", "base", "explained_variance_ratio", "grid_row", "grid_col",
     "map_x", "map_y", "map_method", "target_image", "candidate"})
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None, so the line stays JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _split(obj: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -312,7 +325,7 @@ def write_metadata(out: str | Path, records: Iterable[SampleRecord]) -> Path:
             continue
         row = {k: v for k, v in r.to_dict().items() if not isinstance(v, (dict, list))}
         row["file_name"] = str(Path(*rel.parts[1:]))
-        lines.append(json.dumps(row))
+        lines.append(json.dumps(_json_safe(row), allow_nan=False))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")

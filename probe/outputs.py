@@ -32,7 +32,10 @@ def check_writable_file(path: str | Path | None, option: str) -> None:
     """``path`` can be created or replaced: not a directory, its folder exists or can be made and is writable."""
     if path is None:
         return
+    from probe.containment import check_output_file
+
     path = Path(path)
+    check_output_file(path, option)  # a device node, FIFO or socket is never replaced or hung on
     if path.is_dir():
         raise UsageError(f"{path}: {option} names a directory; give a file name")
     check_writable_dir(path.parent if str(path.parent) else Path("."), option)

@@ -115,9 +115,48 @@ def decode_item(item: Item, data: bytes | None, max_pixels: int | None = DEFAULT
     return read_image01(buffer, max_pixels)
 
 
+def quiet_worker(_worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: a loader worker ignores Ctrl-C, which the terminal sends to the whole
+    process group; the main process alone stops (exit 130, one line), so no worker prints a traceback."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 # -- expanding inputs -------------------------------------------------------------------------------------
+#: a brace pattern may name at most this many inputs (``{0..999}{0..999}{0..999}`` is 10^9: refused, exit 2)
+MAX_BRACE_NAMES = 1_000_000
+
+
+def _brace_options(body: str) -> tuple[int, list[str] | None]:
+    """(how many options a brace body has, the options when it is a plain list); 0 when not a pattern."""
+    rng = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", body)
+    if rng:
+        return abs(int(rng.group(2)) - int(rng.group(1))) + 1, None
+    return (len(body.split(",")), body.split(",")) if "," in body else (0, None)
+
+
+def brace_count(pattern: str) -> int:
+    """How many names ``expand_braces(pattern)`` gives, counted without making them."""
+    count, rest = 1, pattern
+    while (m := re.search(r"\{([^{}]*)\}", rest)):
+        n, _ = _brace_options(m.group(1))
+        count *= max(n, 1)
+        rest = rest[m.end():]
+    return count
+
+
 def expand_braces(pattern: str) -> list[str]:
-    """bash-style ``{0000..0009}`` (zero padding kept) and ``{a,b}``, left to right, nested allowed."""
+    """bash-style ``{0000..0009}`` (zero padding kept) and ``{a,b}``, left to right, nested allowed;
+    a pattern of more than MAX_BRACE_NAMES names is refused (UsageError) before any is made."""
+    n = brace_count(pattern)
+    if n > MAX_BRACE_NAMES:
+        raise UsageError(f"{pattern}: brace pattern expands to {n:,} names (more than {MAX_BRACE_NAMES:,}); "
+                         "split the input or use --list")
+    return _expand_braces(pattern)
+
+
+def _expand_braces(pattern: str) -> list[str]:
     m = re.search(r"\{([^{}]*)\}", pattern)
     if not m:
         return [pattern]
@@ -131,8 +170,8 @@ def expand_braces(pattern: str) -> list[str]:
     elif "," in body:
         options = body.split(",")
     else:
-        return [head + "{" + body + "}" + t for t in expand_braces(tail)]
-    return [head + o + t for o in options for t in expand_braces(tail)]
+        return [head + "{" + body + "}" + t for t in _expand_braces(tail)]
+    return [head + o + t for o in options for t in _expand_braces(tail)]
 
 
 def tar_members(path: Path) -> list[TarMember]:
@@ -171,6 +210,9 @@ def parquet_rows(path: Path, column: str | None = None) -> list[ParquetRow]:
                              f"(columns: {', '.join(names)})")
     elif column not in names:
         raise UsageError(f"{path}: no column {column!r} (columns: {', '.join(names)})")
+    declared, size = f.metadata.num_rows, path.stat().st_size
+    if declared > size:  # every row holds an image: a row per byte is already impossible
+        raise InputError(f"{path}: declares {declared:,} rows in {size:,} bytes; damaged or hostile")
     keys = f.read(columns=["key"]).column(0).to_pylist() if "key" in names else None
     out, start = [], 0
     for rg in range(f.num_row_groups):

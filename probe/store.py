@@ -65,6 +65,40 @@ def weights_mismatch(stored: dict, record: dict) -> str | None:
     return f"weights={show(old_w, old_h)}, not {show(new_w, new_h)}"
 
 
+#: what features are stored as (``--float16`` halves the file)
+STORE_DTYPES = ("float32", "float16")
+
+
+def check_dtype(dtype: object) -> str:
+    """A store dtype, or UsageError (``extract(dtype="int8")`` would store zeros)."""
+    if str(dtype) not in STORE_DTYPES:
+        raise UsageError(f"dtype must be one of {', '.join(STORE_DTYPES)}, not {dtype!r}")
+    return str(dtype)
+
+
+def stored_name(path: object) -> str:
+    """A path as stored: bytes that are not UTF-8 and line breaks written as ``\\xNN`` escapes, so every
+    name is valid text and one line of ``.paths.txt`` (``probe.images.fs_path`` reads the file back)."""
+    from probe.images import path_text
+
+    return path_text(str(path))
+
+
+#: what makes two groups' rows one matrix: the record plus the layer, the kind and the weights' content hash
+MERGE_KEYS = (*RECORD_KEYS, "layer", "kind")
+
+
+def record_mismatch(a: dict, b: dict) -> str | None:
+    """Why rows of groups with attributes ``a`` and ``b`` must not be joined (a merge of shards), or None."""
+    for key in MERGE_KEYS:
+        if _unattr(_attr(a.get(key))) != _unattr(_attr(b.get(key))):
+            return f"{key} {a.get(key)!r} vs {b.get(key)!r}"
+    if a.get("weights_sha256") or b.get("weights_sha256"):
+        if (a.get("weights_sha256") or "") != (b.get("weights_sha256") or ""):
+            return f"weights_sha256 {str(a.get('weights_sha256'))[:12]} vs {str(b.get('weights_sha256'))[:12]}"
+    return None
+
+
 def group_key(model_spec: str, layer: str) -> str:
     return f"{model_spec.replace(':', '_').replace('/', '_')}/{layer}"
 
@@ -210,8 +244,19 @@ class StoreGroup:
         try:
             for name in present:
                 self._g[name].resize(start + n, axis=0)
-            self._g["features"][start:] = features.astype(self._g["features"].dtype)
-            self._g["paths"][start:] = [str(p).encode("utf-8", "backslashreplace").decode() for p in paths]
+            with np.errstate(over="ignore"):  # an overflow is reported below, as one line
+                stored = features.astype(self._g["features"].dtype)
+            if stored.dtype == np.float16 and np.isfinite(features).all() and not np.isfinite(stored).all():
+                import warnings
+
+                from probe.errors import ProbeWarning
+
+                bad = int((~np.isfinite(stored)).any(axis=1).sum())
+                warnings.warn(f"{self._path}: {bad} row(s) of group {self.name} exceed float16's range (65504) "
+                              "and are stored as inf; extract without --float16 to keep them", ProbeWarning,
+                              stacklevel=2)
+            self._g["features"][start:] = stored
+            self._g["paths"][start:] = [stored_name(p) for p in paths]
             self._g["sha256"][start:] = [h.encode() for h in hashes]
             if "labels" in self._g:
                 self._g["labels"][start:] = -1 if labels is None else np.asarray(labels, dtype=np.int64)
@@ -282,17 +327,27 @@ class FeatureStore:
         self._open_for_writing()
 
     def _open(self, file: Path | io.BytesIO, mode: str) -> h5py.File:
+        from probe.containment import check_hdf5
+
         try:
-            return h5py.File(file, mode)
+            h5 = h5py.File(file, mode)
         except OSError as exc:
             reason = str(exc).split("(")[0].strip() or type(exc).__name__
             raise InputError(f"{self.path}: not a readable HDF5 feature store ({reason})") from exc
+        try:
+            check_hdf5(h5, self.path)  # no external links, virtual or external data, no size bombs
+        except BaseException:
+            h5.close()
+            raise
+        return h5
 
     def _open_for_writing(self) -> None:
+        from probe.containment import check_output_file
         from probe.locking import ProbeLock
 
         if self.path.is_dir():
             raise UsageError(f"{self.path}: is a directory; name a feature store file (.h5)")
+        check_output_file(self.path, "the feature store")
         self.path = self.path.resolve()  # a symlinked store is updated where it really lives
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -329,8 +384,9 @@ class FeatureStore:
         except OSError:
             return
         if free < nbytes + self.SPACE_MARGIN:
-            raise InputError(f"{self.path}: disk full ({free:,} bytes free, {nbytes:,} needed); the store keeps "
-                             "every row committed before; free space and rerun to resume")
+            raise InputError(f"{self.path}: disk full ({free:,} bytes free, {nbytes + self.SPACE_MARGIN:,} needed: "
+                             f"{nbytes:,} for the store and a {self.SPACE_MARGIN >> 20} MiB margin); the store "
+                             "keeps every row committed before; free space and rerun to resume")
 
     def _write_failed(self, exc: BaseException) -> InputError:
         return InputError(f"{self.path}: write failed ({_io_reason(exc)}); the store keeps every row committed "

@@ -30,6 +30,16 @@ from probe.models.encoder import Encoder
 KINDS = ("hdf5", "image", "text", "vector", "medoid")  # medoid: the store row nearest its set's mean (perturb)
 
 
+#: target kinds whose vector is read from a file as numbers, so its hash is exact across runs and devices
+HASHED_KINDS = ("hdf5", "vector")
+
+
+def vector_sha256(vector: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(vector, dtype="<f4").tobytes()).hexdigest()
+
+
 @dataclass
 class Target:
     """One feature vector to decode and its provenance (written into every manifest record)."""
@@ -44,9 +54,14 @@ class Target:
     extra: dict = field(default_factory=dict)
 
     def record(self) -> dict:
-        """The manifest's ``target`` dict."""
-        return {"kind": self.kind, "source": self.source, "index": self.index, "label": self.label,
-                "image_path": self.image_path}
+        """The manifest's ``target`` dict. Targets read as numbers (a store row, a vector file) carry the
+        sha256 of their float32 vector, so a resume refuses a target whose content changed under the same
+        name (image and text targets are encoded again on each run: their last bits may differ by device)."""
+        out = {"kind": self.kind, "source": self.source, "index": self.index, "label": self.label,
+               "image_path": self.image_path}
+        if self.kind in HASHED_KINDS and np.size(self.vector):
+            out["vector_sha256"] = vector_sha256(self.vector)
+        return out
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
@@ -231,7 +246,9 @@ def read_vectors(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         if path.suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
+            from probe.bounds import load_npy
+
+            arr = load_npy(path)  # header checked against the file's bytes first
         else:
             text = path.read_text()
             arr = np.array([[float(v) for v in re.split(r"[,\s]+", ln.strip()) if v]

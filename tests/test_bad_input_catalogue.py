@@ -97,6 +97,19 @@ def cat(tmp_path_factory, small_images, tiny_ckpt) -> dict[str, Path]:
     bad.mkdir()
     (bad / "manifest.jsonl").write_text("{not json\n")
     f["badjson"] = bad
+    # issue 22: zero-byte vector, stores naming code, a brace pattern of 10^9 names
+    f["empty_npy"] = root / "empty.npy"
+    f["empty_npy"].write_bytes(b"")
+    for name, spec, weights in (("ts_store", "torchscript:" + str(root / "evil.pt"), None),
+                                ("hf_store", "timm:hf-hub:evil/net", None),
+                                ("pickle_store", "timm:test_resnet", str(tiny_ckpt))):
+        f[name] = root / f"{name}.h5"
+        with h5py.File(f[name], "w") as h:
+            g = h.create_group("m/embedding")
+            g.create_dataset("features", data=np.ones((2, 96), np.float32))
+            g.create_dataset("paths", data=["a.png", "b.png"], dtype=h5py.string_dtype())
+            g.create_dataset("sha256", data=[b"0" * 64] * 2, dtype="S64")
+            g.attrs.update({"model_spec": spec, "layer": "embedding", **({"weights": weights} if weights else {})})
     return f
 
 
@@ -206,6 +219,31 @@ CASES = [
      "manifest.jsonl"),
     ("compare-chart-dir", ["compare", "{outside}", "--chart", "{a_dir}"], 2, "--chart names a directory"),
     ("compare-csv-dir", ["compare", "{outside}", "--csv", "{a_dir}"], 2, "--csv names a directory"),
+    # ---- issue 22: numbers that mean nothing, sizes no machine has, empty names (exit 2, one line)
+    *[(f"decode-{opt[2:]}-{val}", ["decode", *DEC, "--image", "{img}", opt, val, "-o", "{root}/n1"], 2, opt)
+      for opt in ("--tau", "--x0-cap", "--max-distance", "--weight", "--weight-end", "--rescale", "--grad-blur")
+      for val in ("nan", "inf")],
+    ("decode-seed-2**64", ["decode", *DEC, "--image", "{img}", "--seed", str(2**64), "-o", "{root}/n2"], 2,
+     "--seed"),
+    ("decode-seed-negative", ["decode", *DEC, "--image", "{img}", "--seed", "-1", "-o", "{root}/n3"], 2, "--seed"),
+    ("decode-candidates-1e6", ["decode", *DEC, "--image", "{img}", "--candidates", "1000000", "-o", "{root}/n4"],
+     2, "--candidates"),
+    ("decode-steps-1e9", ["decode", *DEC, "--image", "{img}", "--steps", "1000000000", "-o", "{root}/n5"], 2,
+     "--steps"),
+    ("compare-seed-2**64", ["compare", "{good_run}", "--seed", str(2**64)], 2, "--seed"),
+    ("extract-layer-empty", ["extract", "{img}", "-o", "{root}/x.h5", *ENC, "--layer", ""], 2, "--layer"),
+    ("decode-layer-empty", ["decode", *DEC, "--image", "{img}", "--layer", "", "-o", "{root}/n6"], 2, "--layer"),
+    ("decode-vector-zero-bytes", ["decode", *DEC, "--vector", "{empty_npy}", "-o", "{root}/n7"], 3, "empty.npy"),
+    ("extract-brace-1e9", ["extract", "{root}/{{0..999}}{{0..999}}{{0..999}}.png", "-o", "{root}/x.h5", *ENC], 2,
+     "brace pattern"),
+    # ---- issue 22: data never names code (a store's model_spec loads without -m only for weight-only families)
+    ("decode-from-torchscript-store", ["decode", "--prior", "{prior}", "--device", "cpu", "--from", "{ts_store}",
+                                       "--index", "0", "-o", "{root}/c1"], 2, "pass -m torchscript:"),
+    ("decode-from-hf-hub-store", ["decode", "--prior", "{prior}", "--device", "cpu", "--from", "{hf_store}",
+                                  "--index", "0", "-o", "{root}/c2"], 2, "pass -m timm:hf-hub:"),
+    ("decode-from-pickle-weights-store", ["decode", "--prior", "{prior}", "--device", "cpu", "--from",
+                                          "{pickle_store}", "--index", "0", "-o", "{root}/c3"], 2,
+     "pickle checkpoint"),
     ("compare-attribute-unknown", ["compare", "{good_run}", "-a", "no_such_attribute"], 2, "no_such_attribute"),
 ]
 

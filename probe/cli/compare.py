@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from probe.cli.console import LateProgress, quiet, say, warn
+from probe.cli.console import LateProgress, print_rich_table, quiet, say, warn
 from probe.errors import UsageError
 from probe.persistence.attributes import ATTRIBUTES, INDEPENDENT_CLASSIFIERS
 from probe.persistence.samples import OFF_MANIFOLD_POLICIES
@@ -134,7 +134,8 @@ def _target_table(result: CompareResult, max_targets: int = 10) -> Table:
               help="Bootstrap resamples for the confidence intervals.")
 @click.option("--ci", "ci_level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95,
               show_default=True, help="Confidence level.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**62), default=0, show_default=True,
+              help="Seed of the bootstrap.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--allow-unequal", is_flag=True, help="Score groups even when their sample counts differ.")
 @click.option("--off-manifold", "off_manifold", type=click.Choice(OFF_MANIFOLD_POLICIES), default="exclude",
@@ -192,11 +193,11 @@ def compare(
     if as_json:
         click.echo(result.to_json())
         return
-    out.print(_summary_table(result))
+    print_rich_table(_summary_table(result), out)
     for line in _notes(result):
         say(line, style="dim")
     if per_target:
-        out.print(_target_table(result))
+        print_rich_table(_target_table(result), out)
     for label, p in (("summary CSV", csv_path), ("per-target CSV", targets_csv), ("chart", chart_path),
                      ("report", html_path)):
         if p:

@@ -71,6 +71,29 @@ def print_table(title: str, columns: list[str], rows: list[list[object]], err: b
     Console(stderr=err, soft_wrap=True).print(table)
 
 
+def print_rich_table(table, out: Console | None = None) -> None:
+    """A rich table built for the terminal; on a pipe or file, plain tab-separated lines (header first,
+    cells as plain text) like every other listing, so no name is wrapped or cut; the title goes to stderr."""
+    from rich.text import Text
+
+    if quiet():
+        return
+    if sys.stdout.isatty():
+        (out or Console()).print(table)
+        return
+
+    def plain(cell: object) -> str:
+        if isinstance(cell, Text):
+            return cell.plain
+        return Text.from_markup(cell).plain if isinstance(cell, str) else str(cell)
+    if table.title:  # the title is a message (stderr), so stdout holds only the table's lines
+        click.echo(plain(table.title), err=True)
+    columns = table.columns
+    click.echo("\t".join(_cell(plain(c.header)) for c in columns))
+    for i in range(table.row_count):
+        click.echo("\t".join(_cell(plain(c._cells[i])) if i < len(c._cells) else "" for c in columns))
+
+
 def warn(message: str) -> None:
     """A warning line (bad file etc.) — shown even with --quiet, on stderr."""
     click.echo(f"warning: {message}", err=True)

@@ -27,6 +27,25 @@ COMMANDS = {
 }
 
 
+def one_line(err: object) -> str:
+    """An error as the one line the README promises: later lines (a library's long explanation) dropped."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[0] + (" …" if len(lines) > 1 else "") if lines else type(err).__name__
+
+
+def _quiet_broken_pipe() -> None:
+    """Exit 141 (128 + SIGPIPE, what a shell tool killed by a closed pipe reports) with no message; stdout
+    is pointed at /dev/null so the interpreter's own final flush does not complain either."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file descriptor (a test runner's stream)
+        pass
+    sys.exit(141)
+
+
 def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if value:
         root = ctx.find_root()
@@ -67,23 +86,25 @@ class LazyGroup(click.Group):
         except ProbeError as err:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: {err}", err=True)
+            click.echo(f"error: {one_line(err)}", err=True)
             sys.exit(err.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
+        except BrokenPipeError:  # the reader went away (``| head -1``): stop quietly, as head expects
+            _quiet_broken_pipe()
         except OSError as exc:  # the file system said no (permissions, full disk, a folder for a file)
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-            click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+            click.echo(f"error: {where}{one_line(exc.strerror or exc)}", err=True)
             sys.exit(3)
         except Exception as exc:  # noqa: BLE001 - a bug: one line here, the traceback with --debug
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: internal error ({type(exc).__name__}: {exc}); rerun with --debug "
+            click.echo(f"error: internal error ({type(exc).__name__}: {one_line(exc)}); rerun with --debug "
                        "for the traceback", err=True)
             sys.exit(1)
 
@@ -101,3 +122,23 @@ def cli(ctx: click.Context, quiet: bool, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj.update(quiet=quiet, debug=debug)
+    _probe_warnings_as_lines()
+
+
+def _probe_warnings_as_lines() -> None:
+    """probe's own warnings (ProbeWarning) print as one ``warning:`` line like every other warning."""
+    import warnings
+
+    from probe.errors import ProbeWarning
+
+    shown = warnings.showwarning
+    if getattr(shown, "_probe", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ProbeWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+    show._probe = True  # type: ignore[attr-defined]
+    warnings.showwarning = show

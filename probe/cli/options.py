@@ -59,6 +59,28 @@ def _parser(module: str, name: str) -> Callable[[str], Any]:
     return parse
 
 
+class _Finite(click.ParamType):
+    """A float that means something: ``nan``, ``inf`` and ``-inf`` are usage errors (exit 2), for every
+    numeric option at once (a NaN threshold would run and write NaN into the manifest)."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        import math
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+FINITE = _Finite()
+#: seeds: sample s of a run uses SEED + s (and candidates add offsets), all within numpy's and torch's range
+SEED = click.IntRange(min=0, max=2**62)
+
 COMPONENTS = _Parsed("components", _parser("probe.geometry.directions", "parse_components"))
 SCALES = _Parsed("scales", _parser("probe.geometry.directions", "parse_scales"))
 GRID = _Parsed("grid", _parser("probe.geometry.maps", "parse_grid"))
@@ -111,6 +133,8 @@ def encoder_options(multiple_layers: bool = True, infer: bool = False):
             o = _take(kwargs, ENCODER_PARAMS)
             layers = o["layers"]
             o["layers"] = tuple([layers] if isinstance(layers, str) else layers or ())
+            if any(not name.strip() for name in o["layers"]):  # checked before any model loads
+                raise UsageError("--layer '': empty layer name; list valid names with 'probe models layers SPEC'")
             return fn(*args, encoder=EncoderOptions(**o), **kwargs)
         return _apply(inner, opts)
     return wrap
@@ -201,25 +225,25 @@ def decode_options(samples: int = 4, trajectory: bool = False, out_help: str = "
                           "or a Hugging Face hub id."),
         click.option("-n", "--samples", type=click.IntRange(min=1), default=samples, show_default=True,
                      help="Decoded images per target; sample s uses seed SEED+s for every target."),
-        click.option("--seed", default=0, show_default=True, help="Base seed of the samples."),
+        click.option("--seed", type=SEED, default=0, show_default=True, help="Base seed of the samples."),
         click.option("--batch-size", type=BatchSize(), default="auto", show_default=True,
                      help="Chains per network call ('auto': chosen from the device and the networks' memory). "
                           "The sampler keeps every call full: chains of the next samples enter as others finish "
                           "their layout stage; the images do not depend on it."),
-        click.option("--grad-min-weight", type=click.FloatRange(min=0), default=None,
+        click.option("--grad-min-weight", type=FINITE, default=None,
                      help="Rounds whose capped guidance weight is below this run forward-only (no backward "
                           "pass; guidance dropped there). Off by default."),
         click.option("--schedule", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
                      help=f"Guidance preset. {SCHEDULE_HELP}."),
         click.option("--steps", type=int, help="Override: reverse timesteps (strided over 1000; 0 = all)."),
-        click.option("--weight", type=float, help="Override: guidance weight w."),
-        click.option("--tau", type=float, help="Override: gradient threshold tau (0 = off)."),
+        click.option("--weight", type=FINITE, help="Override: guidance weight w."),
+        click.option("--tau", type=FINITE, help="Override: gradient threshold tau (0 = off)."),
         click.option("--rounds", type=int, help="Override: self-recurrence rounds K per step."),
         click.option("--early-rounds", type=int, help="Override: rounds on the first --early-steps steps."),
         click.option("--early-steps", type=int, help="Override: how many first steps get --early-rounds."),
         click.option("--late-rounds", type=int, help="Override: rounds on the last --late-steps steps."),
         click.option("--late-steps", type=int, help="Override: how many last steps get --late-rounds."),
-        click.option("--weight-end", type=float, help="Override: weight at the last guided step (linear from "
+        click.option("--weight-end", type=FINITE, help="Override: weight at the last guided step (linear from "
                      "--weight; strong early, weak late keeps textures out)."),
         click.option("--free-steps", type=int, help="Override: leave the last N steps unguided (the prior "
                      "cleans up)."),
@@ -227,19 +251,19 @@ def decode_options(samples: int = 4, trajectory: bool = False, out_help: str = "
                      "pixels (0 = off)."),
         click.option("--eot-flip/--no-eot-flip", default=None, help="Override: also mirror those copies."),
         click.option("--eot-samples", type=int, help="Override: transformed copies per guided evaluation."),
-        click.option("--grad-blur", type=float, help="Override: Gaussian blur sigma (pixels of z) of the "
+        click.option("--grad-blur", type=FINITE, help="Override: Gaussian blur sigma (pixels of z) of the "
                      "guidance gradient (0 = off)."),
-        click.option("--x0-cap", type=float, help="Override: at most this weight times sqrt(abar/(1-abar)) at "
+        click.option("--x0-cap", type=FINITE, help="Override: at most this weight times sqrt(abar/(1-abar)) at "
                      "each step, so guidance never moves the x0 estimate by more than about this (0 = off)."),
         click.option("--candidates", type=int, help="Override: seeds tried per sample through the first "
                      "--early-steps steps; the one closest to the target is kept (1 = off)."),
-        click.option("--rescale", type=float, help="Override: pull the guided noise prediction back to the "
+        click.option("--rescale", type=FINITE, help="Override: pull the guided noise prediction back to the "
                      "unguided one's norm, 0..1 (1 = same norm; keeps guidance from adding contrast)."),
         click.option("--spacing", type=click.Choice(["linear", "quadratic"]),
                      help="Override: timestep spacing (quadratic: denser near t = 0)."),
         click.option("--patience", type=int, help="Stop a sample when its best distance has not improved "
                      "for this many steps (0 = off)."),
-        click.option("--max-distance", type=float, help="Stop a sample once its best distance is below this."),
+        click.option("--max-distance", type=FINITE, help="Stop a sample once its best distance is below this."),
         click.option("--update", type=click.Choice(["ddpm", "ddim"]), help="Override: reverse step rule."),
         click.option("--no-quantize", is_flag=True, default=None,
                      help="Optimise the float image instead of the 8-bit PNG (not recommended)."),

@@ -24,6 +24,11 @@ LOSS_RESIZES = ("eval", "whole")
 BEST_BY = ("saved", "loss")
 
 
+#: bounds that keep one option from asking for more memory or time than any machine has (issue 22)
+MAX_CANDIDATES = 4096
+MAX_COUNT = 100_000
+
+
 @dataclass(frozen=True)
 class GuidanceConfig:
     """How one guided decode runs.
@@ -134,6 +139,17 @@ class GuidanceConfig:
     grad_min_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # the API's values obey the CLI's rule: every number finite
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise UsageError(f"--{f.name.replace('_', '-')} must be a finite number, not {v}")
+        if self.candidates > MAX_CANDIDATES:
+            raise UsageError(f"--candidates must be at most {MAX_CANDIDATES} (each is a whole chain in memory), "
+                             f"not {self.candidates}")
+        for name in ("steps", "rounds", "early_rounds", "late_rounds", "eot_samples"):
+            if getattr(self, name) > MAX_COUNT:
+                raise UsageError(f"--{name.replace('_', '-')} must be at most {MAX_COUNT:,}, not "
+                                 f"{getattr(self, name)}")
         if self.steps < 0:
             raise UsageError(f"--steps must be >= 0 (0 = every training step), not {self.steps}")
         if self.rounds < 1 or self.early_rounds < 1:

@@ -22,7 +22,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any decoding failure is the file's fault
-        raise InputError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+        # torch's refusal of a pickle explains itself over 15 lines: its first line says enough
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")[:200]
+        raise InputError(f"{path}: cannot read weights ({type(exc).__name__}: {first})") from exc
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

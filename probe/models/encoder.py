@@ -30,6 +30,8 @@ EMBEDDING = "embedding"
 LOGITS = "logits"
 LUMA = (0.299, 0.587, 0.114)
 CROP_MODES = ("center", "squash", "border")  # timm's eval crop modes
+#: the largest network input side accepted from a config (Stable Diffusion works at 512; ViTs at <= 1024)
+MAX_INPUT_SIDE = 4096
 
 
 @dataclass
@@ -57,6 +59,17 @@ class Preprocess:
     resize_size: int | None = None
 
     def __post_init__(self) -> None:
+        # bounds on sizes before anything is allocated (a config saying size 10**9 is refused, issue 22)
+        if not 1 <= self.size <= MAX_INPUT_SIDE:
+            raise UsageError(f"input size must be 1..{MAX_INPUT_SIDE} pixels, not {self.size}")
+        if not 1 <= self.in_chans <= 4:
+            raise UsageError(f"in_chans must be 1..4, not {self.in_chans}")
+        if not (0.0 < self.crop_pct <= 1.0):
+            raise UsageError(f"crop_pct must be in (0, 1], not {self.crop_pct}")
+        values = (*self.mean, *self.std)
+        if len(self.mean) > 4 or len(self.std) > 4 or not all(math.isfinite(v) for v in values) \
+                or any(v == 0 for v in self.std):
+            raise UsageError(f"mean/std must be up to 4 finite numbers (std not 0), not {self.mean}/{self.std}")
         if self.crop_mode not in CROP_MODES:
             raise UsageError(f"crop_mode must be one of {', '.join(CROP_MODES)}, not {self.crop_mode!r}")
 
@@ -197,7 +210,7 @@ class Encoder(nn.Module):
                 if name == LOGITS and parts.head is None:
                     raise UsageError(f"{spec} has no classifier head, so it has no 'logits' layer")
                 continue
-            if name not in modules or not parts.hookable:
+            if not name or name not in modules or not parts.hookable:  # '' is the whole model, not a layer
                 raise UsageError(
                     f"{spec} has no layer {name!r}; list valid names with 'probe models layers {spec}'")
             self._handles.append(modules[name].register_forward_hook(self._capture(name)))

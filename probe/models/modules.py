@@ -38,11 +38,20 @@ def preprocess_from(spec: Preprocess | Mapping[str, Any], where: str = "preproce
         cfg["size"] = h
     if "size" not in cfg:
         raise UsageError(f"{where}: needs 'size' (the network's input side in pixels)")
-    mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))
     known = {"size", "mean", "std", "crop_pct", "interpolation", "in_chans", "crop_mode"}
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise UsageError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    try:
+        return _preprocess(cfg)
+    except UsageError as err:
+        raise UsageError(f"{where}: {err}") from None
+    except (TypeError, ValueError, OverflowError) as exc:  # "size": "big", "mean": 3, 1e400
+        raise UsageError(f"{where}: not a preprocessing config ({type(exc).__name__}: {str(exc)[:80]})") from None
+
+
+def _preprocess(cfg: dict) -> Preprocess:
+    mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))
     return Preprocess(size=int(cfg["size"]), mean=mean, std=tuple(float(v) for v in cfg.get("std", IMAGENET_STD)),
                       crop_pct=float(cfg.get("crop_pct", 1.0)), interpolation=str(cfg.get("interpolation", "bicubic")),
                       in_chans=int(cfg.get("in_chans", len(mean))), crop_mode=str(cfg.get("crop_mode", "center")))

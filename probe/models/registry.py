@@ -116,6 +116,34 @@ def parse_spec(spec: str) -> Spec:
     return Spec(family, name)
 
 
+#: families whose weights a store may name without the user confirming the spec (``-m``): they load weights
+#: that the library itself lists (bundled files, timm/open_clip/torchvision names), never code from a file
+DATA_SAFE_FAMILIES = ("bundled", "timm", "open_clip", "torchvision")
+
+
+def spec_from_data(spec: object, weights: object, source: object) -> None:
+    """Refuse (UsageError, exit 2) a model that a data file (a store's ``model_spec``/``weights``) names
+    when loading it could run code: TorchScript files, Hugging Face hub repositories (``hf-hub:``), local
+    pickle checkpoints. Safe ones: the families above with their own hub weights, ``random`` or a
+    ``.safetensors`` file. The user confirms any other by naming it on the command line (``-m``)."""
+    text = str(spec or "")
+    if not text:
+        return  # nothing named: the default encoder
+    family, _, name = text.partition(":")
+    w = str(weights or "")
+    why = None
+    if family not in DATA_SAFE_FAMILIES:
+        why = f"its {family or 'model'} family runs code from a file"
+    elif "hf-hub:" in name:
+        why = "it names a Hugging Face hub repository, whose files may run code"
+    elif w and w != "random" and not w.endswith(".safetensors"):
+        why = f"its weights {w!r} are a pickle checkpoint"
+    if why:
+        given = f"{text}{f' --weights {w}' if w else ''}"
+        raise UsageError(f"{source}: was made by {given}; probe does not load a model named by a data file when "
+                         f"{why}: pass -m {given} on the command line to confirm")
+
+
 RANDOM_SEED = 0  # --weights random: the same random network in every process, so a rerun resumes correctly
 
 

@@ -6,7 +6,6 @@ Preprocessing defaults to 224 px, bicubic, ImageNet mean/std; a JSON file beside
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -27,10 +26,12 @@ def load_torchscript(path: str) -> EncoderParts:
     cfg = {"size": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "crop_pct": 0.875, "interpolation": "bicubic"}
     side = p.with_name(p.name + ".json")
     if side.is_file():
-        try:
-            cfg.update(json.loads(side.read_text()))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{side}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        from probe.bounds import read_json_config
+
+        side_cfg = read_json_config(side)  # at most 1 MiB, JSON, else InputError
+        if not isinstance(side_cfg, dict):
+            raise InputError(f"{side}: not a JSON object of preprocessing fields")
+        cfg.update(side_cfg)
     try:
         pre = preprocess_from(cfg, str(side))
     except UsageError as exc:  # the side file is input data: exit code 3

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from probe.containment import inside
 from probe.errors import InputError, UsageError
-from probe.images import list_images
+from probe.images import images_inside, list_images
 from probe.manifest import Manifest
 from probe.rundir import RunDir
 
@@ -132,13 +133,8 @@ def load_decode_dir(
         rel = getattr(rec, image_key)
         if rel is None:
             raise InputError(f"{manifest.path}: record {lineno} ({rec.target_id}) lacks {image_key!r}")
-        path = out / rel
-        try:  # a manifest names files of its own run only: "../../x" or "/etc/x" would leak other files
-            inside = path.resolve().is_relative_to(out.resolve())
-        except (OSError, ValueError):
-            inside = False
-        if not inside:
-            raise InputError(f"{manifest.path}: record {lineno}: image {rel!r} lies outside the run folder")
+        # a manifest names files of its own run only: "../../x" or "/etc/x" would leak other files
+        path = inside(out, rel, "image", where=f"{manifest.path}: record {lineno}")
         if not path.is_file():
             raise InputError(f"{manifest.path}: record {lineno}: image {rel} does not exist")
         tid = rec.target_id
@@ -180,7 +176,7 @@ def load_decode_dir(
         ref, ref_source = _reference_from_dir(Path(reference)), str(reference)
     else:
         base = RunDir(out).baseline
-        ref = list_images(base) if base.is_dir() else []
+        ref = images_inside(out, base) if base.is_dir() else []
         if not ref:
             raise InputError(f"{base}: no unguided baseline images; pass --reference DIR")
         ref_source = f"{base} (unguided samples, same prior and seeds)"

@@ -99,9 +99,9 @@ def _array_targets(encoder: Encoder, arr: np.ndarray | torch.Tensor, dim: int, n
         return [vector_target(r.numpy(), f"vec-{j}" if len(rows) > 1 else "vec", f"{name} vector", dim)
                 for j, r in enumerate(rows)]
     if x.dim() in (3, 4):
-        imgs = x[None] if x.dim() == 3 else x
-        if imgs.min() < 0 or imgs.max() > 1:
-            raise UsageError(f"{name}: image tensors must hold values in [0, 1]")
+        from probe.images import check_image_tensor
+
+        imgs = check_image_tensor(x[None] if x.dim() == 3 else x, name)  # finite, in [0, 1]
         feats = encode_images01(encoder, imgs).numpy()
         return [Target(id=f"image-{j}" if len(imgs) > 1 else "image", vector=v, kind="image",
                        source=f"{name} image tensor", index=j if len(imgs) > 1 else None)

@@ -43,10 +43,13 @@ class EncoderOptions:
         encoder. Pooling defaults to ``cls``."""
         opts = self
         if opts.spec is None and store is not None and Path(store).is_file():
+            from probe.models.registry import spec_from_data
             from probe.store import FeatureStore
 
             with FeatureStore(store, "r") as st:
                 a = st.group(group).attrs
+            # data never names code: only weight-only families load without -m (docs/security.md)
+            spec_from_data(a.get("model_spec"), None if opts.weights else a.get("weights"), store)
             opts = dataclasses.replace(
                 opts, spec=a.get("model_spec"), weights=opts.weights or a.get("weights") or None,
                 layers=opts.layers or ((a["layer"],) if a.get("layer") else ()),

@@ -295,7 +295,9 @@ def test_api_extract_reads_tar_and_parquet_like_files(tmp_path, small_images, ti
 
 def test_api_decode_shards_merge_to_the_single_process_folder(tmp_path, small_images, tiny_ckpt):
     """probe.decode takes probe decode's targets (a store row, an image file) and its --shard parts."""
-    enc = probe.EncoderOptions(device="cpu")  # no spec: the store's encoder, as 'probe decode --from' infers it
+    # no spec: the store's encoder, as 'probe decode --from' infers it; its pickle checkpoint is confirmed by
+    # naming it (a store never chooses a pickle to load, issue 22)
+    enc = probe.EncoderOptions(weights=str(tiny_ckpt), device="cpu")
     probe.extract(probe.EncoderOptions(spec="timm:test_resnet", weights=str(tiny_ckpt), device="cpu"),
                   small_images[:3], out=tmp_path / "f.h5", workers=0)
     targets = probe.Targets(store=tmp_path / "f.h5", index=1, images=small_images[3])
@@ -319,7 +321,7 @@ def test_api_decode_shards_merge_to_the_single_process_folder(tmp_path, small_im
     with pytest.raises(UsageError, match="expected i/N"):
         probe.decode(enc, targets, out=tmp_path / "x", shard="half", **kw)
     with pytest.raises(UsageError, match="give it with --from FILE"):
-        probe.decode(enc, probe.Targets(index="0", images=small_images[3]), **kw)
+        probe.decode(probe.EncoderOptions(device="cpu"), probe.Targets(index="0", images=small_images[3]), **kw)
 
 # -- torchrun -------------------------------------------------------------------------------------------
 def _torchrun(*args: str) -> subprocess.CompletedProcess:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from probe.containment import inside
 from probe.distributed import Shard
 from probe.errors import InputError, UsageError
 from probe.locking import ProbeLock
-from probe.manifest import Manifest, SampleRecord
+from probe.manifest import Manifest, SampleRecord, write_metadata
 from probe.rundir import RunDir
 from probe.store import FeatureStore
 from probe.workflows.decode.sheet import sheet_from_records
@@ -131,7 +132,8 @@ def merge_decodes(out: Path, sheet: bool = True, keep: bool = False, on_warning=
                         rel = getattr(rec, key)
                         if not rel:
                             continue
-                        s, d = src / rel, out / rel
+                        s = inside(src, rel, key, where=RunDir(src).manifest)  # never "../../x" or "/etc/x"
+                        d = inside(out, rel, key, where=RunDir(src).manifest)
                         if s.is_file():
                             d.parent.mkdir(parents=True, exist_ok=True)
                             os.replace(s, d)
@@ -145,12 +147,15 @@ def merge_decodes(out: Path, sheet: bool = True, keep: bool = False, on_warning=
         for src in shard_dirs:
             if RunDir(src).baseline.is_dir():
                 for f in sorted(RunDir(src).baseline.glob("*.png")):
+                    if f.is_symlink():  # a link would carry an outside file into the run
+                        continue
                     if not (RunDir(out).baseline / f.name).is_file():
                         RunDir(out).baseline.mkdir(parents=True, exist_ok=True)
                         os.replace(f, RunDir(out).baseline / f.name)
         records = canonical(records)
         _check_same_run(records, out)
         write_decode_dir(out, records, sources)
+        write_metadata(out, records)  # images/metadata.jsonl, as a single process writes it
         if not keep:
             for src in shard_dirs:
                 shutil.rmtree(src, ignore_errors=True)

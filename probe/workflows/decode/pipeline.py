@@ -236,7 +236,10 @@ def _compatible(records: Sequence[SampleRecord], common: dict, targets: Sequence
                                  "the same settings to resume, or use --overwrite or another --out")
         ti = rec.target_index
         t = targets[ti] if ti is not None and 0 <= ti < len(targets) else None
-        if t is None or t.id != rec.target_id or json.loads(json.dumps(t.record())) != rec.target:
+        now_t = json.loads(json.dumps(t.record())) if t is not None else None
+        if now_t is not None and "vector_sha256" not in rec.target:  # a record made before targets were hashed
+            now_t.pop("vector_sha256", None)
+        if t is None or t.id != rec.target_id or now_t != rec.target:
             raise UsageError(f"{where}: holds a decode of other targets (target {ti} was {rec.target_id!r}); "
                              "rerun with the same targets to resume, or use --overwrite or another --out")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from probe.containment import inside, is_inside
 from probe.images import fs_path, read_image01, to_uint8
 from probe.manifest import SampleRecord, by_cell
 from probe.render.sheets import image_grid
@@ -40,10 +41,12 @@ def write_contact_sheet(out: Path, records: Sequence[SampleRecord], targets: Seq
             caps.append("target")
         for s in range(samples):
             r = recs.get((t.id, s))
-            row.append(load(out / r.image) if r else None)
+            row.append(load(inside(out, r.image)) if r and is_inside(out, r.image) else None)
             if r:
                 rel, nat = r.relative_distance, r.naturalness
-                caps.append(f"d={r.best_distance:.3g}" + (f"\nrel={rel:.2f}" if rel is not None else "")
+                best = r.best_distance
+                caps.append((f"d={best:.3g}" if best is not None else "d=n/a")  # null: it diverged
+                            + (f"\nrel={rel:.2f}" if rel is not None else "")
                             + (f"\nreal={nat:.2f}" if nat is not None else "")
                             + (" OFF-MANIFOLD" if r.off_manifold else ""))
             else:
@@ -71,9 +74,11 @@ def sheet_from_records(out: Path, records: list[SampleRecord]) -> Path | None:
             continue
         seen.add(r.target_id)
         t = r.target
+        # the picture copied into OUT/targets/, never a path the record names elsewhere
+        picture = str(inside(out, r.target_image, "target_image")) if r.target_image else None
         targets.append(Target(id=r.target_id, vector=np.zeros(0, dtype=np.float32), kind=t.get("kind", ""),
                               source=t.get("source", ""), index=t.get("index"), label=t.get("label"),
-                              image_path=t.get("image_path")))
+                              image_path=picture))
     first = records[0]
     s = first.settings
     title = f"{first.encoder} [{first.layer}] <- {first.prior} ({s.get('name')})"

@@ -122,7 +122,12 @@ def run(encoder: Any, inputs: Sequence[str | Path] | str | Path | torch.Tensor =
     names one), all wait for each other and rank 0 merges. ``on_start(plan)`` is called once the work is
     known, ``on_batch(done, total)`` after each batch, ``on_warning(line)`` for each input that fails.
     """
+    ExtractConfig(batch_size=batch_size, workers=workers or 0, dtype=dtype, labels=labels,
+                  max_pixels=max_pixels or None)  # the API's values checked like the CLI's, before any load
     if isinstance(inputs, torch.Tensor):
+        from probe.images import check_image_tensor
+
+        check_image_tensor(inputs, "inputs")
         return _tensor_features(resolve_encoder(encoder, device=device), inputs)
     from probe.outputs import check_writable_file
 
@@ -184,6 +189,10 @@ def _gather(inputs: Sequence[str | Path] | str | Path, list_file: str | None, im
 
 
 def _tensor_features(encoder: Encoder, images: torch.Tensor) -> ExtractResult:
+    from probe.images import check_image_tensor
+
+    images = check_image_tensor(images, "inputs")  # the rule decode's image targets obey
+    images = images[None] if images.dim() == 3 else images
     with torch.no_grad():
         feats = encoder.features(images.to(encoder.device))
     return ExtractResult(None, [], [], features={k: v.float().cpu().numpy() for k, v in feats.items()})

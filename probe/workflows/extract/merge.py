@@ -16,7 +16,7 @@ import numpy as np
 from probe.distributed import Shard
 from probe.errors import InputError, UsageError
 from probe.locking import ProbeLock
-from probe.store import RECORD_KEYS, FeatureStore
+from probe.store import FeatureStore, record_mismatch
 from probe.workflows.parts import NOT_RECORD, MergeSummary
 
 CHUNK = 4096
@@ -47,6 +47,11 @@ def merge_stores(store: Path, shards: Sequence[Path] | None = None, keep: bool =
         opened = [FeatureStore(s, "r") for s in shards]
         try:
             names = sorted({n for st in opened for n in st.group_names()})
+            for st in opened:  # shards of one run hold the same groups (a shard with no rows may hold none)
+                have = st.group_names()
+                if have and have != names:
+                    raise InputError(f"{st.path}: holds groups {', '.join(have)} but other shards "
+                                     f"{', '.join(sorted(set(names) - set(have)))}; merge only shards of one run")
             with FeatureStore(store, "a") as dst:
                 for name in names:
                     added, dups = _merge_group(dst, name, [st for st in opened if name in st.group_names()])
@@ -89,10 +94,11 @@ def _merge_group(dst: FeatureStore, name: str, sources: list[FeatureStore]) -> t
     if not chosen:
         return 0, dups
     record = {k: v for k, v in first.items() if k not in NOT_RECORD}
-    for g in groups[1:]:
-        for k in RECORD_KEYS:
-            if g.attrs.get(k) != first.get(k):
-                raise InputError(f"{sources[0].path} and another shard: group {name} differs in {k}")
+    for st, g in zip(sources[1:], groups[1:]):
+        problem = record_mismatch(first, g.attrs)  # spec, weights (and their hash), layer, preprocessing
+        if problem:
+            raise InputError(f"{sources[0].path} and {st.path}: group {name} differs in {problem}; merge only "
+                             "shards of one run")
     out = dst.create_group(name, groups[0].dim, record, first.get("layer", name.rsplit("/", 1)[-1]),
                            kind=first.get("kind", "image"), dtype=str(groups[0].features.dtype),
                            feature_shape=first.get("feature_shape"))

@@ -20,8 +20,8 @@ from probe.distributed import Shard
 from probe.errors import InputError, UsageError
 from probe.images import DEFAULT_MAX_PIXELS, path_text, read_image01, sha256_text
 from probe.models.encoder import Encoder
-from probe.sources import Item, decode_item, item_key, read_item
-from probe.store import FeatureStore, existing_hashes, group_key
+from probe.sources import Item, decode_item, item_key, quiet_worker, read_item
+from probe.store import FeatureStore, check_dtype, existing_hashes, group_key
 
 
 @dataclass
@@ -32,6 +32,13 @@ class ExtractConfig:
     overwrite: bool = False
     labels: str | None = None  # "parent": the parent folder's name is the label
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # larger images are skipped with a warning (0/None: no limit)
+
+    def __post_init__(self) -> None:  # the API's values obey the CLI's rules (issue 22)
+        check_dtype(self.dtype)
+        if self.batch_size < 1 or self.workers < 0 or (self.max_pixels or 0) < 0:
+            raise UsageError("batch_size must be >= 1, workers and max_pixels >= 0")
+        if self.labels not in (None, "parent"):
+            raise UsageError(f"labels must be None or 'parent', not {self.labels!r}")
 
 
 @dataclass
@@ -132,7 +139,7 @@ def extract_images(encoder: Encoder, paths: Sequence[Item], store_path: Path, co
             skip |= set.intersection(*have.values()) if have else set()
     positions = [i for batch in shard.batches(len(paths), config.batch_size) for i in batch]
     loader = DataLoader(_ImageFiles(paths, positions, encoder, skip, config.max_pixels), batch_size=config.batch_size,
-                        num_workers=config.workers, collate_fn=_collate,
+                        num_workers=config.workers, collate_fn=_collate, worker_init_fn=quiet_worker,
                         persistent_workers=False, prefetch_factor=4 if config.workers else None)
     start = time.perf_counter()
     done = 0
@@ -212,7 +219,8 @@ def export_group(store_path: Path, group: str | None, out: Path) -> dict:
     and .label_names.txt: line k names label k, so the integer labels can be read without the store)."""
     from probe.outputs import check_writable_file
 
-    check_writable_file(out, "-o")
+    for side in (out, *(out.with_suffix(x) for x in (".paths.txt", ".labels.npy", ".label_names.txt"))):
+        check_writable_file(side, "-o")
     with FeatureStore(store_path, "r") as st:
         g = st.group(group)
         feats = g.rows(slice(None))

@@ -62,12 +62,14 @@ def _sqdist(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def load_cell(out: Path, rel: str | None) -> np.ndarray | None:
+    from probe.containment import inside
     from probe.images import read_image01, to_uint8
 
     if not rel:
         return None
+    path = inside(out, rel, "image")  # a manifest or store names files of its own run only
     try:
-        return to_uint8(read_image01(out / rel))
+        return to_uint8(read_image01(path))
     except InputError:
         return None
 

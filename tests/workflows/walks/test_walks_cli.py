@@ -104,9 +104,10 @@ def test_interpolate_strip_shares_seeds_and_starts_at_a(run_cli, prior_dir, enc_
     strip = Image.open(out / "strip.png")
     assert strip.width > strip.height  # 3 points (+ the A and B source images) across, 2 samples down
 
-    # same seeds => the t=0 images are those of decoding A alone (decode --from infers -m from the store too)
+    # same seeds => the t=0 images are those of decoding A alone (a TorchScript encoder is confirmed with -m:
+    # a store never chooses code to run, issue 22)
     alone = tmp_path / "alone"
-    res = run_cli("-q", "decode", "--prior", prior_dir, "--from", path, "--index", "0", *FAST,
+    res = run_cli("-q", "decode", "--prior", prior_dir, "--from", path, "--index", "0", "-m", enc_spec, *FAST,
                   "--samples", "2", "--batch-size", "2", "--out", alone)
     assert res.exit_code == 0, res.stderr
     for s in (0, 1):
@@ -114,12 +115,16 @@ def test_interpolate_strip_shares_seeds_and_starts_at_a(run_cli, prior_dir, enc_
         assert np.array_equal(pixels(out / first["image"]), pixels(alone / "images" / f"r00000_s{s:02d}.png"))
 
 
-def test_interpolate_encoder_defaults_to_the_store_and_vector_endpoints(run_cli, prior_dir, store, tmp_path):
+def test_interpolate_encoder_defaults_to_the_store_and_vector_endpoints(run_cli, prior_dir, store, tmp_path,
+                                                                        enc_spec):
     path, feats, _ = store
     np.save(tmp_path / "two.npy", feats[[3, 4]])
     out = tmp_path / "o"
-    res = run_cli("-q", "interpolate", f"{path}:1", f"vector:{tmp_path / 'two.npy'}:1", "--points", "2",
-                  "--prior", prior_dir, *FAST, "--no-baseline", "--out", out)
+    args = ["-q", "interpolate", f"{path}:1", f"vector:{tmp_path / 'two.npy'}:1", "--points", "2",
+            "--prior", prior_dir, *FAST, "--no-baseline", "--out", out]
+    res = run_cli(*args)  # the store names a TorchScript file: code, so it is never loaded unconfirmed
+    assert res.exit_code == 2 and f"pass -m {enc_spec}" in res.stderr, res.stderr
+    res = run_cli(*args, "-m", enc_spec)
     assert res.exit_code == 0, res.stderr
     recs = records(out)
     assert [r["target_id"] for r in recs] == ["p00", "p01"]
@@ -164,7 +169,7 @@ def test_perturb_pca_grid_manifest_and_cache(run_cli, prior_dir, store, tmp_path
     path = tmp_path / "copy.h5"
     shutil.copy(src, path)  # the run writes the PCA cache into the store
     out = tmp_path / "pca"
-    args = ["--prior", prior_dir, *FAST, "--no-baseline"]
+    args = ["--prior", prior_dir, "-m", enc_spec, *FAST, "--no-baseline"]
     res = run_cli("-q", "perturb", f"{path}:2", "--from", path, "--components", "1-2", "--scales", "-1,0,1.5",
                   *args, "--out", out, "--json")
     assert res.exit_code == 0, res.stderr
@@ -228,11 +233,11 @@ def test_perturb_centres_mean_and_medoid(store):
     assert medoid.image_path == paths[nearest] and medoid.kind == "medoid"
 
 
-def test_perturb_class_directions(run_cli, prior_dir, store, tmp_path):
+def test_perturb_class_directions(run_cli, prior_dir, store, tmp_path, enc_spec):
     path, _, _ = store
     out = tmp_path / "cls"
     res = run_cli("-q", "perturb", f"{path}:0", "--from", path, "--directions", "class", "--pairs", "shirt>shoe",
-                  "--scales", "1", "--prior", prior_dir, *FAST, "--no-baseline", "--out", out)
+                  "--scales", "1", "--prior", prior_dir, "-m", enc_spec, *FAST, "--no-baseline", "--out", out)
     assert res.exit_code == 0, res.stderr
     (rec,) = records(out)
     assert rec["direction"] == "shirt→shoe" and rec["direction_info"]["class_pair"] == [0, 2]
@@ -241,7 +246,7 @@ def test_perturb_class_directions(run_cli, prior_dir, store, tmp_path):
 def test_perturb_errors(run_cli, prior_dir, enc_spec, tmp_path):
     few = tmp_path / "few.h5"
     make_store(few, enc_spec, 3, labelled=False)
-    args = ["--prior", prior_dir, *FAST, "--out", tmp_path / "o"]
+    args = ["--prior", prior_dir, "-m", enc_spec, *FAST, "--out", tmp_path / "o"]
     res = run_cli("perturb", f"{few}:0", "--from", few, "--components", "1-5", *args)
     assert res.exit_code == 2 and "3 row(s)" in res.stderr and "at least 6 rows" in res.stderr
     res = run_cli("perturb", f"{few}:0", "--from", few, "--directions", "class", *args)
@@ -251,7 +256,7 @@ def test_perturb_errors(run_cli, prior_dir, enc_spec, tmp_path):
     res = run_cli("perturb", f"{few}:0", "--from", few, "--scales", "a,b", *args)
     assert res.exit_code == 2 and "--scales" in res.stderr
     res = run_cli("perturb", f"{few}:0", "--from", few, "-m", "timm:test_resnet", "--weights", "random",
-                  "--directions", "random", *args)
+                  "--directions", "random", *[a for a in args if a not in ("-m", enc_spec)])
     assert res.exit_code == 2 and "torchscript:" in res.stderr
 
 
@@ -275,7 +280,7 @@ def test_map_pca_grid_overlay_and_cache(run_cli, prior_dir, store, tmp_path, enc
     path = tmp_path / "copy.h5"
     shutil.copy(src, path)
     out = tmp_path / "map"
-    res = run_cli("-q", "map", path, "--method", "pca", "--grid", "2x3", "--prior", prior_dir, *FAST,
+    res = run_cli("-q", "map", path, "--method", "pca", "--grid", "2x3", "--prior", prior_dir, "-m", enc_spec, *FAST,
                   "--no-baseline", "--out", out, "--json")
     assert res.exit_code == 0, res.stderr
     summary = json.loads(res.stdout)
