@@ -216,7 +216,7 @@ def load_decode_dir(
             raise InputError(f"{manifest.path}: record {lineno}: image {rel} does not exist")
         tid = rec.target_id
         by_target.setdefault(tid, {})[rec.sample] = path  # a resumed run may repeat: last wins
-        flags.setdefault(tid, {})[rec.sample] = _flag(rec.off_manifold)
+        flags.setdefault(tid, {})[rec.sample] = _flag(rec.flagged)
         if rec.encoder:
             weights = rec.encoder_weights
             encoders[(str(rec.encoder), None if weights is None else str(weights),
@@ -722,7 +722,8 @@ def _off_manifold_warnings(summary: dict[str, Any] | None) -> list[str]:
     if not summary or not summary["n_recorded"]:
         return []
     n, n_flag, share = summary["n_recorded"], summary["n_flagged"], summary["share"]
-    head = f"off-manifold: {n_flag} of {n} samples ({share:.0%}) flagged by the decode's realism check"
+    head = (f"off-manifold: {n_flag} of {n} samples ({share:.0%}) flagged by the decode's checks (realism, "
+            "reach, domain)")
     if not n_flag:
         return []
     if summary["policy"] == "exclude":
