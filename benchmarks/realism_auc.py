@@ -11,6 +11,17 @@ decodes (the old w = 4 ``balanced``, which wrote full-frame stripes). Reports pe
 and the share above the off-manifold threshold, and the AUC of textured decodes against real + unguided
 images and of each preset's decodes against real images (0.5: the score cannot tell them apart).
 Writes ``benchmarks/results/realism_auc.json``.
+
+The decode checks together (issue 25 item 4: realism is one-sided; smooth tiles from a target outside the
+prior's domain score *below* 1 and pass it):
+
+    python benchmarks/realism_auc.py --decodes photo-tiles:bad:runs/photo --decodes textured:bad:runs/tex \
+        --decodes good:good:runs/good --out benchmarks/results/realism_auc_emoji.json
+
+reads each ``probe decode`` folder's manifest (realism ``naturalness``, ``reach_ratio``, ``domain_ratio``,
+written by the decode) and reports, per group and rule, the share flagged, and the AUC between the groups
+labelled bad and good of each rule's score and of the combined one, max(realism / 2, reach ratio, domain
+ratio): each term is > 1 exactly when its rule flags.
 """
 
 from __future__ import annotations
@@ -40,12 +51,18 @@ def summary(scores: np.ndarray) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--textured", type=Path, required=True, help="preset_search folder of textured decodes")
-    ap.add_argument("--decoded", type=Path, required=True, help="preset_search folder with none.npz and presets")
+    ap.add_argument("--textured", type=Path, help="preset_search folder of textured decodes")
+    ap.add_argument("--decoded", type=Path, help="preset_search folder with none.npz and presets")
+    ap.add_argument("--decodes", action="append", default=[], metavar="NAME:bad|good:FOLDER",
+                    help="a probe decode folder and its label (repeatable): score the decode checks together")
     ap.add_argument("--prior", default="bundled:fashion-ddpm")
     ap.add_argument("--real", type=int, default=200, help="real test images scored [200]")
     ap.add_argument("--out", type=Path, default=RESULT)
     args = ap.parse_args(argv)
+    if args.decodes:
+        return checks_auc(args.decodes, args.out)
+    if not (args.textured and args.decoded):
+        ap.error("give --textured and --decoded, or --decodes")
     torch.manual_seed(0)
     prior = load_prior(args.prior, "cpu")
     reference = denoising_error(prior, images01(np.load(args.decoded / "none.npz")["final"]))
@@ -77,6 +94,47 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"AUC {k}: {v:.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def checks_auc(specs: list[str], out: Path) -> dict:
+    """Flag shares and AUCs of the decode checks on labelled probe decode folders (see the docstring)."""
+    from probe.manifest import Manifest
+
+    groups: dict[str, dict] = {}
+    for spec in specs:
+        name, label, folder = spec.split(":", 2)
+        if label not in ("bad", "good"):
+            raise SystemExit(f"--decodes {spec!r}: the label is bad or good")
+        recs = list(Manifest.read(Path(folder) / "manifest.jsonl"))
+        missing = [r.image for r in recs if r.naturalness is None or r.reach_ratio is None]
+        if missing:
+            raise SystemExit(f"{folder}: {len(missing)} record(s) lack the checks (decode them again with this probe)")
+        real = np.array([r.naturalness for r in recs])
+        reach = np.array([r.reach_ratio for r in recs])
+        dom = np.array([r.domain_ratio for r in recs])
+        groups[name] = {"label": label, "folder": str(folder), "n": len(recs),
+                        "scores": {"realism": real, "reach_ratio": reach, "domain_ratio": dom,
+                                   "combined": np.maximum.reduce([real / OFF_MANIFOLD, reach, dom])},
+                        "flagged": {"off_manifold": float(off_manifold(real).mean()),
+                                    "not_reached": float((reach > 1).mean()), "out_of_domain": float((dom > 1).mean()),
+                                    "any": float(np.array([bool(r.flagged) for r in recs]).mean())},
+                        "median": {"realism": float(np.median(real)), "reach_ratio": float(np.median(reach)),
+                                   "domain_ratio": float(np.median(dom))}}
+    bad = [g for g in groups.values() if g["label"] == "bad"]
+    good = [g for g in groups.values() if g["label"] == "good"]
+    result = {"groups": {k: {kk: vv for kk, vv in g.items() if kk != "scores"} for k, g in groups.items()},
+              "auc_bad_vs_good": {}}
+    if bad and good:
+        for rule in ("realism", "reach_ratio", "domain_ratio", "combined"):
+            result["auc_bad_vs_good"][rule] = auc(np.concatenate([g["scores"][rule] for g in bad]),
+                                                  np.concatenate([g["scores"][rule] for g in good]))
+    for k, g in result["groups"].items():
+        print(f"{k} ({g['label']}, n {g['n']}): medians {g['median']}, flagged {g['flagged']}")
+    for k, v in result["auc_bad_vs_good"].items():
+        print(f"AUC bad vs good, {k}: {v:.3f}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 

@@ -190,10 +190,9 @@ def out_of_domain(ratio: float | np.ndarray) -> np.ndarray:
 
 def domain_message(prior_spec: str, n_out: int, n_targets: int, ratio: float, ref: ReferenceSet) -> str:
     """The one warning line ``probe decode`` prints for targets outside the prior's domain."""
-    return (f"{n_out} of {n_targets} target(s) lie outside {prior_spec}'s domain: the nearest of "
-            f"{ref.source} are {ratio:.1f}x farther from the target (cosine) than 99% of those images are from "
-            f"their own neighbours, so the decodes cannot look like the target and are flagged; use --prior "
-            f"with a prior trained on images like the target (e.g. photos)")
+    return (f"{n_out} of {n_targets} target(s) lie outside {prior_spec}'s domain (up to {ratio:.1f}x farther, "
+            f"in cosine, from {ref.source} than 99% of them lie from each other): the decodes cannot look like "
+            f"the target and are flagged; decode with --prior set to a prior trained on such images (e.g. photos)")
 
 
 @dataclass
