@@ -96,3 +96,19 @@ def test_compare_excludes_not_reached_samples_by_default(tmp_path):
     assert [len(g.excluded) for g in ss.groups] == [1, 0, 1] and ss.off_manifold["n_flagged"] == 2
     kept = C.load_samples(run, off_manifold="keep")
     assert [len(g.paths) for g in kept.groups] == [4, 4, 4]
+
+
+def test_sheets_mark_flagged_cells_in_red():
+    from probe.render.sheets import FLAG_COLOUR, flag_caption, image_grid
+    from probe.walks import _flag_line
+
+    white = np.full((32, 32, 3), 255, dtype=np.uint8)
+    sheet = np.asarray(image_grid([[white, white]], marked=[[True, False]], cell_size=64))
+    red = np.all(sheet == np.array(FLAG_COLOUR, dtype=np.uint8), axis=-1)
+    half = sheet.shape[1] // 2
+    assert red[:, :half].any() and not red[:, half:].any()
+    rec = SampleRecord.from_dict({"target_id": "t", "sample": 0, "image": "i.png", "not_reached": True,
+                                  "off_manifold": False})
+    assert flag_caption(rec) == "NOT REACHED" and _flag_line(rec) == "\nNOT REACHED"
+    ok = SampleRecord.from_dict({"target_id": "t", "sample": 0, "image": "i.png", "not_reached": False})
+    assert flag_caption(ok) == "" and _flag_line(ok) == ""
