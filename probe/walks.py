@@ -31,6 +31,7 @@ from probe.directions import Directions, FeatureMap, interpolation_path, path_po
 from probe.errors import InputError, UsageError
 from probe.manifest import Manifest, SampleRecord, by_cell
 from probe.targets import Target, from_image, from_store, from_text, read_vectors, vector_target
+from probe.walk_range import column_labels, scale_at
 
 STORE_SUFFIXES = (".h5", ".hdf5", ".hdf")
 VECTOR_SUFFIXES = (".npy", ".txt", ".csv")
@@ -409,8 +410,9 @@ def perturb_targets(base: Target, dirs: Directions, scales: Sequence[float]) -> 
     out = []
     for k in range(len(dirs)):
         info = json.loads(json.dumps(dirs.to_record(k), default=_jsonable))  # numpy scalars -> JSON
-        for j, s in enumerate(scales):
-            extra = {"direction": dirs.names[k], "direction_index": k, "scale": float(s), "scale_index": j,
+        for j in range(np.shape(scales)[-1]):
+            s = scale_at(scales, k, j)
+            extra = {"direction": dirs.names[k], "direction_index": k, "scale": s, "scale_index": j,
                      "direction_info": info, "base": {**base.record(), "name": target_name(base)}}
             if evr is not None:
                 extra["explained_variance_ratio"] = float(evr[k])
@@ -436,8 +438,8 @@ def perturb_report(out: str | Path, base: Target, dirs: Directions, scales: Sequ
         for s in range(samples):
             row, cap = ([base_img], ["target"]) if base_img is not None else ([], [])
             mark = [False] * len(row)
-            for j, scale in enumerate(scales):
-                t = targets[k * len(scales) + j]
+            for j in range(np.shape(scales)[-1]):
+                scale, t = scale_at(scales, k, j), targets[k * np.shape(scales)[-1] + j]
                 r = cells.get((t.id, s))
                 f = feats.get(r.image) if r else None
                 d_base = _sqdist(f, base.vector) if f is not None else nan
@@ -457,7 +459,7 @@ def perturb_report(out: str | Path, base: Target, dirs: Directions, scales: Sequ
             if samples > 1:
                 label += f"\ns{s:02d}"
             labels.append(label)
-    cols = (["target"] if base_img is not None else []) + [f"{s:+g}σ" for s in scales]
+    cols = (["target"] if base_img is not None else []) + column_labels(scales, dirs.metadata.get("percentiles"))
     title = title or f"{target_name(base)}: {dirs.metadata.get('source')} directions"
     save_png(image_grid(rows, captions=caps, row_labels=labels, col_labels=cols, title=title, marked=marks),
              out / "grid.png")
@@ -466,7 +468,8 @@ def perturb_report(out: str | Path, base: Target, dirs: Directions, scales: Sequ
     summary = {"base": {**base.record(), "name": target_name(base)}, "directions": [dirs.to_record(k)
                                                                                    for k in range(len(dirs))],
                "source": dirs.metadata.get("source"), "cached_fit": dirs.metadata.get("cached"),
-               "scales": [float(s) for s in scales], "samples": samples, "cells": table, "files": files}
+               "scales": np.asarray(scales, dtype=float).tolist(), "percentiles": dirs.metadata.get("percentiles"),
+               "samples": samples, "cells": table, "files": files}
     (out / "perturb.json").write_text(json.dumps(_finite(summary), indent=2, default=_jsonable))
     return summary
 
