@@ -79,8 +79,10 @@ class ReferenceSet:
         return float(np.quantile(self.self_knn_cos, DOMAIN_QUANTILE))
 
     def nearest(self, vectors: np.ndarray) -> np.ndarray:
-        """Squared L2 distance of each vector [M, D] to its nearest reference feature."""
-        return nearest_sq(np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1), self.features)
+        """Squared L2 distance of each vector [M, D] to its nearest reference feature other than itself (a
+        target that is a reference image's own feature is compared with the next real image)."""
+        q = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
+        return nearest_sq(q, self.features, exclude_exact=True)
 
     def domain_ratio(self, vectors: np.ndarray) -> np.ndarray:
         """k-NN cosine distance of each target over :attr:`domain_radius`: > 1 means outside the domain."""
@@ -89,8 +91,9 @@ class ReferenceSet:
 
 
 def nearest_sq(queries: np.ndarray, reference: np.ndarray, exclude_self: bool = False,
-               chunk: int = 512) -> np.ndarray:
-    """Squared L2 distance of each query row to its nearest reference row (itself excluded if asked)."""
+               chunk: int = 512, exclude_exact: bool = False) -> np.ndarray:
+    """Squared L2 distance of each query row to its nearest reference row (itself excluded if asked: by
+    position with ``exclude_self``, or any row equal to it up to float rounding with ``exclude_exact``)."""
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
     r = torch.from_numpy(np.ascontiguousarray(reference, dtype=np.float32))
     rn = (r * r).sum(1)
@@ -101,6 +104,8 @@ def nearest_sq(queries: np.ndarray, reference: np.ndarray, exclude_self: bool = 
         if exclude_self:
             idx = torch.arange(lo, lo + len(qc))
             d[torch.arange(len(qc)), idx] = float("inf")
+        if exclude_exact:
+            d[d <= 1e-6 * (qc * qc).sum(1, keepdim=True).clamp_min(1e-12)] = float("inf")
         out.append(d.clamp_min(0).min(1).values)
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 

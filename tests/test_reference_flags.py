@@ -31,6 +31,7 @@ def test_nearest_and_knn_cosine_known_answers():
     ref = np.array([[0, 0], [3, 4]], dtype=np.float32)
     assert R.nearest_sq(np.array([[3, 0]], dtype=np.float32), ref).tolist() == [9.0]
     assert R.nearest_sq(ref, ref, exclude_self=True).tolist() == [25.0, 25.0]
+    assert R.nearest_sq(np.array([[3, 4]], dtype=np.float32), ref, exclude_exact=True).tolist() == [25.0]
     c = R.knn_cosine(np.array([[1, 0]], np.float32), np.array([[2, 0], [0, 5]], np.float32), k=1)
     assert c == pytest.approx([0.0])
     assert R.knn_cosine(np.array([[1, 0]], np.float32), np.array([[2, 0], [0, 5]], np.float32), k=2) == \
@@ -112,3 +113,37 @@ def test_sheets_mark_flagged_cells_in_red():
     assert flag_caption(rec) == "NOT REACHED" and _flag_line(rec) == "\nNOT REACHED"
     ok = SampleRecord.from_dict({"target_id": "t", "sample": 0, "image": "i.png", "not_reached": False})
     assert flag_caption(ok) == "" and _flag_line(ok) == ""
+
+
+def test_decode_records_reach_and_domain_flags_and_warns_once(tmp_path, monkeypatch):
+    """A tiny prior given a reference set of 16x16 images: a target that is a reference image's own feature
+    is in the domain; its opposite is not and warns once; the flags land in the manifest."""
+    import torch
+    from tiny_diffusion import tiny_encoder, tiny_pixel_prior
+
+    from probe.decoding import DecodeSettings, decode_targets
+    from probe.diffusion.schedules import GuidanceConfig
+    from probe.targets import encode_images01, feature_dim, vector_target
+
+    prior, enc = tiny_pixel_prior(), tiny_encoder()
+    data = (np.random.default_rng(0).random((64, 1, 16, 16)) * 255).astype(np.uint8)
+    monkeypatch.setitem(R.REFERENCE_DATA, prior.spec, (lambda: data, "synthetic training images"))
+    monkeypatch.setenv("PROBE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("probe.datasets.CACHE_DIR", tmp_path / "cache")
+    dim = feature_dim(enc)
+    inside = encode_images01(enc, torch.from_numpy(data[:1]).float() / 255).numpy()[0]
+    targets = [vector_target(inside, "in", "test", dim), vector_target(-10 * inside, "out", "test", dim)]
+    notes: list[str] = []
+    cfg = GuidanceConfig(name="test", steps=3, rounds=1, early_rounds=1, early_steps=0, update="ddim")
+    summary = decode_targets(prior, enc, targets, tmp_path / "o", DecodeSettings(samples=1, config=cfg),
+                             on_warning=notes.append)
+    assert len(notes) == 1 and "1 of 2 target(s) lie outside" in notes[0]
+    recs = {r.target_id: r for r in summary.records}
+    assert recs["in"].out_of_domain is False and recs["out"].out_of_domain is True and recs["out"].flagged
+    for r in recs.values():
+        assert r.reach_ratio is not None and r.not_reached == (r.reach_ratio > 1)
+    # the target that *is* a reference image's feature is compared with the next real image, not itself
+    ref = R.reference_set(prior.spec, enc)
+    assert ref.nearest(inside[None])[0] > 0
+    line = json.loads((tmp_path / "o" / "manifest.jsonl").read_text().splitlines()[0])
+    assert {"reach_ratio", "not_reached", "domain_ratio", "out_of_domain"} <= set(line)
