@@ -158,7 +158,7 @@ def reference_set(prior_spec: str, encoder, images: np.ndarray | None = None, n:
         load, source = entry
         path = _cache_path(prior_spec, encoder, n)
         if cache and path.is_file():
-            z = np.load(path)
+            z = np.load(path, allow_pickle=False)
             return ReferenceSet(z["features"], str(z["source"]), z["self_knn_cos"])
         try:
             data = load()
