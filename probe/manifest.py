@@ -61,6 +61,13 @@ class SampleRecord:
     # per-sample quality (issue 10, probe.naturalness): written only when measured
     naturalness: float | None = None
     off_manifold: bool | None = None
+    # reach and domain checks (probe.reference): best distance over the target's nearest real reference
+    # image's (> 1: not reached), and the target's k-NN cosine distance to the prior's data over the
+    # in-domain spread (> 1: outside the prior's domain); written only when the prior has a reference set
+    reach_ratio: float | None = None
+    not_reached: bool | None = None
+    domain_ratio: float | None = None
+    out_of_domain: bool | None = None
     best_step: int | None = None
     best_timestep: int | None = None
     stopped_step: int | None = None
@@ -116,6 +123,18 @@ class SampleRecord:
     def label(self) -> Any:
         """The target's label (class name, prompt …) or None."""
         return self.target.get("label") if self.target else None
+
+    @property
+    def flagged(self) -> bool | None:
+        """Whether a decode check says this sample is no evidence about its feature: off the prior's manifold
+        (realism), not reached (probe.reference) or decoded from a target outside the prior's domain.
+        None when no check was recorded (an older manifest)."""
+        flags = [f for f in (self.off_manifold, self.not_reached, self.out_of_domain) if isinstance(f, bool)]
+        return any(flags) if flags else None
+
+    @property
+    def flag_reasons(self) -> list[str]:
+        return [name for name in ("off_manifold", "not_reached", "out_of_domain") if getattr(self, name) is True]
 
     @property
     def cell(self) -> tuple[str, int]:
@@ -189,7 +208,8 @@ _FIELDS = {f.name: f.default_factory() if f.default_factory is not dataclasses.M
            for f in dataclasses.fields(SampleRecord) if f.name not in ("extra", "layout")}
 #: optional fields written only when set: quality, walk and map keys, the target's copied picture
 _WRITTEN_WHEN_SET = frozenset({
-    "naturalness", "off_manifold", "path_position", "path_kind", "path_index", "direction", "direction_index",
+    "naturalness", "off_manifold", "reach_ratio", "not_reached", "domain_ratio", "out_of_domain", "path_position",
+    "path_kind", "path_index", "direction", "direction_index",
     "scale", "scale_index", "direction_info", "base", "explained_variance_ratio", "grid_row", "grid_col",
     "map_x", "map_y", "map_method", "target_image", "candidate"})
 

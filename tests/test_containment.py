@@ -279,11 +279,10 @@ def test_overlay_cell_outside_refused(tmp_path, small_images):
 
 def test_contact_sheet_never_draws_outside_images(tmp_path, small_images, monkeypatch):
     """A resumed decode redraws the sheet from the manifest: an outside image is an empty cell, never read."""
-    from probe.workflows.decode.sheet import write_contact_sheet
-
     import probe.images as I
     from probe.manifest import SampleRecord
     from probe.targets import Target
+    from probe.workflows.decode.sheet import write_contact_sheet
 
     run = _run_with_images(tmp_path, small_images)
     read = []

@@ -12,7 +12,7 @@ import click
 
 from probe.cli.console import emit_json, say, warn
 from probe.cli.decode import DecodeProgress, show
-from probe.cli.options import COMPONENTS, GRID, SCALES, decode_options
+from probe.cli.options import COMPONENTS, GRID, decode_options
 from probe.workflows.walks import interpolate as interpolate_workflow
 from probe.workflows.walks import map as map_workflow
 from probe.workflows.walks import perturb as perturb_workflow
@@ -64,8 +64,10 @@ def interpolate(a, b, group, points, path_kind, prior, encoder, decode, out, as_
               help="Which directions: 1-5, 1,3,4 [default: 1-5 for pca/random, all for npy].")
 @click.option("--pairs", help="Class directions FROM-TO, e.g. 0-9,1-7 or NAME>NAME [default: every class vs the "
               "mean of all].")
-@click.option("--scales", type=SCALES, default="-3,-1.5,0,1.5,3", show_default=True,
-              help="Steps in units of the set's standard deviation along each direction (the columns).")
+@click.option("--scales", default="data", show_default=True,
+              help="The columns: 'data' moves TARGET along each direction to the 1st, 10th, 50th, 90th and 99th "
+                   "percentile of the set's own projections (where real data lies), or steps in units of the set's "
+                   "standard deviation, e.g. -3,-1.5,0,1.5,3.")
 @decode_options(samples=1, out_help="Output folder: the decode directory plus grid.png and perturb.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def perturb(target, store, group, kind, components, pairs, scales, prior, encoder, decode, out, as_json) -> None:

@@ -321,10 +321,10 @@ def perturbation_targets(base: Any, directions: Directions, scales: Sequence[flo
             f"the base has {v.shape[0]} dims but the directions have {directions.dim}: "
             "they must come from the same encoder and layer"
         )
-    s = np.asarray(list(scales), dtype=np.float64)
-    if s.ndim != 1 or s.size == 0:
+    s = np.asarray(scales, dtype=np.float64)  # [S] shared, or [K, S] per direction (probe.geometry.walk_range)
+    if s.ndim not in (1, 2) or s.size == 0 or (s.ndim == 2 and s.shape[0] != len(directions.vectors)):
         raise UsageError("no perturbation scales given")
-    step = directions.std.astype(np.float64)[:, None, None] * s[None, :, None]
+    step = directions.std.astype(np.float64)[:, None, None] * (s[:, :, None] if s.ndim == 2 else s[None, :, None])
     out = v[None, None, :] + step * directions.vectors.astype(np.float64)[:, None, :]
     return out.astype(np.float32)
 

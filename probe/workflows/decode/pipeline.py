@@ -42,6 +42,7 @@ from probe.locking import ProbeLock
 from probe.manifest import Manifest, SampleRecord, write_metadata
 from probe.models.encoder import Encoder
 from probe.naturalness import denoising_error, off_manifold, realism_scores
+from probe.reference import TargetChecks, target_checks
 from probe.rundir import RunDir
 from probe.targets import Target, encode_images01
 from probe.workflows.decode.merge import (
@@ -370,6 +371,7 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
             if settings.realism:
                 reference_error = denoising_error(prior, base_images)
             base_seconds = time.perf_counter() - t0
+        checks = target_checks(prior.spec, encoder, targets, on_warning) if settings.realism and batches else None
         manifest = Manifest(RunDir(work).manifest)
         writer = _FeatureWriter(RunDir(work).features, encoder) if batches else None
         try:
@@ -398,7 +400,7 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
                         if settings.realism else np.full(1, np.nan)
                     manifest.append(_write_batch(work, res, [pending[j]], targets, encoder, base_feats, settings,
                                                  common, {**identity, **(extra_record or {})}, writer,
-                                                 float(res.seconds), realism))
+                                                 float(res.seconds), realism, checks=checks))
                     n_written[0] += 1
         finally:
             if writer is not None:
@@ -485,7 +487,7 @@ def _select(res: SampleResult, idx: Sequence[int]) -> SampleResult:
 def _write_batch(out: Path, res: SampleResult, batch: list[tuple[int, int]], targets: Sequence[Target],
                  encoder: Encoder, base_feats: np.ndarray | None, settings: DecodeSettings, common: dict,
                  extra: dict, writer: _FeatureWriter, seconds: float, realism: np.ndarray,
-                 todo: Sequence[int] | None = None) -> list[SampleRecord]:
+                 todo: Sequence[int] | None = None, checks: TargetChecks | None = None) -> list[SampleRecord]:
     """Save one batch's images, then its features, then return its manifest records — in that order,
     so a record only ever points at files that exist. ``realism`` is each best image's realism score
     (probe.naturalness; NaN when there is no unguided reference). Only members ``todo`` (default all)
@@ -521,6 +523,7 @@ def _write_batch(out: Path, res: SampleResult, batch: list[tuple[int, int]], tar
             cosine=_cosine(feats[j], t.vector),
             naturalness=float(realism[j]) if np.isfinite(realism[j]) else None,
             off_manifold=bool(flagged[j]) if np.isfinite(realism[j]) else None,
+            **(checks.fields(ti, best) if checks is not None else {}),
             best_step=int(res.best_step[j]), best_timestep=int(res.best_timestep[j]),
             stopped_step=int(res.stopped_step[j]), steps=len(res.timesteps),
             candidate=int(res.candidate[j]) if settings.config.chains_at(0) > 1 else None,

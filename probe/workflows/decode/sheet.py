@@ -10,7 +10,7 @@ import numpy as np
 from probe.containment import inside, is_inside
 from probe.images import fs_path, read_image01, to_uint8
 from probe.manifest import SampleRecord, by_cell
-from probe.render.sheets import image_grid
+from probe.render.sheets import flag_caption, image_grid
 from probe.render.sheets import save_png as save_sheet
 from probe.rundir import RunDir
 from probe.targets import Target
@@ -48,7 +48,7 @@ def write_contact_sheet(out: Path, records: Sequence[SampleRecord], targets: Seq
                 caps.append((f"d={best:.3g}" if best is not None else "d=n/a")  # null: it diverged
                             + (f"\nrel={rel:.2f}" if rel is not None else "")
                             + (f"\nreal={nat:.2f}" if nat is not None else "")
-                            + (" OFF-MANIFOLD" if r.off_manifold else ""))
+                            + (f"\n{flag_caption(r)}" if r.flagged else ""))
             else:
                 caps.append("")
         cells.append(row)

@@ -14,6 +14,7 @@ import numpy as np
 
 from probe.errors import UsageError
 from probe.geometry.directions import Directions, parse_components, parse_scales
+from probe.geometry.walk_range import DATA_PERCENTILES, data_scales, is_data
 from probe.targets import Target, row_image_path, row_label, split_store_ref, vector_target
 from probe.workflows.common import Note, as_targets, output_dir, resolve_encoder
 from probe.workflows.decode import DecodeResult, decode_into
@@ -28,7 +29,7 @@ from probe.workflows.walks.pipeline import (
     perturb_targets,
 )
 
-DEFAULT_SCALES = (-3.0, -1.5, 0.0, 1.5, 3.0)
+DEFAULT_SCALES = "data"  # percentiles of the set's projections along each direction (probe.geometry.walk_range)
 
 
 @dataclass
@@ -37,8 +38,8 @@ class PerturbResult:
 
     base: Target
     directions: Directions
-    scales: list[float]
-    targets: list[Target]  # d{k}-s{j} = base + scale_j * std_k * v_k
+    scales: Any  # [S] shared, or [K, S] per direction for the data's range
+    targets: list[Target]  # d{k}-s{j} = base + scale_kj * std_k * v_k
     decode: DecodeResult
     summary: dict  # perturb.json: per cell its distance to the base, the directions' records
 
@@ -81,7 +82,8 @@ def run(encoder: Any, target: Any, store: str | Path, *, group: str | None = Non
     (``samples`` defaults to 1).
     """
     comps = parse_components(components) if isinstance(components, str) else components
-    scale_list = parse_scales(scales) if isinstance(scales, str) else [float(s) for s in scales]
+    scale_list = None if is_data(scales) else \
+        parse_scales(scales) if isinstance(scales, str) else [float(s) for s in scales]
     if directions == "class" and comps:
         raise UsageError("--components selects pca/random/npy directions; class directions use --pairs")
     if pairs and directions != "class":
@@ -103,6 +105,9 @@ def run(encoder: Any, target: Any, store: str | Path, *, group: str | None = Non
             if len(found) != 1:
                 raise UsageError(f"TARGET: perturb one target at a time, got {len(found)}")
             base = found[0]
+        if scale_list is None:  # the data's own spread along each direction
+            scale_list = data_scales(fs.features, base.vector, dirs.vectors, dirs.std)
+            dirs.metadata["percentiles"] = list(DATA_PERCENTILES)
     if dirs.metadata.get("source") == "pca" and on_note:
         on_note(f"PCA of {fs.source} ({fs.features.shape[0]} rows): "
                 + ("cached fit" if dirs.metadata.get("cached") else "fitted and cached" if fs.cache else "fitted"))

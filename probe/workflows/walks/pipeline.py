@@ -30,6 +30,7 @@ from probe.errors import InputError, UsageError
 from probe.geometry.directions import Directions
 from probe.geometry.maps import FeatureMap
 from probe.geometry.paths import interpolation_path, path_positions
+from probe.geometry.walk_range import column_labels, scale_at
 from probe.manifest import Manifest, SampleRecord, by_cell
 from probe.rundir import RunDir
 from probe.targets import Target, vector_target
@@ -140,7 +141,7 @@ def path_report(out: str | Path, a: Target, b: Target, targets: Sequence[Target]
                 continue
             da[s][i], db[s][i], best[s][i] = _sqdist(f, a.vector), _sqdist(f, b.vector), r.best_distance
             row.append(load_cell(out, r.image))
-            cap.append(f"d={best[s][i]:.3g}\nA {da[s][i]:.3g} B {db[s][i]:.3g}")
+            cap.append(f"d={best[s][i]:.3g}\nA {da[s][i]:.3g} B {db[s][i]:.3g}" + _flag_line(r))
         if img_b is not None:
             row.append(img_b)
             cap.append("B")
@@ -149,8 +150,10 @@ def path_report(out: str | Path, a: Target, b: Target, targets: Sequence[Target]
     cols = (["A"] if img_a is not None else []) + [f"t={t:.2f}" for t in ts] + (["B"] if img_b is not None else [])
     seed0 = (records[0].seed or 0) - records[0].sample if records else 0
     title = title or f"{target_name(a)} → {target_name(b)}"
+    marks = [[False] * (img_a is not None) + [bool(cells[(t.id, s)].flagged) if (t.id, s) in cells else False
+                                             for t in targets] for s in range(samples)]
     save_png(image_grid(rows, captions=caps, row_labels=[f"seed {seed0 + s}" for s in range(samples)],
-                        col_labels=cols, title=title), RunDir(out).walk_file("strip.png"))
+                        col_labels=cols, title=title, marked=marks), RunDir(out).walk_file("strip.png"))
     plot_path_distances(ts, da, db, RunDir(out).walk_file("distances.png"), title=title,
                         endpoint_names=(f"A {target_name(a)}", f"B {target_name(b)}"))
     run = RunDir(out)
@@ -163,10 +166,20 @@ def path_report(out: str | Path, a: Target, b: Target, targets: Sequence[Target]
                "distance_to_a": da, "distance_to_b": db, "best_distance": best, "files": files,
                "points": [{"target_id": t.id, "path_position": ts[i],
                            "images": [cells[(t.id, s)].image if (t.id, s) in cells else None
-                                      for s in range(samples)]} for i, t in enumerate(targets)]}
+                                      for s in range(samples)],
+                           "flags": [cells[(t.id, s)].flag_reasons if (t.id, s) in cells else None
+                                     for s in range(samples)]} for i, t in enumerate(targets)]}
     run.walk_file("path.json").write_text(json.dumps(_finite(summary), indent=2))
     files["summary"] = str(run.walk_file("path.json"))
     return PathReport(ts, da, db, best, files, summary)
+
+
+def _flag_line(rec: SampleRecord) -> str:
+    """A caption line naming the checks that flagged a decode (red-framed on the sheet), or ""."""
+    from probe.render.sheets import flag_caption
+
+    words = flag_caption(rec)
+    return f"\n{words}" if words else ""
 
 
 def _finite(obj: Any) -> Any:
@@ -327,8 +340,9 @@ def perturb_targets(base: Target, dirs: Directions, scales: Sequence[float]) -> 
     out = []
     for k in range(len(dirs)):
         info = json.loads(json.dumps(dirs.to_record(k), default=_jsonable))  # numpy scalars -> JSON
-        for j, s in enumerate(scales):
-            extra = {"direction": dirs.names[k], "direction_index": k, "scale": float(s), "scale_index": j,
+        for j in range(np.shape(scales)[-1]):
+            s = scale_at(scales, k, j)
+            extra = {"direction": dirs.names[k], "direction_index": k, "scale": s, "scale_index": j,
                      "direction_info": info, "base": {**base.record(), "name": target_name(base)}}
             if evr is not None:
                 extra["explained_variance_ratio"] = float(evr[k])
@@ -348,33 +362,36 @@ def perturb_report(out: str | Path, base: Target, dirs: Directions, scales: Sequ
     cells = by_cell(records)
     base_img = _source_image(base)
     evr = dirs.metadata.get("explained_variance_ratio")
-    rows, caps, labels, table = [], [], [], []
+    rows, caps, labels, table, marks = [], [], [], [], []
     nan = float("nan")
     for k in range(len(dirs)):
         for s in range(samples):
             row, cap = ([base_img], ["target"]) if base_img is not None else ([], [])
-            for j, scale in enumerate(scales):
-                t = targets[k * len(scales) + j]
+            mark = [False] * len(row)
+            for j in range(np.shape(scales)[-1]):
+                scale, t = scale_at(scales, k, j), targets[k * np.shape(scales)[-1] + j]
                 r = cells.get((t.id, s))
                 f = feats.get(r.image) if r else None
                 d_base = _sqdist(f, base.vector) if f is not None else nan
                 row.append(load_cell(out, r.image) if r else None)
-                cap.append(f"d={r.best_distance:.3g}\nΔbase {d_base:.3g}" if r else "")
+                cap.append(f"d={r.best_distance:.3g}\nΔbase {d_base:.3g}" + _flag_line(r) if r else "")
+                mark.append(bool(r and r.flagged))
                 table.append({"direction": dirs.names[k], "scale": float(scale), "sample": s,
                               "target_id": t.id, "image": r.image if r else None,
                               "best_distance": r.best_distance if r else None,
-                              "distance_to_base": d_base})
+                              "distance_to_base": d_base, "flags": r.flag_reasons if r else None})
             rows.append(row)
             caps.append(cap)
+            marks.append(mark)
             label = dirs.names[k]
             if evr is not None:
                 label += f"\n{float(evr[k]):.1%} var"
             if samples > 1:
                 label += f"\ns{s:02d}"
             labels.append(label)
-    cols = (["target"] if base_img is not None else []) + [f"{s:+g}σ" for s in scales]
+    cols = (["target"] if base_img is not None else []) + column_labels(scales, dirs.metadata.get("percentiles"))
     title = title or f"{target_name(base)}: {dirs.metadata.get('source')} directions"
-    save_png(image_grid(rows, captions=caps, row_labels=labels, col_labels=cols, title=title),
+    save_png(image_grid(rows, captions=caps, row_labels=labels, col_labels=cols, title=title, marked=marks),
              RunDir(out).walk_file("grid.png"))
     run = RunDir(out)
     files = {"grid": str(run.walk_file("grid.png")), "manifest": str(run.manifest),
@@ -382,7 +399,8 @@ def perturb_report(out: str | Path, base: Target, dirs: Directions, scales: Sequ
     summary = {"base": {**base.record(), "name": target_name(base)}, "directions": [dirs.to_record(k)
                                                                                    for k in range(len(dirs))],
                "source": dirs.metadata.get("source"), "cached_fit": dirs.metadata.get("cached"),
-               "scales": [float(s) for s in scales], "samples": samples, "cells": table, "files": files}
+               "scales": np.asarray(scales, dtype=float).tolist(), "percentiles": dirs.metadata.get("percentiles"),
+               "samples": samples, "cells": table, "files": files}
     run.walk_file("perturb.json").write_text(json.dumps(_finite(summary), indent=2, default=_jsonable))
     return summary
 
@@ -418,16 +436,18 @@ def grid_sheets(out: str | Path, targets: Sequence[Target], records: Sequence[Sa
     cells = by_cell(records)
     written = []
     for s in range(samples):
-        imgs, caps = [], []
+        imgs, caps, marks = [], [], []
         for r in range(rows):
             ri, rc = [], []
             for c in range(cols):
                 rec = cells.get((targets[r * cols + c].id, s))
                 ri.append(load_cell(out, rec.image) if rec else None)
-                rc.append(f"d={rec.best_distance:.3g}" if rec else "")
+                rc.append(f"d={rec.best_distance:.3g}" + _flag_line(rec) if rec else "")
             imgs.append(ri)
             caps.append(rc)
-        written.append(save_png(image_grid(imgs, captions=caps, title=title), RunDir(out).grid_image(s)))
+            marks.append([bool(rec and rec.flagged) for rec in (cells.get((targets[r * cols + c].id, s))
+                                                                for c in range(cols))])
+        written.append(save_png(image_grid(imgs, captions=caps, title=title, marked=marks), RunDir(out).grid_image(s)))
     return written
 
 
