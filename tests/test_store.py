@@ -228,6 +228,8 @@ def test_group_key():
 _CHILD = """
 import sys, time
 import probe.workflows.extract.pipeline as E
+from probe.store import FeatureStore
+FeatureStore.commit_factor = 0  # commit on every flush, so what the kill leaves does not depend on timing
 read = E.read_image01
 def slow(path, *args):
     if "img06" in str(path):
