@@ -124,10 +124,24 @@ def decode_item(item: Item, data: bytes | None, max_pixels: int | None = DEFAULT
 
 def quiet_worker(_worker_id: int = 0) -> None:
     """DataLoader ``worker_init_fn``: a loader worker ignores Ctrl-C, which the terminal sends to the whole
-    process group; the main process alone stops (exit 130, one line), so no worker prints a traceback."""
+    process group; the main process alone stops (exit 130, one line), so no worker prints a traceback.
+    Nor does the worker's fd-sharing thread when the stopped main process resets its connection."""
     import signal
+    import sys
+    import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    gone = (ConnectionError, EOFError)  # the main process went away
+    thread_hook, sys_hook = threading.excepthook, sys.excepthook
+
+    def quiet_thread(args) -> None:
+        if not issubclass(args.exc_type, gone):
+            thread_hook(args)
+
+    def quiet_sys(exc_type, value, tb) -> None:  # multiprocessing's resource sharer reports through this
+        if not issubclass(exc_type, gone):
+            sys_hook(exc_type, value, tb)
+    threading.excepthook, sys.excepthook = quiet_thread, quiet_sys
 
 
 # -- expanding inputs -------------------------------------------------------------------------------------

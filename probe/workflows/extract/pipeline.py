@@ -160,8 +160,11 @@ def extract_images(encoder: Encoder, paths: Sequence[Item], store_path: Path, co
     with store:
         groups = None
         first_overwrite = config.overwrite
+        ctrl_c = _CtrlC()
         try:
             for batch in loader:
+                if ctrl_c.seen:  # a Ctrl-C raised where Python drops exceptions (a weakref callback)
+                    raise KeyboardInterrupt
                 good, seen = [], set()
                 for x, p, h, err, pos in batch:
                     if err is not None:
@@ -199,8 +202,53 @@ def extract_images(encoder: Encoder, paths: Sequence[Item], store_path: Path, co
                     on_batch(done, len(positions))
         except KeyboardInterrupt:
             summary.interrupted = True
+        except RuntimeError:  # "DataLoader worker exited unexpectedly": a worker hit by the same Ctrl-C
+            if not ctrl_c.seen:
+                raise
+            summary.interrupted = True
+        finally:
+            ctrl_c.restore()
+        summary.interrupted = summary.interrupted or ctrl_c.seen
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+class _CtrlC:
+    """Notes a SIGINT (then raises KeyboardInterrupt as Python's default handler does), so a loader error
+    that the same Ctrl-C caused in a worker is told from a real one, and a KeyboardInterrupt that Python
+    drops (raised in a weakref callback or ``__del__``: "Exception ignored in ...") still stops the run,
+    quietly. A no-op outside the main thread."""
+
+    def __init__(self) -> None:
+        import signal
+        import sys
+        import threading
+
+        self.seen = False
+        self._old = None
+        self._old_hook = None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._old_hook = sys.unraisablehook
+            sys.unraisablehook = self._unraisable
+
+    def _handle(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def _unraisable(self, info) -> None:
+        if not (self.seen and isinstance(info.exc_value, KeyboardInterrupt)):
+            self._old_hook(info)
+
+    def restore(self) -> None:
+        if self._old is not None:
+            import signal
+            import sys
+
+            signal.signal(signal.SIGINT, self._old)
+            sys.unraisablehook = self._old_hook
+            self._old = None
 
 
 def extract_text(encoder: Encoder, prompts: Sequence[str], store_path: Path, config: ExtractConfig) -> ExtractSummary:
