@@ -4,13 +4,16 @@ Each image inside a container becomes one input item whose recorded path is ``CO
 (``shards/00003.tar::000031234.jpg``, ``part-0.parquet::000031234``); its sha256 is the hash of the
 image's bytes, so resuming works exactly as for files. Nothing is unpacked to disk:
 
-* tar (webdataset / img2dataset layout: ``key.jpg|png|…`` beside ``key.json|txt|cls``, which are
-  ignored): the member headers are scanned once in file order, then each image is read by its byte
+* tar (webdataset / img2dataset layout: ``key.jpg|png|…`` beside ``key.json|txt|cls``): a ``key.cls``
+  member (integer text) or a ``key.json`` with a ``label`` or ``cls`` field gives the sample's label; the
+  other members are ignored. The member headers are scanned once in file order, then each image is read by its byte
   offset, so DataLoader workers and shards read only their own members. Compressed tars (.tar.gz) cannot
   be read by offset and are refused: unpack them, or write plain .tar as img2dataset does by default.
 * parquet (img2dataset ``--output_format parquet``, Hugging Face image columns): read one row group
   at a time (cached per reader process) with pyarrow; the key is the ``key`` column when there is one,
-  else the row number in the file.
+  else the row number in the file; the ``label`` column (or ``--label-column NAME``) gives the labels.
+
+A label is an integer in [0, MAX_LABEL]; anything else is a warning and label -1 (unknown), never a failure.
 
 Brace patterns (``shards/{00000..00009}.tar``, ``{a,b}.tar``) expand as in bash, in order.
 """
@@ -41,6 +44,8 @@ class TarMember:
     member: str
     offset: int
     size: int
+    label: int = -1  # from key.cls / key.json (-1: none)
+    label_problem: str = ""  # why a label present could not be used (stored as -1 with a warning)
 
     @property
     def key(self) -> str:
@@ -67,6 +72,8 @@ class ParquetRow:
     row: int
     column: str
     name: str
+    label: int = -1  # from the label column (-1: none)
+    label_problem: str = ""
 
     @property
     def key(self) -> str:
@@ -117,10 +124,24 @@ def decode_item(item: Item, data: bytes | None, max_pixels: int | None = DEFAULT
 
 def quiet_worker(_worker_id: int = 0) -> None:
     """DataLoader ``worker_init_fn``: a loader worker ignores Ctrl-C, which the terminal sends to the whole
-    process group; the main process alone stops (exit 130, one line), so no worker prints a traceback."""
+    process group; the main process alone stops (exit 130, one line), so no worker prints a traceback.
+    Nor does the worker's fd-sharing thread when the stopped main process resets its connection."""
     import signal
+    import sys
+    import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    gone = (ConnectionError, EOFError)  # the main process went away
+    thread_hook, sys_hook = threading.excepthook, sys.excepthook
+
+    def quiet_thread(args) -> None:
+        if not issubclass(args.exc_type, gone):
+            thread_hook(args)
+
+    def quiet_sys(exc_type, value, tb) -> None:  # multiprocessing's resource sharer reports through this
+        if not issubclass(exc_type, gone):
+            sys_hook(exc_type, value, tb)
+    threading.excepthook, sys.excepthook = quiet_thread, quiet_sys
 
 
 # -- expanding inputs -------------------------------------------------------------------------------------
@@ -174,15 +195,79 @@ def _expand_braces(pattern: str) -> list[str]:
     return [head + o + t for o in options for t in _expand_braces(tail)]
 
 
+#: labels are class indices: 0 .. MAX_LABEL (int32's range, what any classifier uses)
+MAX_LABEL = 2**31 - 1
+#: a .cls or .json member larger than this is not read for a label (a warning, label -1)
+MAX_LABEL_MEMBER_BYTES = 1 << 16
+LABEL_FIELDS = ("label", "cls")
+
+
+def parse_label(value: object) -> tuple[int, str]:
+    """(label, "") for an integer (or integer text) in [0, MAX_LABEL]; (-1, why) for anything else."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        text = value.strip()
+        if not re.fullmatch(r"[+-]?\d{1,20}", text):
+            return -1, f"label {text[:40]!r} is not an integer"
+        value = int(text)
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return -1, f"label {str(value)[:40]!r} is not an integer"
+    if not 0 <= value <= MAX_LABEL:
+        return -1, f"label {value} is outside 0..{MAX_LABEL}"
+    return value, ""
+
+
+def _sample_key(member: str) -> str:
+    """webdataset's sample key: the member path up to the first dot of its file name."""
+    head, _, base = member.rpartition("/")
+    return f"{head}/{base.split('.', 1)[0]}" if head else base.split(".", 1)[0]
+
+
+def _member_label(tar: tarfile.TarFile, member: tarfile.TarInfo) -> tuple[int, str]:
+    """The label a ``.cls`` or ``.json`` member gives: (label, "") / (-1, why) / (-1, "") for none."""
+    import json
+
+    if member.size > MAX_LABEL_MEMBER_BYTES:
+        return -1, f"{Path(member.name).name} is {member.size:,} bytes; labels are read from at most " \
+                   f"{MAX_LABEL_MEMBER_BYTES:,}"
+    fh = tar.extractfile(member)
+    data = fh.read() if fh is not None else b""
+    if member.name.lower().endswith(".cls"):
+        return parse_label(data)
+    try:
+        meta = json.loads(data)
+    except (ValueError, RecursionError):
+        return -1, f"{Path(member.name).name} is not JSON"
+    if not isinstance(meta, dict):
+        return -1, ""
+    field = next((f for f in LABEL_FIELDS if f in meta), None)
+    return parse_label(meta[field]) if field else (-1, "")
+
+
 def tar_members(path: Path) -> list[TarMember]:
-    """The image members of an uncompressed tar, in file order."""
+    """The image members of an uncompressed tar, in file order, with their samples' labels."""
     name = path.name.lower()
     if name.endswith((".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
         raise UsageError(f"{path}: compressed tar cannot be streamed by offset; unpack it or use a plain .tar")
     try:
         with tarfile.open(path, "r:") as tar:
-            return [TarMember(str(path), m.name, m.offset_data, m.size) for m in tar
-                    if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES]
+            images, labels = [], {}
+            for m in tar:
+                if not m.isfile():
+                    continue
+                suffix = Path(m.name).suffix.lower()
+                if suffix in IMAGE_SUFFIXES:
+                    images.append(m)
+                elif suffix in (".cls", ".json"):
+                    key = _sample_key(m.name)
+                    label = _member_label(tar, m)
+                    if suffix == ".cls" or key not in labels or labels[key] == (-1, ""):  # .cls wins
+                        labels[key] = label
+            return [TarMember(str(path), m.name, m.offset_data, m.size,
+                              *labels.get(_sample_key(m.name), (-1, ""))) for m in images]
     except (tarfile.TarError, OSError) as exc:
         raise InputError(f"{path}: not a readable tar file ({exc})") from exc
 
@@ -195,8 +280,9 @@ def _pyarrow_parquet():
     return pq
 
 
-def parquet_rows(path: Path, column: str | None = None) -> list[ParquetRow]:
-    """Every row of ``path``'s image column (``column``, or the first of jpg/png/image/… present)."""
+def parquet_rows(path: Path, column: str | None = None, label_column: str | None = None) -> list[ParquetRow]:
+    """Every row of ``path``'s image column (``column``, or the first of jpg/png/image/… present), with its
+    label from ``label_column`` (default: the ``label`` column when there is one)."""
     pq = _pyarrow_parquet()
     try:
         f = pq.ParquetFile(path)
@@ -213,13 +299,19 @@ def parquet_rows(path: Path, column: str | None = None) -> list[ParquetRow]:
     declared, size = f.metadata.num_rows, path.stat().st_size
     if declared > size:  # every row holds an image: a row per byte is already impossible
         raise InputError(f"{path}: declares {declared:,} rows in {size:,} bytes; damaged or hostile")
+    if label_column is not None and label_column not in names:
+        raise UsageError(f"{path}: no label column {label_column!r} (columns: {', '.join(names)})")
+    label_column = label_column or ("label" if "label" in names else None)
     keys = f.read(columns=["key"]).column(0).to_pylist() if "key" in names else None
+    labels = f.read(columns=[label_column]).column(0).to_pylist() if label_column else None
     out, start = [], 0
     for rg in range(f.num_row_groups):
         n = f.metadata.row_group(rg).num_rows
         for r in range(n):
             name = str(keys[start + r]) if keys is not None else f"{start + r:09d}"
-            out.append(ParquetRow(str(path), rg, r, column, name))
+            label = parse_label(labels[start + r]) if labels is not None and labels[start + r] is not None \
+                else (-1, "")
+            out.append(ParquetRow(str(path), rg, r, column, name, *label))
         start += n
     return out
 
@@ -230,14 +322,15 @@ def is_container(path: Path) -> bool:
 
 
 def collect_sources(items: Iterable[str], list_file: str | None = None,
-                    image_column: str | None = None) -> list[Item]:
-    """``collect_inputs`` plus brace patterns and containers: each tar/parquet becomes its images, in order."""
+                    image_column: str | None = None, label_column: str | None = None) -> list[Item]:
+    """``collect_inputs`` plus brace patterns and containers: each tar/parquet becomes its images, in order
+    (with their labels: ``.cls``/``.json`` tar members, the parquet ``label`` column or ``label_column``)."""
     entries = [e for item in items for e in expand_braces(item)]
     out: list[Item] = []
     for p in collect_inputs(entries, list_file):
         name = p.name.lower()
         if name.endswith(PARQUET_SUFFIXES):
-            out += parquet_rows(p, image_column)
+            out += parquet_rows(p, image_column, label_column)
         elif is_container(p):
             out += tar_members(p)
         else:

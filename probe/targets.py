@@ -52,16 +52,24 @@ class Target:
     label: str | int | None = None
     image_path: str | None = None
     extra: dict = field(default_factory=dict)
+    image_sha256: str | None = None  # an image target's file content (set by from_image)
 
     def record(self) -> dict:
         """The manifest's ``target`` dict. Targets read as numbers (a store row, a vector file) carry the
-        sha256 of their float32 vector, so a resume refuses a target whose content changed under the same
-        name (image and text targets are encoded again on each run: their last bits may differ by device)."""
+        sha256 of their float32 vector, image targets the sha256 of their file (they are encoded again on
+        each run, and the last bits may differ by device), so a resume refuses a target whose content
+        changed under the same name. A text target's prompt is its content (``source`` is ``text:PROMPT``)."""
         out = {"kind": self.kind, "source": self.source, "index": self.index, "label": self.label,
                "image_path": self.image_path}
         if self.kind in HASHED_KINDS and np.size(self.vector):
             out["vector_sha256"] = vector_sha256(self.vector)
+        if self.image_sha256:
+            out["image_sha256"] = self.image_sha256
         return out
+
+
+#: content hashes a target record may carry; a record written before one existed resumes without it
+CONTENT_HASH_KEYS = ("vector_sha256", "image_sha256")
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
@@ -221,13 +229,17 @@ def row_image_path(stored: str) -> str | None:
 
 def from_image(path: str | Path, encoder: Encoder) -> Target:
     """An image file encoded now, exactly as ``probe extract`` would."""
-    from probe.images import path_text, read_image01
+    from probe.images import path_text, read_image01, sha256_file
 
     img = read_image01(path)
     vec = encode_images01(encoder, img.unsqueeze(0))[0].numpy()
     name = path_text(path)
+    try:
+        digest = sha256_file(path)
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read file ({exc.strerror or exc})") from None
     return Target(id=f"img-{_slug(Path(name).stem)}", vector=_check_vector(vec, vec.shape[0], name),
-                  kind="image", source=name, image_path=name)
+                  kind="image", source=name, image_path=name, image_sha256=digest)
 
 
 def from_text(prompt: str, encoder: Encoder) -> Target:

@@ -92,6 +92,45 @@ def test_planar_tiff_counts_every_axis(tmp_path):
     assert read_image_array(path, max_pixels=40_000).shape == (3, 100, 100)
 
 
+def _pil_pages(path: Path, sides: list[int]) -> None:
+    from PIL import Image
+
+    pages = [Image.fromarray(np.full((s, s, 3), 40 * i, np.uint8)) for i, s in enumerate(sides)]
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+
+
+def _float_pages(path: Path, sides: list[int]) -> None:
+    import tifffile
+
+    with tifffile.TiffWriter(path) as tif:
+        for s in sides:
+            tif.write(np.full((s, s, 3), 0.5, np.float32), photometric="rgb")
+
+
+# (writer, file name, page sides, --max-pixels, result: the shape read, or the limit's message)
+MULTI_PAGE = [
+    (_pil_pages, "p.tif", [20, 400], 1_000, (3, 20, 20)),             # a big later page is never read
+    (_pil_pages, "p.tif", [40, 10], 1_000, "1,600 pixels"),           # page 0 is the one counted
+    (_pil_pages, "a.gif", [20, 400], 1_000, (3, 20, 20)),             # animated GIF: frame 0 likewise
+    (_float_pages, "f.tif", [20, 400], 1_500, (3, 20, 20)),           # tifffile (float): page 0, every axis
+    (_float_pages, "f.tif", [30, 10], 2_000, "2,700 pixels"),         # 3x30x30 values
+]
+
+
+@pytest.mark.parametrize("write,name,sides,limit,expect", MULTI_PAGE,
+                         ids=[f"{c[1]}-{c[2]}" for c in MULTI_PAGE])
+def test_multi_page_images_read_and_count_only_page_zero(tmp_path, write, name, sides, limit, expect):
+    """Only the first page of a multi-page TIFF (first frame of an animation) is decoded, so only it is
+    counted against --max-pixels; later pages, however large they claim to be, are never read."""
+    path = tmp_path / name
+    write(path, sides)
+    if isinstance(expect, tuple):
+        assert read_image_array(path, max_pixels=limit).shape == expect
+    else:
+        with pytest.raises(ImageTooLarge, match=expect):
+            read_image_array(path, max_pixels=limit)
+
+
 def test_extract_skips_extreme_aspect_png(run_cli, tmp_path, small_images, tiny_ckpt):
     strip = tmp_path / "strip.png"
     strip.write_bytes(_png_claiming(3_000_000, 1))

@@ -29,16 +29,18 @@ from probe.workflows import extract as workflow
 @click.option("--workers", default=None, type=click.IntRange(min=0),
               help="Reader processes [default: min(4, cores - 1)].")
 @click.option("--float16", "half", is_flag=True, help="Store features as float16 (half the size).")
-@click.option("--labels", type=click.Choice(["parent"]), help="Store each image's parent folder as its label.")
+@click.option("--labels", type=click.Choice(["parent"]), help="Store each image's parent folder as its label "
+              "(tar shards' key.cls / key.json label and a parquet label column are stored without it).")
 @click.option("--overwrite", is_flag=True, help="Replace the group(s) instead of resuming.")
 @click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Skip (with a warning) images with more pixels than this, e.g. decompression bombs; 0 = no limit.")
 @click.option("--image-column", help="Parquet column holding the encoded images [default: jpg, png, image, ...].")
+@click.option("--label-column", help="Parquet column holding integer labels [default: label, when present].")
 @click.option("--shard", help="Extract only shard i of N (i/N) into STORE.shards/; join with 'probe merge STORE'. "
               "Under torchrun the ranks are the shards and rank 0 merges.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def extract(inputs, store, list_file, texts, text_file, batch_size, workers, half, labels, overwrite, max_pixels,
-            image_column, shard, as_json, encoder) -> None:
+            image_column, label_column, shard, as_json, encoder) -> None:
     """Extract features of INPUTS (files, folders, globs, webdataset .tar shards, parquet files; brace
     patterns like shards/{00000..00009}.tar) into an HDF5 store.
 
@@ -59,7 +61,7 @@ def extract(inputs, store, list_file, texts, text_file, batch_size, workers, hal
             result = workflow.run(encoder, inputs, out=store, list_file=list_file, texts=texts, text_file=text_file,
                                   batch_size=batch_size, workers=workers, dtype="float16" if half else "float32",
                                   labels=labels, overwrite=overwrite, max_pixels=max_pixels,
-                                  image_column=image_column, shard=shard, on_start=start,
+                                  image_column=image_column, label_column=label_column, shard=shard, on_start=start,
                                   on_batch=lambda done, _total: bar.update(done), on_warning=warn)
     except workflow.NothingExtracted as err:  # the summary says which inputs failed and why, then the error
         show(err.result, as_json)

@@ -304,10 +304,12 @@ class Encoder(nn.Module):
 
         ``weights_sha256`` identifies a local weights file (``--weights PATH``, or the file of a
         ``torchscript:PATH`` spec) by content, so replaced weights at the same path are told apart.
+        A module encoder adds ``embedding``: which tensor its embedding is (see ``probe.models.modules``).
         """
         return {"model_spec": self.spec, "weights": self.weights or "", "weights_sha256": self.weights_sha256,
                 "preprocess": self.preprocess.to_dict(), "keep_spatial": self.keep_spatial,
-                "token_pool": self.token_pool}
+                "token_pool": self.token_pool,
+                **({"embedding": self._parts.info["embedding"]} if "embedding" in self._parts.info else {})}
 
     @property
     def weights_sha256(self) -> str:

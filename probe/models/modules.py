@@ -4,7 +4,10 @@
 pretrained config gives it); any other module names it as a :class:`~probe.models.encoder.Preprocess`,
 a dict of its fields (``size``, ``mean``, ``std``, ``crop_pct``, ``interpolation``, ``in_chans``,
 ``crop_mode``) or a timm data config (``resolve_data_config(...)``: ``input_size`` = (C, H, W)).
-The embedding is the module's output (``embed=`` picks another), and every named submodule is a layer.
+The embedding follows one rule whatever ``preprocess`` is given: a timm model's pre-logits
+(``forward_head(..., pre_logits=True)``), a torchvision classifier's final-Linear input (as a
+``torchvision:`` spec reads it), otherwise the module's output (``embed=`` picks another). Which one it
+is goes into the encoder's record as ``embedding``. Every named submodule is a layer.
 """
 
 from __future__ import annotations
@@ -64,19 +67,52 @@ def module_parts(model: nn.Module, preprocess: Preprocess | Mapping[str, Any] | 
     """EncoderParts of a user's module; a timm model brings its own preprocessing, embedding and head."""
     if not isinstance(model, nn.Module):
         raise UsageError(f"load_encoder takes a model spec string or a torch.nn.Module, not {type(model).__name__}")
-    if preprocess is None and hasattr(model, "forward_head") and hasattr(model, "pretrained_cfg"):
+    if _is_timm(model):
         from probe.models.timm_models import timm_parts
 
         parts = timm_parts(model)
-        if embed is not None:
-            parts.embed = embed
-        if head is not None:
-            parts.head = head
-        if class_names is not None:
-            parts.class_names = list(class_names)
-        return parts
-    if preprocess is None:
-        raise UsageError(f"{type(model).__name__}: give preprocess= (size, mean, std ...): probe must know what "
-                         "input the network expects")
-    return EncoderParts(model=model, preprocess=preprocess_from(preprocess), embed=embed or (lambda m, x: m(x)),
-                        head=head, class_names=list(class_names) if class_names is not None else None)
+        if preprocess is not None:  # the user's preprocessing; the embedding stays timm's pre-logits
+            parts.preprocess = preprocess_from(preprocess)
+        rule = EMBED_TIMM
+    else:
+        if preprocess is None:
+            raise UsageError(f"{type(model).__name__}: give preprocess= (size, mean, std ...): probe must know "
+                             "what input the network expects")
+        parts = _torchvision_classifier_parts(model, preprocess_from(preprocess))
+        rule = EMBED_CLASSIFIER_INPUT
+        if parts is None:
+            parts = EncoderParts(model=model, preprocess=preprocess_from(preprocess), embed=lambda m, x: m(x))
+            rule = EMBED_OUTPUT
+    if embed is not None:
+        parts.embed = embed
+        rule = EMBED_USER
+    if head is not None:
+        parts.head = head
+    if class_names is not None:
+        parts.class_names = list(class_names)
+    parts.info = {**parts.info, "embedding": rule}
+    return parts
+
+
+#: what "embedding" is for a module encoder (recorded as ``embedding`` in its record)
+EMBED_TIMM = "pre-logits (timm forward_head pre_logits=True)"
+EMBED_CLASSIFIER_INPUT = "classifier input (input of the final Linear layer, torchvision)"
+EMBED_OUTPUT = "module output"
+EMBED_USER = "embed= function"
+
+
+def _is_timm(model: nn.Module) -> bool:
+    return hasattr(model, "forward_head") and hasattr(model, "pretrained_cfg")
+
+
+def _torchvision_classifier_parts(model: nn.Module, preprocess: Preprocess) -> EncoderParts | None:
+    """A torchvision classifier (its class defined in ``torchvision.models``): embedding = the input of its
+    final Linear layer, head = its output, as ``probe.models.torchvision_models`` does for a spec."""
+    if not type(model).__module__.startswith("torchvision.models"):
+        return None
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        return None
+    from probe.models.torchvision_models import classifier_parts
+
+    return classifier_parts(model, linears[-1], preprocess)

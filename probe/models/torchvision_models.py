@@ -68,9 +68,9 @@ def _classifier(model: nn.Module, num_classes: int) -> nn.Linear:
     return heads[-1]
 
 
-def torchvision_parts(model: nn.Module, weights, arch: str) -> EncoderParts:
-    categories = list(weights.meta.get("categories") or [])
-    head_layer = _classifier(model, len(categories) or 1000)
+def classifier_parts(model: nn.Module, head_layer: nn.Module, preprocess: Preprocess,
+                     class_names: list[str] | None = None, info: dict | None = None) -> EncoderParts:
+    """Embedding = the (flattened) input of ``head_layer``; head = the model's output."""
     captured: dict[str, torch.Tensor] = {}
 
     def grab(_module, inputs):
@@ -84,9 +84,15 @@ def torchvision_parts(model: nn.Module, weights, arch: str) -> EncoderParts:
     def head(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return m(x)
 
-    return EncoderParts(model=model, preprocess=torchvision_preprocess(weights), embed=embed, head=head,
-                        class_names=categories or None, prefix_tokens=1,
-                        info={"family": "torchvision", "arch": arch, "weights_enum": str(weights)})
+    return EncoderParts(model=model, preprocess=preprocess, embed=embed, head=head, class_names=class_names,
+                        prefix_tokens=1, info=dict(info or {}))
+
+
+def torchvision_parts(model: nn.Module, weights, arch: str) -> EncoderParts:
+    categories = list(weights.meta.get("categories") or [])
+    head_layer = _classifier(model, len(categories) or 1000)
+    return classifier_parts(model, head_layer, torchvision_preprocess(weights), class_names=categories or None,
+                            info={"family": "torchvision", "arch": arch, "weights_enum": str(weights)})
 
 
 def build_torchvision(spec: TorchvisionSpec, pretrained: bool) -> tuple[nn.Module, object]:

@@ -44,7 +44,7 @@ from probe.models.encoder import Encoder
 from probe.naturalness import denoising_error, off_manifold, realism_scores
 from probe.reference import TargetChecks, target_checks
 from probe.rundir import RunDir
-from probe.targets import Target, encode_images01
+from probe.targets import CONTENT_HASH_KEYS, Target, encode_images01
 from probe.workflows.decode.merge import (
     canonical,
     decode_shard_dir,
@@ -238,8 +238,15 @@ def _compatible(records: Sequence[SampleRecord], common: dict, targets: Sequence
         ti = rec.target_index
         t = targets[ti] if ti is not None and 0 <= ti < len(targets) else None
         now_t = json.loads(json.dumps(t.record())) if t is not None else None
-        if now_t is not None and "vector_sha256" not in rec.target:  # a record made before targets were hashed
-            now_t.pop("vector_sha256", None)
+        for key in CONTENT_HASH_KEYS:  # a record made before targets were hashed resumes without the hash
+            if now_t is not None and key not in rec.target:
+                now_t.pop(key, None)
+        if t is not None and t.id == rec.target_id and now_t != rec.target and \
+                {k: v for k, v in now_t.items() if k not in CONTENT_HASH_KEYS} == \
+                {k: v for k, v in rec.target.items() if k not in CONTENT_HASH_KEYS}:
+            raise UsageError(f"{where}: holds a decode of other targets (target {ti} {rec.target_id!r}, "
+                             f"{t.source}: its content changed since); rerun with the same targets to resume, "
+                             "or use --overwrite or another --out")
         if t is None or t.id != rec.target_id or now_t != rec.target:
             raise UsageError(f"{where}: holds a decode of other targets (target {ti} was {rec.target_id!r}); "
                              "rerun with the same targets to resume, or use --overwrite or another --out")

@@ -101,7 +101,7 @@ def run(encoder: Any, inputs: Sequence[str | Path] | str | Path | torch.Tensor =
         list_file: str | None = None, texts: Sequence[str] = (), text_file: str | Path | None = None,
         batch_size: int = 32, workers: int | None = None, dtype: str = "float32", labels: str | None = None,
         overwrite: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS, image_column: str | None = None,
-        shard: Shard | str | None = None, device: str | None = None,
+        label_column: str | None = None, shard: Shard | str | None = None, device: str | None = None,
         on_start: Callable[[ExtractPlan], None] | None = None, on_batch: Callable[[int, int], None] | None = None,
         on_warning: Note | None = None) -> ExtractResult:
     """Extract the features of ``inputs`` and of the CLIP prompts ``texts`` (and ``text_file``'s lines)
@@ -113,7 +113,9 @@ def run(encoder: Any, inputs: Sequence[str | Path] | str | Path | torch.Tensor =
 
     With ``out`` the features go into that HDF5 store (created or resumed: images already stored are
     skipped by content hash; ``overwrite`` replaces the groups instead). Without it they come back in
-    ``result.features``. ``labels="parent"`` stores each image's folder name as its label; images over
+    ``result.features``. ``labels="parent"`` stores each image's folder name as its label; tar shards'
+    ``key.cls`` / ``key.json`` (``label`` or ``cls`` field) and a parquet ``label`` column (or
+    ``label_column``) give their rows' labels (a bad one: a warning, label -1); images over
     ``max_pixels`` are skipped with a warning (None or 0: no limit).
 
     ``shard`` (``"i/N"`` or a :class:`~probe.distributed.Shard`) extracts only that part into
@@ -133,7 +135,7 @@ def run(encoder: Any, inputs: Sequence[str | Path] | str | Path | torch.Tensor =
 
     check_writable_file(out, "-o")
     prompts = _prompts(texts, text_file)
-    paths = _gather(inputs, list_file, image_column, prompts)
+    paths = _gather(inputs, list_file, image_column, prompts, label_column)
     config = ExtractConfig(batch_size=batch_size, workers=default_workers() if workers is None else workers,
                            dtype=dtype, overwrite=overwrite, labels=labels, max_pixels=max_pixels or None)
     rt = runtime(shard, asked_device(encoder, device))
@@ -177,12 +179,12 @@ def _prompts(texts: Sequence[str], text_file: str | Path | None) -> list[str]:
 
 
 def _gather(inputs: Sequence[str | Path] | str | Path, list_file: str | None, image_column: str | None,
-            prompts: Sequence[str]) -> list[Item]:
+            prompts: Sequence[str], label_column: str | None = None) -> list[Item]:
     """Every image input in order (containers opened into their images); refuses a run with nothing to do."""
     items = [str(inputs)] if isinstance(inputs, (str, Path)) else [str(p) for p in inputs]
     if not items and not list_file and not prompts:
         raise UsageError("give images (files, folders, globs), --list FILE, or --text PROMPT")
-    paths = collect_sources(items, list_file, image_column) if (items or list_file) else []
+    paths = collect_sources(items, list_file, image_column, label_column) if (items or list_file) else []
     if (items or list_file) and not paths:
         raise InputError("no image files found in " + ", ".join(items or [str(list_file)]))
     return paths

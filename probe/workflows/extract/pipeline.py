@@ -30,7 +30,7 @@ class ExtractConfig:
     workers: int = 0
     dtype: str = "float32"
     overwrite: bool = False
-    labels: str | None = None  # "parent": the parent folder's name is the label
+    labels: str | None = None  # "parent": the parent folder's name is the label (tar/parquet bring theirs)
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # larger images are skipped with a warning (0/None: no limit)
 
     def __post_init__(self) -> None:  # the API's values obey the CLI's rules (issue 22)
@@ -103,6 +103,20 @@ def label_names_for(paths: Sequence[Item]) -> list[str]:
     return sorted({Path(path_text(p)).parent.name for p in paths})
 
 
+def _item_labels(items: Sequence[Item], good: Sequence[tuple], on_warning: Callable[[str], None] | None
+                 ) -> list[int] | None:
+    """The labels tar and parquet items carry (``.cls``/``.json`` members, a label column), -1 where none;
+    a label that could not be used is a warning (the row is stored, label -1). None when no row has one."""
+    labels = []
+    for _, key, _, pos in good:
+        item = items[pos]
+        problem = getattr(item, "label_problem", "")
+        if problem and on_warning:
+            on_warning(f"{key}: {problem}; label stored as -1")
+        labels.append(getattr(item, "label", -1))
+    return labels if any(v >= 0 for v in labels) else None
+
+
 def merge_label_names(group, names: Sequence[str]) -> list[str]:
     """The group's label names: those already stored keep their index (a resumed or extended run must not
     renumber rows written before), new folder names are appended."""
@@ -146,8 +160,11 @@ def extract_images(encoder: Encoder, paths: Sequence[Item], store_path: Path, co
     with store:
         groups = None
         first_overwrite = config.overwrite
+        ctrl_c = _CtrlC()
         try:
             for batch in loader:
+                if ctrl_c.seen:  # a Ctrl-C raised where Python drops exceptions (a weakref callback)
+                    raise KeyboardInterrupt
                 good, seen = [], set()
                 for x, p, h, err, pos in batch:
                     if err is not None:
@@ -170,9 +187,10 @@ def extract_images(encoder: Encoder, paths: Sequence[Item], store_path: Path, co
                                   for n, layer in zip(names, encoder.layers)]
                         if label_names is not None:
                             group_labels = [merge_label_names(g, label_names) for g in groups]
+                    found = None if label_names is not None else _item_labels(paths, good, on_warning)
                     for i, (g, layer) in enumerate(zip(groups, encoder.layers)):
                         labels = ([group_labels[i].index(Path(p).parent.name) for _, p, _, _ in good]
-                                  if label_names is not None else None)
+                                  if label_names is not None else found)
                         g.append(feats[layer].float().cpu().numpy(), [p for _, p, _, _ in good],
                                  [h for _, _, h, _ in good], labels,
                                  input_index=None if shard.single else [pos for *_, pos in good])
@@ -184,8 +202,53 @@ def extract_images(encoder: Encoder, paths: Sequence[Item], store_path: Path, co
                     on_batch(done, len(positions))
         except KeyboardInterrupt:
             summary.interrupted = True
+        except RuntimeError:  # "DataLoader worker exited unexpectedly": a worker hit by the same Ctrl-C
+            if not ctrl_c.seen:
+                raise
+            summary.interrupted = True
+        finally:
+            ctrl_c.restore()
+        summary.interrupted = summary.interrupted or ctrl_c.seen
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+class _CtrlC:
+    """Notes a SIGINT (then raises KeyboardInterrupt as Python's default handler does), so a loader error
+    that the same Ctrl-C caused in a worker is told from a real one, and a KeyboardInterrupt that Python
+    drops (raised in a weakref callback or ``__del__``: "Exception ignored in ...") still stops the run,
+    quietly. A no-op outside the main thread."""
+
+    def __init__(self) -> None:
+        import signal
+        import sys
+        import threading
+
+        self.seen = False
+        self._old = None
+        self._old_hook = None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._old_hook = sys.unraisablehook
+            sys.unraisablehook = self._unraisable
+
+    def _handle(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def _unraisable(self, info) -> None:
+        if not (self.seen and isinstance(info.exc_value, KeyboardInterrupt)):
+            self._old_hook(info)
+
+    def restore(self) -> None:
+        if self._old is not None:
+            import signal
+            import sys
+
+            signal.signal(signal.SIGINT, self._old)
+            sys.unraisablehook = self._old_hook
+            self._old = None
 
 
 def extract_text(encoder: Encoder, prompts: Sequence[str], store_path: Path, config: ExtractConfig) -> ExtractSummary:
