@@ -1,20 +1,8 @@
-"""Feature-space geometry for `probe interpolate`, `probe perturb` and `probe map`.
-
-Everything here works on plain ``np.ndarray`` feature rows ``[N, D]`` so that it can be tested
-without a diffusion model: the commands compute *targets* (points in feature space) here and hand
-them to the decoder.  The only outside dependency is the feature store, used as a cache through
-the two methods of the contract (``save_artifact`` / ``load_artifact``), so fitted PCA bases and 2-D
-reducers are computed once per feature set and reused -- repeated maps must agree with each other,
-and PCA on a 60k-row store should not be paid for on every `perturb`.
-
-Conventions:
-
-* components are 1-based on the command line ("PC1" is the first principal component);
-* a direction's ``std`` is the sample standard deviation (ddof=1, as sklearn's PCA) of the feature
-  set projected on that unit direction, so perturbation scales read as "n standard deviations";
-* errors the user can act on are raised as :class:`probe.errors.UsageError` (the request cannot
-  work with this data) or :class:`probe.errors.InputError` (the data itself is unusable), each with
-  one line naming the offending file/group.
+"""Directions in feature space for `probe perturb`: PCA, class-mean and random unit directions, each with the
+set's standard deviation along it (ddof=1, as sklearn's PCA, so perturbation scales read as "n standard
+deviations"), and the parsing of ``--components`` (1-based: "PC1" is the first principal component) and
+``--scales``. Conventions shared by the geometry modules (arrays only, the store as an artifact cache, the
+error kinds): :mod:`probe.geometry.features`.
 """
 
 from __future__ import annotations

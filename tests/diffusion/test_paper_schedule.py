@@ -38,6 +38,20 @@ def _rel(a: torch.Tensor, b: torch.Tensor, ref: torch.Tensor) -> float:
     return float((a - b).norm() / ref.norm())
 
 
+
+def spy_guided_rounds(monkeypatch) -> list:
+    """Record (t, z_t, ε') of every guided round the sampler runs, in order."""
+    seen = []
+    real = S.guided_round
+
+    def spy(prior_, enc_, z, t, *args, **kwargs):
+        out = real(prior_, enc_, z, t, *args, **kwargs)
+        seen.append((int(S._per_chain(t, 1)[0]), z.clone(), out.eps.clone()))
+        return out
+
+    monkeypatch.setattr(S, "guided_round", spy)
+    return seen
+
 def test_paper_preset_names_every_departure():
     assert (PAPER.clamp, PAPER.clip_x0, PAPER.beta, PAPER.loss_resize, PAPER.best_by) == \
         ("none", False, "scheduler", "whole", "loss")
@@ -104,15 +118,7 @@ def test_a_consecutive_chain_matches_the_official_loop(monkeypatch):
         target = enc(torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(1)))
     cfg = PAPER.replace(rounds=2, early_rounds=3, early_steps=2)
 
-    seen = []
-    real = S.guided_round
-
-    def spy(prior_, enc_, z, t, *args, **kwargs):
-        out = real(prior_, enc_, z, t, *args, **kwargs)
-        seen.append((S._per_chain(t, 1)[0], z.clone(), out.eps.clone()))
-        return out
-
-    monkeypatch.setattr(S, "guided_round", spy)
+    seen = spy_guided_rounds(monkeypatch)
     res = S.sample(prior, enc, target, [7], cfg)
 
     sched, eps_fn, decode, loss = _reference_parts(prior, enc)
@@ -146,15 +152,7 @@ def test_a_15_step_chain_of_the_bundled_models_matches_the_official_loop_round_b
     with torch.no_grad():
         target = enc(torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(1)))
     cfg = PAPER.replace(rounds=2, early_rounds=3, early_steps=2)
-    seen = []
-    real = S.guided_round
-
-    def spy(prior_, enc_, z, t, *args, **kwargs):
-        out = real(prior_, enc_, z, t, *args, **kwargs)
-        seen.append((int(S._per_chain(t, 1)[0]), z.clone(), out.eps.clone()))
-        return out
-
-    monkeypatch.setattr(S, "guided_round", spy)
+    seen = spy_guided_rounds(monkeypatch)
     res = S.sample(prior, enc, target, [0], cfg)
     sched, eps_fn, decode, loss = _reference_parts(prior, enc)
     assert [t for t, _, _ in seen] == [14] * 3 + [13] * 3 + [t for t in range(12, -1, -1) for _ in range(2)]
