@@ -95,11 +95,15 @@ def folder_for(work: Path, name: str, config: GuidanceConfig, fresh: bool) -> Pa
 
 
 def decode_missing(prior, encoder, vectors: torch.Tensor, config: GuidanceConfig, folder: Path, batch: int) -> None:
-    """Decode every target k (seed k) with no saved result in ``folder``, ``batch`` targets per call."""
+    """Decode every target k (seed k) with no saved result in ``folder``, ``batch`` targets per call, through
+    the sampler's queue with as many chains per network call as ``probe decode --batch-size auto`` runs."""
+    from probe.diffusion.memory import auto_chains
+
+    chains = auto_chains(prior, encoder)
     todo = [k for k in range(len(vectors)) if not (folder / f"t{k:03d}.npz").is_file()]
     for lo in range(0, len(todo), batch):
         seeds = todo[lo:lo + batch]
-        res = sample(prior, encoder, vectors[seeds], seeds, config)
+        res = sample(prior, encoder, vectors[seeds], seeds, config, max_chains=chains)
         images = res.final_images if config.unguided else res.best_images
         dist = res.final_distance if config.unguided else res.best_distance
         u8 = uint8_images(images)
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--presets", default="fast,balanced", help=f"comma-separated, of {', '.join(PRESETS)}")
     ap.add_argument("--limit", type=int, default=None, help="the first N of the 54 fixed targets [all]")
     ap.add_argument("--paper-limit", type=int, default=9, help="targets for the paper preset (its first ones) [9]")
-    ap.add_argument("--batch-size", type=int, default=2, help="targets per sampler call [2]")
+    ap.add_argument("--batch-size", type=int, default=9, help="targets per sampler call, sharing its queue [9]")
     ap.add_argument("--candidates", type=int, default=None, help="override the presets' candidate count")
     ap.add_argument("--device", default=None)
     ap.add_argument("--work", type=Path, default=HERE.parent / "runs" / "emoji_fidelity_work",
