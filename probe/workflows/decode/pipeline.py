@@ -391,10 +391,9 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
                 seeds = [settings.seed_of(s) for _, s in pending]
                 n_written = [0]
 
-                cfg = settings.config
-                cum = list(itertools.accumulate(cfg.rounds_at(i, len(cfg.timesteps(prior.num_train_timesteps))) *
-                                                 cfg.chains_at(i) for i in range(len(cfg.timesteps(
-                                                     prior.num_train_timesteps)))))
+                cfg = settings.config  # progress: the share of a sample's evaluations done after each step
+                n_steps = len(cfg.timesteps(prior.num_train_timesteps))
+                cum = list(itertools.accumulate(cfg.rounds_at(i, n_steps) * cfg.chains_at(i) for i in range(n_steps)))
 
                 def cb(step: int, total: int, best: torch.Tensor) -> None:
                     if on_event is not None:
