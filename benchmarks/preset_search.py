@@ -66,20 +66,17 @@ def run_config(prior, encoder, targets: torch.Tensor, tgt_f: np.ndarray, gal_f: 
                batch: int, out: Path, subset: np.ndarray | None = None) -> dict:
     chosen = np.arange(len(targets)) if subset is None else np.asarray(subset)
     n = len(chosen)
-    best, final, bd, fd, ev, bs = [], [], [], [], [], []
-    seconds = 0.0
-    batch = config.samples_per_call(batch)  # --batch-size bounds chains, candidates included (as decode)
-    for lo in range(0, n, batch):
-        seeds = [int(i) for i in chosen[lo:lo + batch]]  # target i is always decoded with seed i
-        res = sample(prior, encoder, targets[seeds], seeds, config)
-        best.append(to_uint8(res.best_images))
-        final.append(to_uint8(res.final_images))
-        bd += res.best_distance.tolist()
-        fd += res.final_distance.tolist()
-        ev += res.evaluations.tolist()
-        bs += res.best_step.tolist()
-        seconds += res.seconds
-    best_u8, final_u8 = np.concatenate(best), np.concatenate(final)
+    # --batch-size bounds the chains per network call, candidates included (as decode); the sampler's queue keeps
+    # every call full across all the targets, so they go in one stream
+    from probe.diffusion.memory import auto_chains
+
+    chains = min(batch, auto_chains(prior, encoder))
+    seeds = [int(i) for i in chosen]  # target i is always decoded with seed i
+    res = sample(prior, encoder, targets[seeds], seeds, config, max_chains=chains)
+    best_u8, final_u8 = to_uint8(res.best_images), to_uint8(res.final_images)
+    bd, fd = res.best_distance.tolist(), res.final_distance.tolist()
+    ev, bs = res.evaluations.tolist(), res.best_step.tolist()
+    seconds = res.seconds
     dec_f = features(encoder, torch.from_numpy(best_u8).float().div(255))
     ranks = retrieval_rank(dec_f, tgt_f[chosen], gal_f)
     row = {"name": config.name, "config": config.to_dict(), "n": n, "seconds": seconds,
