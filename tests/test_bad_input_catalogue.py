@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.run_folders import write_run_folder
 from tests.tiny_diffusion import save_pixel_prior
 
 GROUP = "timm_test_resnet/embedding"
@@ -84,14 +85,7 @@ def cat(tmp_path_factory, small_images, tiny_ckpt) -> dict[str, Path]:
         Image.open(small_images[0]).save(d / "baseline" / "s00.png")
         (d / "manifest.jsonl").write_text(json.dumps({"target_id": "t", "sample": 0, "image": image}) + "\n")
         f[name] = d
-    good = root / "good_run"
-    (good / "images").mkdir(parents=True)
-    (good / "baseline").mkdir()
-    for s_ in range(2):
-        Image.open(small_images[s_]).save(good / "images" / f"t_s{s_:02d}.png")
-        Image.open(small_images[s_ + 2]).save(good / "baseline" / f"s{s_:02d}.png")
-    (good / "manifest.jsonl").write_text("".join(
-        json.dumps({"target_id": "t", "sample": s_, "image": f"images/t_s{s_:02d}.png"}) + "\n" for s_ in range(2)))
+    good = write_run_folder(root / "good_run", small_images)
     f["good_run"] = good
     bad = root / "badjson"
     bad.mkdir()

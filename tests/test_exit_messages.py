@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+
+from tests.run_folders import write_run_folder
 
 
 def _errors(r) -> list[str]:
@@ -57,16 +58,7 @@ def test_broken_pipe_exits_quietly(run_cli, monkeypatch):
 
 
 def _run_folder(tmp_path: Path, small_images) -> Path:
-    run = tmp_path / "run"
-    (run / "images").mkdir(parents=True)
-    (run / "baseline").mkdir()
-    for s in range(2):
-        Image.open(small_images[s]).save(run / "images" / f"t_s{s:02d}.png")
-        Image.open(small_images[s + 2]).save(run / "baseline" / f"s{s:02d}.png")
-    (run / "manifest.jsonl").write_text("".join(
-        json.dumps({"target_id": "a-rather-long-target-name-that-a-box-table-would-cut", "sample": s,
-                    "image": f"images/t_s{s:02d}.png"}) + "\n" for s in range(2)))
-    return run
+    return write_run_folder(tmp_path / "run", small_images, "a-rather-long-target-name-that-a-box-table-would-cut")
 
 
 def test_compare_piped_is_plain_tsv(run_cli, tmp_path, small_images):
