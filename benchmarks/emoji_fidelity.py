@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--paper-limit", type=int, default=9, help="targets for the paper preset (its first ones) [9]")
     ap.add_argument("--batch-size", type=int, default=9, help="targets per sampler call, sharing its queue [9]")
     ap.add_argument("--candidates", type=int, default=None, help="override the presets' candidate count")
+    ap.add_argument("--grad-min-weight", type=float, default=None,
+                    help="override: rounds below this capped weight run forward-only (probe decode --grad-min-weight)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--work", type=Path, default=HERE.parent / "runs" / "emoji_fidelity_work",
                     help="where decodes are kept between runs [runs/emoji_fidelity_work]")
@@ -207,6 +209,9 @@ def main(argv: list[str] | None = None) -> dict:
         config = PRESETS[name]
         if args.candidates:
             config = config.replace(candidates=args.candidates, name=f"{name}:candidates={args.candidates}")
+        if args.grad_min_weight is not None:
+            config = config.replace(grad_min_weight=args.grad_min_weight,
+                                    name=f"{config.name}:grad_min_weight={args.grad_min_weight:g}")
         m = min(n, args.paper_limit) if name == "paper" else n
         base_cfg = config.baseline()
         base_dir = folder_for(args.work, f"unguided-{config_key(base_cfg)}", base_cfg, args.fresh)
