@@ -171,7 +171,7 @@ class SampleRecord:
 
     def to_json(self) -> str:
         """One line of strict JSON: a NaN or infinite number (a distance that diverged) is written as null."""
-        return json.dumps(_json_safe(self.to_dict()), allow_nan=False)
+        return json.dumps(json_safe(self.to_dict()), allow_nan=False)
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any], where: str = "record") -> SampleRecord:
@@ -214,14 +214,14 @@ _WRITTEN_WHEN_SET = frozenset({
     "map_x", "map_y", "map_method", "target_image", "candidate"})
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """``value`` with every non-finite float replaced by None, so the line stays JSON."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -345,7 +345,7 @@ def write_metadata(out: str | Path, records: Iterable[SampleRecord]) -> Path:
             continue
         row = {k: v for k, v in r.to_dict().items() if not isinstance(v, (dict, list))}
         row["file_name"] = str(Path(*rel.parts[1:]))
-        lines.append(json.dumps(_json_safe(row), allow_nan=False))
+        lines.append(json.dumps(json_safe(row), allow_nan=False))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")

@@ -17,7 +17,6 @@ minimises and every manifest ``best_distance`` reports.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from probe.geometry.directions import Directions
 from probe.geometry.maps import FeatureMap
 from probe.geometry.paths import interpolation_path, path_positions
 from probe.geometry.walk_range import column_labels, scale_at
-from probe.manifest import Manifest, SampleRecord, by_cell
+from probe.manifest import Manifest, SampleRecord, by_cell, json_safe
 from probe.rundir import RunDir
 from probe.targets import Target, vector_target
 
@@ -169,7 +168,7 @@ def path_report(out: str | Path, a: Target, b: Target, targets: Sequence[Target]
                                       for s in range(samples)],
                            "flags": [cells[(t.id, s)].flag_reasons if (t.id, s) in cells else None
                                      for s in range(samples)]} for i, t in enumerate(targets)]}
-    run.walk_file("path.json").write_text(json.dumps(_finite(summary), indent=2))
+    run.walk_file("path.json").write_text(json.dumps(json_safe(summary), indent=2))
     files["summary"] = str(run.walk_file("path.json"))
     return PathReport(ts, da, db, best, files, summary)
 
@@ -180,17 +179,6 @@ def _flag_line(rec: SampleRecord) -> str:
 
     words = flag_caption(rec)
     return f"\n{words}" if words else ""
-
-
-def _finite(obj: Any) -> Any:
-    """NaN -> None so the summary is strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 # -- feature sets ------------------------------------------------------------------------------------------
@@ -401,7 +389,7 @@ def perturb_report(out: str | Path, base: Target, dirs: Directions, scales: Sequ
                "source": dirs.metadata.get("source"), "cached_fit": dirs.metadata.get("cached"),
                "scales": np.asarray(scales, dtype=float).tolist(), "percentiles": dirs.metadata.get("percentiles"),
                "samples": samples, "cells": table, "files": files}
-    run.walk_file("perturb.json").write_text(json.dumps(_finite(summary), indent=2, default=_jsonable))
+    run.walk_file("perturb.json").write_text(json.dumps(json_safe(summary), indent=2, default=_jsonable))
     return summary
 
 
