@@ -446,15 +446,6 @@ def guided_round(prior: Prior, encoder: Encoder, z: torch.Tensor, t: int | Seque
     return RoundOutput(eps_guided, eps, img, distance, bad, torch.zeros_like(bad))
 
 
-def _guided_round(prior: Prior, encoder: Encoder, z: torch.Tensor, t: int, a_t: float, target: torch.Tensor,
-                  config: GuidanceConfig, loss_is_saved_distance: bool, weight: float | None = None,
-                  eot_generators: Sequence[torch.Generator] | None = None):
-    """:func:`guided_round` as a tuple (ε', image, distance, skipped), the earlier signature."""
-    out = guided_round(prior, encoder, z, t, target, config, abar=a_t, weight=weight,
-                       eot_generators=eot_generators, loss_is_saved_distance=loss_is_saved_distance)
-    return out.eps, out.image, out.distance, out.skipped
-
-
 @torch.no_grad()
 def _x0_image(prior: Prior, x0: torch.Tensor, quantize: bool = True) -> torch.Tensor:
     return to_unit_image(prior.decode(x0), quantize)

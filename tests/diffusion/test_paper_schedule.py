@@ -82,8 +82,8 @@ def test_one_guided_round_matches_the_official_code_bundled(fashion, t):
     with torch.no_grad():
         target = enc(torch.rand(1, 1, 32, 32, generator=gen))
     eps, eps_ref, sim, _ = guided_round(sched, eps_fn, decode, loss, target, z, t, PAPER.weight, PAPER.tau)
-    eps_probe, _img, d, bad = S._guided_round(prior, enc, z, t, _abar(prior, t), target, PAPER,
-                                              False)
+    out = S.guided_round(prior, enc, z, t, target, PAPER, abar=_abar(prior, t))
+    eps_probe, d, bad = out.eps, out.distance, out.skipped
     assert not bad.any()
     assert _rel(eps_probe, eps_ref, eps) < TOL
     assert abs(float(d[0]) + sim.item()) <= TOL * abs(sim.item())  # best picked by the optimised loss
@@ -99,7 +99,7 @@ def test_one_guided_round_matches_the_official_code_latent_resized(tiny_sd, t):
     with torch.no_grad():
         target = enc(torch.rand(1, 3, 16, 16, generator=gen))
     eps, eps_ref, sim, _ = guided_round(sched, eps_fn, decode, loss, target, z, t, PAPER.weight, PAPER.tau)
-    eps_probe = S._guided_round(tiny_sd, enc, z, t, _abar(tiny_sd, t), target, PAPER, False)[0]
+    eps_probe = S.guided_round(tiny_sd, enc, z, t, target, PAPER, abar=_abar(tiny_sd, t)).eps
     assert _rel(eps_probe, eps_ref, eps) < TOL
 
 

@@ -410,9 +410,9 @@ def test_rescale_pulls_the_guided_noise_back_to_the_unguided_norm(prior, encoder
     tgt = target.expand(2, -1)
     eps = prior.eps(z, t)
     norm = eps.flatten(1).norm(dim=1)
-    plain, *_ = S._guided_round(prior, encoder, z, t, a_t, tgt, SMALL.replace(weight=2.0), False)
-    full, *_ = S._guided_round(prior, encoder, z, t, a_t, tgt, SMALL.replace(weight=2.0, rescale=1.0), False)
-    half, *_ = S._guided_round(prior, encoder, z, t, a_t, tgt, SMALL.replace(weight=2.0, rescale=0.5), False)
+    plain = S.guided_round(prior, encoder, z, t, tgt, SMALL.replace(weight=2.0), abar=a_t).eps
+    full = S.guided_round(prior, encoder, z, t, tgt, SMALL.replace(weight=2.0, rescale=1.0), abar=a_t).eps
+    half = S.guided_round(prior, encoder, z, t, tgt, SMALL.replace(weight=2.0, rescale=0.5), abar=a_t).eps
     assert (plain.flatten(1).norm(dim=1) > norm * 1.01).all()          # ε − w·g is longer than ε
     torch.testing.assert_close(full.flatten(1).norm(dim=1), norm, rtol=1e-5, atol=1e-5)
     cos = torch.nn.functional.cosine_similarity(full.flatten(1), plain.flatten(1))

@@ -8,7 +8,7 @@ import torch
 
 from probe.diffusion.architectures import SD_V1_4_UNET, SD_V1_4_VAE, fill_random, sd_v1_4_random
 from probe.diffusion.priors import load_prior
-from probe.diffusion.sampler import _guided_round, sample
+from probe.diffusion.sampler import guided_round, sample
 from probe.diffusion.schedules import GuidanceConfig
 from probe.errors import UsageError
 from tests.tiny_diffusion import save_tiny_sd, tiny_encoder
@@ -59,14 +59,14 @@ def test_checkpointing_changes_nothing_but_memory(tiny_sd):
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     cfg = GuidanceConfig()
     a_t = float(tiny_sd.alphas_cumprod[500])
-    plain = _guided_round(tiny_sd, enc, z, 500, a_t, target, cfg, False)[0]
+    plain = guided_round(tiny_sd, enc, z, 500, target, cfg, abar=a_t).eps
     try:
         tiny_sd.configure(checkpoint="all")
         assert tiny_sd.unet.is_gradient_checkpointing and tiny_sd.vae.is_gradient_checkpointing
-        ckpt = _guided_round(tiny_sd, enc, z, 500, a_t, target, cfg, False)[0]
+        ckpt = guided_round(tiny_sd, enc, z, 500, target, cfg, abar=a_t).eps
         tiny_sd.configure(precision="bf16", checkpoint="none")
         assert not tiny_sd.unet.is_gradient_checkpointing
-        bf16 = _guided_round(tiny_sd, enc, z, 500, a_t, target, cfg, False)[0]
+        bf16 = guided_round(tiny_sd, enc, z, 500, target, cfg, abar=a_t).eps
     finally:
         tiny_sd.configure(precision="fp32", checkpoint="none")
     assert torch.allclose(ckpt, plain, atol=1e-6)
