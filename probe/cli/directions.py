@@ -66,7 +66,8 @@ def interpolate(a, b, group, points, path_kind, prior, encoder, decode, out, as_
               "mean of all].")
 @click.option("--scales", default="data", show_default=True,
               help="The columns: 'data' moves TARGET along each direction to the 1st, 10th, 50th, 90th and 99th "
-                   "percentile of the set's own projections (where real data lies), or steps in units of the set's "
+                   "percentile of the projections of the set's rows nearest TARGET (10 %, at least 50: where real data "
+                   "around TARGET lies), or steps in units of the set's "
                    "standard deviation, e.g. -3,-1.5,0,1.5,3.")
 @decode_options(samples=1, out_help="Output folder: the decode directory plus grid.png and perturb.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
@@ -74,8 +75,8 @@ def perturb(target, store, group, kind, components, pairs, scales, prior, encode
     """Decode TARGET moved along directions of a feature set.
 
     TARGET uses the form of interpolate's endpoints (STORE.h5:ROW, image:PATH or an image path,
-    text:PROMPT, vector:PATH), 'mean' for the mean of the --from set, or 'medoid' for its row nearest
-    that mean (a real image's feature: decodes of the mean itself are hybrids of every class). Each
+    text:PROMPT, vector:PATH), 'mean' for the mean of the --from set, or 'medoid' for its medoid, the
+    row with the least summed distance to the others (a real image's feature: decodes of the mean itself are hybrids of every class). Each
     direction k and scale s gives the target TARGET + s * std_k * v_k, where std_k is the set's standard deviation along
     v_k. Writes grid.png (rows = directions, columns = scales, each with its distance and its distance
     to TARGET's feature), perturb.json, manifest.jsonl (direction, scale, explained variance ratio for

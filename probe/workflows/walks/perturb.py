@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from probe.errors import UsageError
 from probe.geometry.directions import Directions, parse_components, parse_scales
-from probe.geometry.walk_range import DATA_PERCENTILES, data_scales, is_data
+from probe.geometry.walk_range import DATA_PERCENTILES, data_scales, is_data, local_neighbours
 from probe.targets import Target, row_image_path, row_label, split_store_ref, vector_target
 from probe.workflows.common import Note, as_targets, output_dir, resolve_encoder
 from probe.workflows.decode import DecodeResult, decode_into
@@ -50,20 +51,36 @@ class PerturbResult:
 SET_CENTRES = ("mean", "medoid")
 
 
+MEDOID_ROWS = 4096  # the medoid is searched among (and scored against) at most this many seeded rows
+
+
 def set_centre(fs: FeatureSet, kind: str) -> Target:
-    """The set's mean feature, or its medoid: the row nearest that mean.
+    """The set's mean feature, or its medoid: the row with the smallest summed L2 distance to the others.
 
     The mean of a feature set is no image's feature (on Fashion-MNIST its decodes are cluttered hybrids
     of every class), so walks around it leave the data; the medoid is a real image's feature, and the
-    walk starts from something the prior can draw."""
-    mean = fs.features.mean(axis=0)
+    walk starts from something the prior can draw. Not the row nearest the mean: in a set of several
+    clusters that row sits between them, an atypical image (on 200 Fashion-MNIST test images an open coat
+    whose feature lies outside the prior's domain, probe.reference); the medoid sits inside the largest."""
     if kind == "mean":
-        return vector_target(mean, "mean", f"{fs.source} mean", fs.features.shape[1])
-    i = int(np.argmin(((fs.features - mean) ** 2).sum(axis=1)))
+        return vector_target(fs.features.mean(axis=0), "mean", f"{fs.source} mean", fs.features.shape[1])
+    i = medoid_index(fs.features)
     row = int(fs.rows[i])
     label = row_label(None if fs.labels is None else fs.labels[i], fs.label_names)
     return Target(id=f"medoid-row{row}", vector=np.asarray(fs.features[i], dtype=np.float32), kind="medoid",
                   source=fs.source, index=row, label=label, image_path=row_image_path(fs.paths[i]))
+
+
+def medoid_index(features: np.ndarray, max_rows: int = MEDOID_ROWS, seed: int = 0) -> int:
+    """Index of the row minimising the summed Euclidean distance to the others (among ``max_rows`` seeded
+    rows of a larger set)."""
+    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32).reshape(len(features), -1))
+    rows = np.arange(len(x))
+    if len(x) > max_rows:
+        rows = np.sort(np.random.default_rng(seed).choice(len(x), max_rows, replace=False))
+    sub = x[torch.from_numpy(rows)]
+    sums = torch.cat([torch.cdist(sub[i:i + 512], sub).sum(1) for i in range(0, len(sub), 512)])
+    return int(rows[int(torch.argmin(sums))])
 
 
 def run(encoder: Any, target: Any, store: str | Path, *, group: str | None = None, directions: str = "pca",
@@ -77,7 +94,7 @@ def run(encoder: Any, target: Any, store: str | Path, *, group: str | None = Non
     ``directions``: ``pca`` (fitted once, cached in the store), ``class`` (differences of class means;
     ``pairs`` like ``0-9,1-7``), ``random`` or ``npy:PATH``; ``components`` picks them (``1-5``), ``scales``
     are the steps in standard deviations. ``target`` is any form :func:`probe.decode` takes, ``"mean"``
-    for the set's mean, or ``"medoid"`` for its row nearest the mean (a real image's feature).
+    for the set's mean, or ``"medoid"`` for its medoid (the row with the least summed distance to the others: a real image's feature).
     ``encoder=None`` uses the store's encoder. Decode options as :func:`probe.decode`
     (``samples`` defaults to 1).
     """
@@ -106,8 +123,10 @@ def run(encoder: Any, target: Any, store: str | Path, *, group: str | None = Non
                 raise UsageError(f"TARGET: perturb one target at a time, got {len(found)}")
             base = found[0]
         if scale_list is None:  # the data's own spread along each direction
-            scale_list = data_scales(fs.features, base.vector, dirs.vectors, dirs.std)
+            k = local_neighbours(len(fs.features))
+            scale_list = data_scales(fs.features, base.vector, dirs.vectors, dirs.std, neighbours=k)
             dirs.metadata["percentiles"] = list(DATA_PERCENTILES)
+            dirs.metadata["range_neighbours"] = k
     if dirs.metadata.get("source") == "pca" and on_note:
         on_note(f"PCA of {fs.source} ({fs.features.shape[0]} rows): "
                 + ("cached fit" if dirs.metadata.get("cached") else "fitted and cached" if fs.cache else "fitted"))

@@ -56,3 +56,36 @@ def test_perturb_default_range_is_the_datas(run_cli, prior_dir, store, enc_spec,
     scales = np.array(summary["scales"])
     assert scales.shape == (2, 5) and (np.diff(scales, axis=1) >= 0).all()
     assert [r["scale"] for r in recs[:5]] == pytest.approx(scales[0].tolist())
+
+
+def test_data_scales_follow_the_bases_neighbours():
+    # two clusters along e0: 60 rows near 0 (spread ±1) and 60 near 100; the base sits in the first
+    rng = np.random.default_rng(1)
+    x = np.zeros((120, 2))
+    x[:60, 0] = rng.uniform(-1, 1, 60)
+    x[60:, 0] = 100 + rng.uniform(-1, 1, 60)
+    x[:, 1] = rng.normal(size=120)
+    base = np.array([0.0, 0.0])
+    v, std = np.eye(2)[:1], np.array([1.0])
+    local = data_scales(x, base, v, std, percentiles=(0, 100), neighbours=50)
+    every = data_scales(x, base, v, std, percentiles=(0, 100))
+    assert every[0, 1] > 99  # the whole set's range reaches the other cluster ...
+    assert -1 <= local[0, 0] < 0 < local[0, 1] <= 1  # ... the neighbours' stays in the base's own
+    from probe.geometry.walk_range import local_neighbours
+
+    assert local_neighbours(30) == 30 and local_neighbours(200) == 50 and local_neighbours(10_000) == 1000
+
+
+def test_medoid_is_the_row_nearest_all_others_not_the_mean():
+    from probe.workflows.walks.perturb import medoid_index
+
+    # 70 rows in a tight cluster, 30 far away, and one row between them nearest the mean
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.normal(0, 0.1, (70, 4)), rng.normal(0, 0.1, (30, 4)) + 10, np.full((1, 4), 3.0)])
+    mean_row = int(np.argmin(((x - x.mean(0)) ** 2).sum(1)))
+    assert mean_row == 100  # the in-between row: what the old rule picked
+    i = medoid_index(x)
+    assert i < 70
+    sums = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1)).sum(1)
+    assert i == int(np.argmin(sums))
+    assert medoid_index(x, max_rows=50) < 70  # a seeded subset of a larger set lands in the big cluster too

@@ -227,8 +227,8 @@ def test_perturb_centres_mean_and_medoid(store):
     with open_feature_set(path) as fs:
         mean, medoid = set_centre(fs, "mean"), set_centre(fs, "medoid")
     assert np.allclose(mean.vector, feats.mean(0), atol=1e-5)
-    nearest = int(np.argmin(((feats - feats.mean(0)) ** 2).sum(1)))
-    # the medoid is a real row: its own feature, index and image, so the walk starts on the data
+    nearest = int(np.argmin(np.sqrt(((feats[:, None] - feats[None]) ** 2).sum(-1)).sum(1)))
+    # the medoid is a real row (least summed distance to the others): its own feature, index and image
     assert medoid.index == nearest and np.array_equal(medoid.vector, feats[nearest])
     assert medoid.image_path == paths[nearest] and medoid.kind == "medoid"
 
