@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode_fidelity import cosines, features, fmt, summary, uint8_images  # noqa: E402
+from decode_fidelity import cosines, features, fmt, parse_extra, summary, uint8_images  # noqa: E402
 from preset_score import images01, naturalness_figures  # noqa: E402
 
 from probe.datasets import emoji  # noqa: E402
@@ -85,7 +85,10 @@ def folder_for(work: Path, name: str, config: GuidanceConfig, fresh: bool) -> Pa
     folder = work / name.replace(":", "_").replace(",", "_").replace("=", "-")
     meta = folder / "config.json"
     want = {"config": config.to_dict(), "prior": PRIOR, "encoder": ENCODER}
-    if meta.is_file() and json.loads(meta.read_text()) != json.loads(json.dumps(want)):
+    if meta.is_file():  # settings added since the folder was made count at their defaults
+        had = json.loads(meta.read_text())
+        had["config"] = GuidanceConfig(**had.get("config", {})).to_dict()
+    if meta.is_file() and json.loads(json.dumps(had)) != json.loads(json.dumps(want)):
         if not fresh:
             raise SystemExit(f"{folder}: decoded with other settings; pass --fresh to redo it")
         shutil.rmtree(folder)
@@ -169,6 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--limit", type=int, default=None, help="the first N of the 54 fixed targets [all]")
     ap.add_argument("--paper-limit", type=int, default=9, help="targets for the paper preset (its first ones) [9]")
     ap.add_argument("--batch-size", type=int, default=9, help="targets per sampler call, sharing its queue [9]")
+    ap.add_argument("--extra", action="append", default=[], metavar="BASE:key=val,...",
+                    help="also decode a variant of a preset, e.g. balanced:narrow_at=4,narrow_keep=8,early_steps=12"
+                         " (repeatable)")
     ap.add_argument("--candidates", type=int, default=None, help="override the presets' candidate count")
     ap.add_argument("--grad-min-weight", type=float, default=None,
                     help="override: rounds below this capped weight run forward-only (probe decode --grad-min-weight)")
@@ -181,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
-    names = [s.strip() for s in args.presets.split(",") if s.strip()]
+    names = [s.strip() for s in args.presets.split(",") if s.strip()]  # "" = only the --extra variants
     for nm in names:
         if nm not in PRESETS or PRESETS[nm].unguided:
             raise SystemExit(f"--presets: {nm!r} is not a guided preset ({', '.join(PRESETS)})")
@@ -205,8 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = []
     unguided_rows: dict[str, dict] = {}
-    for name in names:
-        config = PRESETS[name]
+    for name in names + args.extra:
+        config = PRESETS[name] if name in PRESETS else parse_extra(name)
         if args.candidates:
             config = config.replace(candidates=args.candidates, name=f"{name}:candidates={args.candidates}")
         if args.grad_min_weight is not None:

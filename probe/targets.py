@@ -27,7 +27,8 @@ import torch
 from probe.errors import InputError, UsageError
 from probe.models.encoder import Encoder
 
-KINDS = ("hdf5", "image", "text", "vector", "medoid")  # medoid: the store row with the least summed distance to the others (perturb)
+# medoid: the store row with the least summed distance to the others (perturb)
+KINDS = ("hdf5", "image", "text", "vector", "medoid")
 
 
 #: target kinds whose vector is read from a file as numbers, so its hash is exact across runs and devices

@@ -76,10 +76,11 @@ def perturb(target, store, group, kind, components, pairs, scales, prior, encode
 
     TARGET uses the form of interpolate's endpoints (STORE.h5:ROW, image:PATH or an image path,
     text:PROMPT, vector:PATH), 'mean' for the mean of the --from set, or 'medoid' for its medoid, the
-    row with the least summed distance to the others (a real image's feature: decodes of the mean itself are hybrids of every class). Each
-    direction k and scale s gives the target TARGET + s * std_k * v_k, where std_k is the set's standard deviation along
-    v_k. Writes grid.png (rows = directions, columns = scales, each with its distance and its distance
-    to TARGET's feature), perturb.json, manifest.jsonl (direction, scale, explained variance ratio for
+    row with the least summed distance to the others (a real image's feature: decodes of the mean
+    itself are hybrids of every class). Each direction k and scale s gives the target
+    TARGET + s * std_k * v_k, where std_k is the set's standard deviation along v_k. Writes grid.png
+    (rows = directions, columns = scales, each with its distance and its distance to TARGET's
+    feature), perturb.json, manifest.jsonl (direction, scale, explained variance ratio for
     PCA) and features.h5.
     """
     with DecodeProgress("perturb") as on_event:

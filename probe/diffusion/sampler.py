@@ -604,9 +604,26 @@ def sample_stream(prior: Prior, encoder: Encoder | None, target: torch.Tensor | 
             for j, c in enumerate(chains):
                 z[c] = zs[j]
 
+    narrowing = n_cand > 1 and 0 < config.narrow_keep < n_cand and 0 < config.narrow_at < config.early_steps
+    narrowed: set[int] = set()   # samples past the narrowing stage
+    dropped: set[int] = set()    # candidates it stopped
+
+    def narrow(s: int) -> None:
+        """Successive halving: at step ``narrow_at`` the ``narrow_keep`` candidates whose x̂0 is closest go on
+        to the selection at ``early_steps``; the others stop there."""
+        waiting = [c for c in q.chains_of(s) if q.state[c] == "wait"]
+        order = sorted(waiting, key=lambda c: (float(final_distance[c].nan_to_num(math.inf)), c))
+        for c in order[config.narrow_keep:]:
+            stopped_step[c] = step[c] - 1
+            dropped.add(c)
+            q.leave(c)
+        for c in order[:config.narrow_keep]:
+            q.state[c] = "run"
+        narrowed.add(s)
+
     def select(s: int) -> None:
         """Best of N at the layout stage: the candidate whose x̂0 is closest goes on, the others leave."""
-        chains = list(q.chains_of(s))
+        chains = [c for c in q.chains_of(s) if c not in dropped]
         k = int(final_distance[chains].nan_to_num(math.inf).argmin())
         q.chosen[s] = chains[k]
         for c in chains:
@@ -735,7 +752,8 @@ def sample_stream(prior: Prior, encoder: Encoder | None, target: torch.Tensor | 
                     frames[c].append((i, final_images[c]))
                 if at[i].last or (guided and stop_early(c, i)):
                     q.leave(c)
-                elif q.chosen[s] is None and i == config.early_steps - 1:
+                elif q.chosen[s] is None and (i == config.early_steps - 1 or
+                                              (narrowing and s not in narrowed and i == config.narrow_at - 1)):
                     q.state[c] = "wait"
                 progress[s] = max(progress[s], i + 1)
             dt = time.perf_counter() - tick
@@ -744,7 +762,10 @@ def sample_stream(prior: Prior, encoder: Encoder | None, target: torch.Tensor | 
             if s in q.finished:
                 continue
             if q.chosen[s] is None and all(q.state[c] != "run" for c in q.chains_of(s)):
-                select(s)
+                if narrowing and s not in narrowed and any(q.state[c] == "wait" for c in q.chains_of(s)):
+                    narrow(s)
+                else:
+                    select(s)
             if q.chosen[s] is not None and q.state[q.chosen[s]] == "off":
                 progress[s] = n_steps
                 yield s, finish(s)

@@ -77,6 +77,10 @@ class GuidanceConfig:
         in those first, noisy steps, and guidance at a weight low enough to stay natural cannot turn the
         prior's blob for one seed into a thin shoe; picking among a few prior layouts keeps the decode a
         prior sample that already agrees with the target. Every candidate's evaluations are counted.
+      narrow_at, narrow_keep: successive halving of the candidates. After ``narrow_at`` steps (0 < narrow_at
+        < early_steps) only the ``narrow_keep`` candidates whose x̂0 is closest to the target go on; the
+        selection of one happens at ``early_steps`` as without it. x̂0 at the first steps is a blur, so a
+        late selection judges clearer images, and most candidates stop before it is paid for. 0 is off.
       rescale: φ of guidance rescaling — ε' is pulled back towards ε's norm, ε'' = φ·ε'·‖ε‖/‖ε'‖ + (1−φ)·ε'
         (as classifier-free guidance's rescale, Lin et al. 2023). ε − w·g is longer than ε (by √(1 + w²)
         when g ⟂ ε), and a longer ε' writes more than the scheduled noise into z_t. 0 is off, 1 keeps
@@ -125,6 +129,8 @@ class GuidanceConfig:
     grad_blur: float = 0.0
     x0_cap: float = 0.0
     candidates: int = 1
+    narrow_at: int = 0
+    narrow_keep: int = 0
     rescale: float = 0.0
     stop_patience: int = 0
     max_distance: float = 0.0
@@ -171,6 +177,12 @@ class GuidanceConfig:
             raise UsageError(f"--rescale must be in [0, 1] (0 = off), not {self.rescale}")
         if self.candidates < 1:
             raise UsageError(f"--candidates must be >= 1, not {self.candidates}")
+        if self.narrow_keep < 0 or self.narrow_at < 0:
+            raise UsageError("--narrow-at and --narrow-keep must be >= 0 (0 = off)")
+        if self.narrow_keep and not (0 < self.narrow_at < self.early_steps and self.narrow_keep < self.candidates):
+            raise UsageError(f"--narrow-keep needs 0 < --narrow-at < --early-steps ({self.early_steps}) and fewer "
+                             f"kept than --candidates ({self.candidates}), not at {self.narrow_at} keep "
+                             f"{self.narrow_keep}")
         if self.free_steps < 0 or self.eot_shift < 0 or self.eot_samples < 1 or self.grad_blur < 0:
             raise UsageError("--free-steps, --eot-shift and --grad-blur must be >= 0 and --eot-samples >= 1")
         if self.update not in UPDATES:
@@ -208,8 +220,11 @@ class GuidanceConfig:
 
     def chains_at(self, step_index: int) -> int:
         """Chains per target at the ``step_index``-th timestep: ``candidates`` through the first
-        ``early_steps`` (none when that is 0), 1 after the selection and in unguided runs."""
-        return self.candidates if step_index < self.early_steps and not self.unguided else 1
+        ``early_steps`` (none when that is 0; ``narrow_keep`` of them from ``narrow_at``), 1 after the selection
+        and in unguided runs."""
+        if self.unguided or step_index >= self.early_steps:
+            return 1
+        return self.narrow_keep if self.narrow_keep and step_index >= self.narrow_at else self.candidates
 
     def samples_per_call(self, max_chains: int) -> int:
         """Samples per sampler call when at most ``max_chains`` chains run side by side: each sample runs
@@ -244,7 +259,8 @@ class GuidanceConfig:
     def baseline(self) -> GuidanceConfig:
         """The unguided run that a guided one is compared against: same prior, timesteps, update and seed."""
         return self.replace(name=f"{self.name}/baseline", unguided=True, rounds=1, early_rounds=1,
-                            early_steps=0, late_rounds=0, late_steps=0, free_steps=0, candidates=1, stop_patience=0,
+                            early_steps=0, late_rounds=0, late_steps=0, free_steps=0, candidates=1, narrow_at=0,
+                            narrow_keep=0, stop_patience=0,
                             max_distance=0.0, track_best=False)
 
     def to_dict(self) -> dict:

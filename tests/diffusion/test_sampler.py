@@ -391,6 +391,26 @@ def test_candidates_stop_after_the_early_steps_and_count_their_evaluations(prior
         SMALL.replace(candidates=0)
 
 
+def test_narrowing_keeps_the_closest_candidates_then_selects_among_them(prior, encoder, target):
+    # 4 candidates, 2 kept after step 1, the selection after step 3 (of 10): each stage keeps the closest
+    cfg = SMALL.replace(candidates=4, early_steps=3, narrow_at=1, narrow_keep=2)
+    res = S.sample(prior, encoder, target, [5, 6], cfg)
+    assert res.evaluations.tolist() == [cfg.evaluations(1000)] * 2 == [4 * 1 * 5 + 2 * 2 * 5 + 7 * 3] * 2
+    assert cfg.chains_at(0) == 4 and cfg.chains_at(1) == cfg.chains_at(2) == 2 and cfg.chains_at(3) == 1
+    # which two survive step 1: the closest x̂0 after it, from the same chains side by side cut there
+    cut = SMALL.replace(steps=10, early_steps=3, candidates=1)
+    first = S.sample(prior, encoder, target, S.candidate_seeds([5, 6], 4), cut.replace(max_distance=1e9))
+    d1 = first.final_distance.view(2, 4)  # max_distance stops every chain after its first step
+    kept = d1.argsort(dim=1)[:, :2]
+    assert all(int(res.candidate[j]) in kept[j].tolist() for j in range(2))
+    assert torch.isfinite(res.best_distance).all() and res.stopped_step.tolist() == [9, 9]
+    with pytest.raises(UsageError, match="narrow"):
+        SMALL.replace(candidates=4, early_steps=3, narrow_at=3, narrow_keep=2)
+    with pytest.raises(UsageError, match="narrow"):
+        SMALL.replace(candidates=4, early_steps=3, narrow_at=1, narrow_keep=4)
+    assert cfg.baseline().narrow_keep == 0
+
+
 def test_x0_cap_limits_the_weight_where_the_signal_is_small():
     cfg = GuidanceConfig(weight=0.5, x0_cap=0.5)
     assert cfg.weight_at(0, 10, abar=0.0) == 0.0                     # pure noise: left to the prior

@@ -94,7 +94,8 @@ def run(encoder: Any, target: Any, store: str | Path, *, group: str | None = Non
     ``directions``: ``pca`` (fitted once, cached in the store), ``class`` (differences of class means;
     ``pairs`` like ``0-9,1-7``), ``random`` or ``npy:PATH``; ``components`` picks them (``1-5``), ``scales``
     are the steps in standard deviations. ``target`` is any form :func:`probe.decode` takes, ``"mean"``
-    for the set's mean, or ``"medoid"`` for its medoid (the row with the least summed distance to the others: a real image's feature).
+    for the set's mean, or ``"medoid"`` for its medoid (the row with the least summed distance to the
+    others: a real image's feature).
     ``encoder=None`` uses the store's encoder. Decode options as :func:`probe.decode`
     (``samples`` defaults to 1).
     """
