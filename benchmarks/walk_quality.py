@@ -181,7 +181,7 @@ def endpoint_store(setting: Setting, x: np.ndarray, exemplars: dict[int, int], w
 
 
 def interpolation(args, setting: Setting, cnn, judges, x: np.ndarray, exemplars: dict[int, int],
-                  work: Path) -> dict:
+                  work: Path, path: str = "linear") -> dict:
     pairs = [tuple(int(v) for v in token.split("-")) for token in (args.pairs or setting.pairs).split(",")]
     if not setting.classes:  # emoji: the pair names held-out images themselves
         exemplars = {i: i for pair in pairs for i in pair}
@@ -189,11 +189,12 @@ def interpolation(args, setting: Setting, cnn, judges, x: np.ndarray, exemplars:
     name = (lambda c: FASHION_CLASSES[c]) if setting.classes else (lambda i: f"emoji test[{i}]")
     strips_ok, strips_all, per_pair = 0, 0, []
     for a, b in pairs:
-        out = work / f"interpolate-{a}-{b}"
+        out = work / (f"interpolate-{a}-{b}" + ("" if path == "linear" else f"-{path}"))
         t0 = time.perf_counter()
+        walk = {"path": path, **({"store": set_store(args, setting, x, work)} if path == "data" else {})}
         probe.interpolate(setting.encoder, f"{store}:{rows[a]}", f"{store}:{rows[b]}", prior=setting.prior,
                           points=args.points, samples=args.samples, schedule=args.schedule,
-                          batch_size=args.batch_size, out=out, overwrite=True, progress=False)
+                          batch_size=args.batch_size, out=out, overwrite=True, progress=False, **walk)
         seconds = time.perf_counter() - t0
         summary = json.loads((out / "path.json").read_text())
         records = Manifest.read(out).cells()
@@ -213,6 +214,7 @@ def interpolation(args, setting: Setting, cnn, judges, x: np.ndarray, exemplars:
             "median_relative_distance_interior": float(np.median(rel[:, 1:-1])),
             "interior_over_endpoint_median": float(np.median(inner) / np.median(ends)),
             "seconds": round(seconds, 1), "seconds_per_image": round(seconds / best.size, 2), "out": str(out),
+            "path": path, **({"visited_images": summary["data_path"]["visited_images"]} if path == "data" else {}),
         }
         if setting.classes:
             ok, ok_judges, rhos, seqs, jseqs = [], [], [], [], []
@@ -235,7 +237,7 @@ def interpolation(args, setting: Setting, cnn, judges, x: np.ndarray, exemplars:
             strips_ok += sum(ok)
             strips_all += len(ok)
         per_pair.append(entry)
-        log(f"{entry['a']} → {entry['b']}: reached and natural {entry['reached_and_natural']:.0%} "
+        log(f"{path} {entry['a']} → {entry['b']}: reached and natural {entry['reached_and_natural']:.0%} "
             f"(interior {entry['interior_reached_and_natural']:.0%}); interior/endpoint distance "
             f"{entry['interior_over_endpoint_median']:.2f}; {entry['seconds_per_image']} s an image")
     result = {"pairs": per_pair,
@@ -255,16 +257,27 @@ def interpolation(args, setting: Setting, cnn, judges, x: np.ndarray, exemplars:
     return result
 
 
-def perturbation(args, setting: Setting, x: np.ndarray, work: Path) -> dict:
-    img_dir = work / "set"
+def set_store(args, setting: Setting, x: np.ndarray, work: Path) -> Path:
+    """Features of ``--set-size`` seeded held-out images: perturb's PCA set and the data paths' graph."""
+    store = work / "set.h5"
     n = min(args.set_size, len(x))
+    if store.is_file():
+        with FeatureStore(store) as fs:
+            if len(fs.group().paths) == n:
+                return store
+    img_dir = work / "set"
     idx = np.random.default_rng(1).choice(len(x), n, replace=False)
     shutil.rmtree(img_dir, ignore_errors=True)
     img_dir.mkdir(parents=True)
     for i in idx:
         Image.fromarray(x[i]).save(img_dir / f"test{i:05d}.png")
-    store = work / "set.h5"
     probe.extract(setting.encoder, img_dir, out=store, overwrite=True)
+    return store
+
+
+def perturbation(args, setting: Setting, x: np.ndarray, work: Path) -> dict:
+    store = set_store(args, setting, x, work)
+    n = min(args.set_size, len(x))
     out = work / "perturb-pc1"
     t0 = time.perf_counter()
     probe.perturb(setting.encoder, args.centre, store, prior=setting.prior, components=[1], scales=args.scales,
@@ -322,6 +335,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--schedule", default="balanced")
     ap.add_argument("--batch-size", default="auto")
     ap.add_argument("--centre", choices=["medoid", "mean"], default="medoid", help="what PC1 is walked around")
+    ap.add_argument("--paths", default="linear,data", help="interpolation paths to walk [linear,data]")
     ap.add_argument("--skip", choices=["interpolate", "perturb"], action="append", default=[],
                     help="leave a part out (its section of the results JSON is kept from the last run)")
     args = ap.parse_args(argv)
@@ -342,10 +356,13 @@ def main(argv: list[str] | None = None) -> dict:
     fig = setting.figure_prefix
     if "interpolate" not in args.skip:
         judges = load_judges() if setting.classes else None
-        result["interpolation"] = interpolation(args, setting, cnn, judges, x, exemplars, work)
-        first = result["interpolation"]["pairs"][0]
-        shutil.copy(Path(first["out"]) / "strip.png", FIGURES / f"{fig}interpolate-strip.png")
-        shutil.copy(Path(first["out"]) / "distances.png", FIGURES / f"{fig}interpolate-distances.png")
+        for path in [p.strip() for p in args.paths.split(",") if p.strip()]:
+            key = "interpolation" if path == "linear" else f"interpolation_{path}"
+            result[key] = interpolation(args, setting, cnn, judges, x, exemplars, work, path)
+            first = result[key]["pairs"][0]
+            name = "interpolate" if path == "linear" else f"interpolate-{path}"
+            shutil.copy(Path(first["out"]) / "strip.png", FIGURES / f"{fig}{name}-strip.png")
+            shutil.copy(Path(first["out"]) / "distances.png", FIGURES / f"{fig}{name}-distances.png")
     if "perturb" not in args.skip:
         result["perturb"] = perturbation(args, setting, x, work)
         shutil.copy(Path(result["perturb"]["out"]) / "grid.png", FIGURES / f"{fig}perturb-pc1.png")
@@ -353,7 +370,7 @@ def main(argv: list[str] | None = None) -> dict:
     previous = RESULTS / setting.results
     if args.skip and previous.is_file():  # keep the skipped part's figures from the last run
         kept = json.loads(previous.read_text())
-        result.update({k: kept[k] for k in ("interpolation", "perturb") if k in kept and k not in result})
+        result.update({k: v for k, v in kept.items() if k.startswith(("interpolation", "perturb")) and k not in result})
     previous.write_text(json.dumps(result, indent=2) + "\n")
     print_report(result)
     return result
@@ -363,19 +380,23 @@ def print_report(result: dict) -> None:
     print("| walk | points | reached and natural (interior) | no flag | not reached | off-manifold | "
           "target out of domain | realism median | NN ratio | interior / endpoint distance | s an image |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for p in result.get("interpolation", {}).get("pairs", []):
-        print(f"| {p['a']} → {p['b']} | {p['decoded_points']} | {p['reached_and_natural']:.0%} "
-              f"({p['interior_reached_and_natural']:.0%}) | {p['unflagged']:.0%} | {p['not_reached']:.0%} | "
+    for p in [p for k in result if k.startswith("interpolation") for p in result[k]["pairs"]]:
+        print(f"| {p.get('path', 'linear')} {p['a']} → {p['b']} | {p['decoded_points']} | "
+              f"{p['reached_and_natural']:.0%} "
+              f"({p['interior_reached_and_natural']:.0%}) | {p.get('unflagged', float('nan')):.0%} | "
+              f"{p['not_reached']:.0%} | "
               f"{p['off_manifold']:.0%} | {p['out_of_domain']:.0%} | {p['realism_median']:.2f} | {p['nn_ratio']:.2f} | "
               f"{p['interior_over_endpoint_median']:.2f} | {p['seconds_per_image']} |")
     if "perturb" in result:
         q = result["perturb"]
         print(f"| PC1 perturb ({q['centre']}) | {q['decoded_points']} | {q['reached_and_natural']:.0%} | "
-              f"{q['unflagged']:.0%} | {q['not_reached']:.0%} | {q['off_manifold']:.0%} | {q['out_of_domain']:.0%} | "
-              f"{q['realism_median']:.2f} | {q['nn_ratio']:.2f} | | {q['seconds_per_image']} |")
-    for p in result.get("interpolation", {}).get("pairs", []):
+              f"{q.get('unflagged', float('nan')):.0%} | {q['not_reached']:.0%} | {q['off_manifold']:.0%} | "
+              f"{q['out_of_domain']:.0%} | {q['realism_median']:.2f} | {q['nn_ratio']:.2f} | | "
+              f"{q['seconds_per_image']} |")
+    for p in [p for k in result if k.startswith("interpolation") for p in result[k]["pairs"]]:
         if "switches_once" in p:
-            print(f"{p['a']} → {p['b']}: {sum(p['switches_once'])}/{len(p['switches_once'])} strips switch once "
+            print(f"{p.get('path', 'linear')} {p['a']} → {p['b']}: "
+                  f"{sum(p['switches_once'])}/{len(p['switches_once'])} strips switch once "
                   f"(judges {sum(p['switches_once_judges'])}/{len(p['switches_once_judges'])})")
     if "perturb" in result:
         print("\n| attribute (PC1 perturb) | mean Spearman ρ with scale | same sign in every sample |")

@@ -27,10 +27,15 @@ from probe.workflows.walks import perturb as perturb_workflow
               help="Points on the path, both endpoints included (--steps is the sampler's override).")
 @click.option("--path", "path_kind", type=click.Choice(list(interpolate_workflow.PATH_KINDS)), default="linear",
               show_default=True,
-              help="linear: (1-t)A + tB. slerp: great circle between the directions, norm linear in t.")
+              help="linear: (1-t)A + tB. slerp: great circle between the directions, norm linear in t. data: "
+                   "the shortest path through the --from set's nearest-neighbour graph (points between real "
+                   "features, where a straight line between two classes crosses empty space).")
+@click.option("--from", "store", type=click.Path(path_type=Path), default=None,
+              help="The feature set a --path data walks through [default: the endpoints' STORE.h5].")
+@click.option("--neighbours", default=10, show_default=True, help="k of the --path data graph.")
 @decode_options(samples=1, out_help="Output folder: the decode directory plus strip.png, distances.png, path.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-def interpolate(a, b, group, points, path_kind, prior, encoder, decode, out, as_json) -> None:
+def interpolate(a, b, group, points, path_kind, store, neighbours, prior, encoder, decode, out, as_json) -> None:
     """Decode the features on the path from A to B.
 
     A and B are each one target: STORE.h5:ROW (row index or stored image path, --group picks the
@@ -42,8 +47,9 @@ def interpolate(a, b, group, points, path_kind, prior, encoder, decode, out, as_
     features.h5.
     """
     with DecodeProgress(f"{path_kind} path") as on_event:
-        result = interpolate_workflow.run(encoder, a, b, points=points, path=path_kind, group=group, prior=prior,
-                                          out=out, options=decode, on_event=on_event)
+        result = interpolate_workflow.run(encoder, a, b, points=points, path=path_kind, group=group, store=store,
+                                          neighbours=neighbours, prior=prior, out=out, options=decode,
+                                          on_event=on_event)
     if as_json:
         emit_json(result.to_dict())
     show(result.decode.summary)

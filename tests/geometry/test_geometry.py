@@ -348,3 +348,33 @@ def test_umap_map_cached_and_inverse(store_with) -> None:
     # grid points off the data's hull still give finite features
     grid = again.inverse_transform(again.grid_points(2, 2, margin=0.0))
     assert grid.shape == (4, 6) and np.all(np.isfinite(grid))
+
+
+# -- the path through the data -------------------------------------------------------------------------------
+def test_data_path_follows_the_data_where_the_line_crosses_empty_space():
+    from probe.geometry.paths import data_path
+
+    # 60 points on the upper unit half-circle from A = (-1, 0) to B = (1, 0); the straight line passes (0, 0),
+    # where no point lies
+    ang = np.linspace(np.pi, 0, 62)[1:-1]
+    arc = np.stack([np.cos(ang), np.sin(ang)], 1)
+    rng = np.random.default_rng(0)
+    feats = arc[rng.permutation(len(arc))]
+    pts, visited = data_path([-1.0, 0.0], [1.0, 0.0], feats, 7, neighbours=4)
+    assert pts.shape == (7, 2) and np.allclose(pts[0], [-1, 0]) and np.allclose(pts[-1], [1, 0])
+    assert np.abs(np.linalg.norm(pts, axis=1) - 1).max() < 0.01   # on the arc, not through the middle
+    assert pts[3] == pytest.approx([0, 1], abs=0.02)                # equal arc length: the middle point at the top
+    xs = feats[visited][:, 0]
+    assert len(visited) == 60 and (np.diff(xs) > 0).all()           # every arc point, in order from A to B
+
+
+def test_data_path_errors():
+    from probe.geometry.paths import data_path
+
+    # two far-apart blobs of 5 rows each: with 2 neighbours each, no edge joins them
+    rng = np.random.default_rng(0)
+    two_blobs = np.concatenate([rng.normal(0, 0.1, (5, 2)), rng.normal(50, 0.1, (5, 2))])
+    with pytest.raises(UsageError, match="no path from A to B"):
+        data_path([0.0, 0.0], [50.0, 50.0], two_blobs, 3, neighbours=2)
+    with pytest.raises(UsageError, match="one feature space"):
+        data_path([0.0, 0.0, 0.0], [1.0, 1.0, 1.0], two_blobs, 3)

@@ -86,12 +86,14 @@ def _source_image(t: Target) -> np.ndarray | None:
 
 
 # -- interpolation ---------------------------------------------------------------------------------------
-def path_targets(a: Target, b: Target, steps: int, kind: str) -> list[Target]:
-    """Targets at the path's points (``p00`` = A ... ``pNN`` = B) with ``path_position`` t."""
+def path_targets(a: Target, b: Target, steps: int, kind: str, points: np.ndarray | None = None) -> list[Target]:
+    """Targets at the path's points (``p00`` = A ... ``pNN`` = B) with ``path_position`` t; ``points``
+    [steps, D] when the path was made elsewhere (``data``), else the ``kind`` of straight or spherical path."""
     if a.vector.shape != b.vector.shape:
         raise UsageError(f"A ({target_name(a)}) has {a.vector.size} dims but B ({target_name(b)}) has "
                          f"{b.vector.size}: they must come from the same encoder and layer")
-    points = interpolation_path(a.vector, b.vector, steps, kind)  # type: ignore[arg-type]
+    if points is None:
+        points = interpolation_path(a.vector, b.vector, steps, kind)  # type: ignore[arg-type]
     ts = path_positions(steps)
     dim = a.vector.shape[0]
     width = max(2, len(str(steps - 1)))
@@ -111,8 +113,10 @@ class PathReport:
 
 
 def path_report(out: str | Path, a: Target, b: Target, targets: Sequence[Target], records: Sequence[SampleRecord],
-                samples: int, encoder_spec: str, layers: Sequence[str], title: str | None = None) -> PathReport:
-    """Distances of every decoded image to A and B; writes strip.png, distances.png and path.json."""
+                samples: int, encoder_spec: str, layers: Sequence[str], title: str | None = None,
+                path_info: dict | None = None) -> PathReport:
+    """Distances of every decoded image to A and B; writes strip.png, distances.png and path.json
+    (``path_info``: what made a data path, under ``data_path``)."""
     from probe.render.plots import plot_path_distances
     from probe.render.sheets import image_grid, save_png
 
@@ -160,7 +164,8 @@ def path_report(out: str | Path, a: Target, b: Target, targets: Sequence[Target]
              "manifest": str(run.manifest), "features": str(run.features)}
     kind = targets[0].extra.get("path_kind") if targets else None
     summary = {"a": {**a.record(), "name": target_name(a)}, "b": {**b.record(), "name": target_name(b)},
-               "path": kind, "steps": len(targets), "samples": samples, "positions": ts,
+               "path": kind, **({"data_path": path_info} if path_info else {}),
+               "steps": len(targets), "samples": samples, "positions": ts,
                "distance_a_b": _sqdist(a.vector, b.vector),
                "distance_to_a": da, "distance_to_b": db, "best_distance": best, "files": files,
                "points": [{"target_id": t.id, "path_position": ts[i],

@@ -131,6 +131,35 @@ def test_interpolate_encoder_defaults_to_the_store_and_vector_endpoints(run_cli,
     assert recs[0]["encoder"].startswith("torchscript:")
 
 
+def test_interpolate_data_path_walks_through_the_set(run_cli, prior_dir, enc_spec, store, tmp_path):
+    path, feats, paths = store
+    out = tmp_path / "data"
+    res = run_cli("-q", "interpolate", f"{path}:0", f"{path}:5", "--points", "4", "--path", "data",
+                  "--neighbours", "3", "--prior", prior_dir, "-m", enc_spec, *FAST, "--no-baseline", "--out", out,
+                  "--json")
+    assert res.exit_code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    info = summary["data_path"]
+    assert summary["path"] == "data" and info["neighbours"] == 3 and info["rows_used"] == len(feats)
+    assert info["visited_rows"] and 0 not in info["visited_rows"] and 5 not in info["visited_rows"]
+    assert info["visited_images"] == [paths[r] for r in info["visited_rows"]]
+    recs = records(out)
+    assert len(recs) == 4 and [r["path_kind"] for r in recs] == ["data"] * 4
+    # the same path as the geometry computes from the set (the points between its visited rows)
+    from probe.geometry.paths import data_path
+
+    _, visited = data_path(feats[0], feats[5], feats, 4, neighbours=3)
+    assert [int(r) for r in visited] == info["visited_rows"]
+    # errors: a data path needs a set; --from only applies to it
+    np.save(tmp_path / "v.npy", feats[:2])
+    args = ["--prior", prior_dir, "-m", enc_spec, *FAST, "--out", tmp_path / "o"]
+    res = run_cli("interpolate", f"vector:{tmp_path / 'v.npy'}:0", f"vector:{tmp_path / 'v.npy'}:1", "--path",
+                  "data", *args)
+    assert res.exit_code == 2 and "--from" in res.stderr
+    res = run_cli("interpolate", f"{path}:0", f"{path}:5", "--from", path, *args)
+    assert res.exit_code == 2 and "--from applies to --path data" in res.stderr
+
+
 def test_interpolate_errors(run_cli, prior_dir, enc_spec, store, tmp_path):
     path, _, paths = store
     np.save(tmp_path / "short.npy", np.zeros(5, dtype=np.float32))
