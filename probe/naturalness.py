@@ -9,8 +9,9 @@ levels t, let the prior predict the noise, and measure its error
 
 A natural image is one the prior knows how to denoise. High-frequency texture at small t looks like noise
 to the prior — it predicts part of it as noise — so off-manifold images have a larger error. The score of
-an image is e(x) divided by the median e of the prior's own unguided samples of the same run
-(``reference``): about 1 for images like the prior's samples, well above 1 for textures. The noise draws
+an image is e(x) divided by the median e of the prior's own unguided samples (``reference``: the run's,
+one per sample seed, and 32 fixed ones, :func:`reference_errors`): about 1 for images like the prior's
+samples, well above 1 for textures. The noise draws
 come from a fixed seed, so the score of an image is deterministic.
 
 Calibrated on the bundled models (benchmarks/realism_auc.py, benchmarks/results/realism_auc.json, the shipped
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from probe.diffusion.priors import Prior
+from probe.diffusion.schedules import GuidanceConfig
 
 OFF_MANIFOLD = 2.0  # realism score above which a decode is flagged as off the prior's manifold
 
@@ -67,6 +69,58 @@ def denoising_error(prior: Prior, images01: torch.Tensor, config: RealismConfig 
                 err += (eps - n).pow(2).flatten(1).mean(dim=1)
         out.append((err / (len(ts) * config.draws)).cpu())
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
+
+REFERENCE_SAMPLES = 32  # fixed unguided samples in every run's realism reference
+REFERENCE_SEED = 1_000_003  # their seeds: REFERENCE_SEED + k, apart from the seeds users pick
+
+
+def reference_errors(prior: Prior, chain: GuidanceConfig, n: int = REFERENCE_SAMPLES, batch: int = 32,
+                     config: RealismConfig = RealismConfig(), cache: bool = True) -> np.ndarray:
+    """Denoising errors of ``n`` fixed unguided samples of ``prior`` on ``chain``'s timesteps (an unguided
+    config, e.g. ``GuidanceConfig.baseline()``): the part of every run's realism reference that does not
+    depend on the run.
+
+    Why: the run's own unguided samples are one per sample seed, and a walk decodes every point with the
+    same seeds, so with ``--samples 1`` the reference was one image. The denoising error of a plain
+    T-shirt is far below that of a printed bag, so a reference of one plain sample flagged clean decodes
+    off-manifold (4 of 5 points of a Fashion-MNIST walk, realism 2.1) and one detailed sample hid
+    textures. A median over 32 more samples is stable to a few per cent. Computed once per prior, chain and
+    realism setting, cached under the probe cache folder (local priors keyed by their files' sizes and
+    modification times)."""
+    import hashlib
+    import json
+
+    from probe.datasets import CACHE_DIR
+    from probe.diffusion.sampler import sample
+
+    key = json.dumps({"version": 1, "prior": prior.spec, "files": _prior_files(prior.spec),
+                      "chain": chain.to_dict(), "n": n, "seed": REFERENCE_SEED,
+                      "realism": [list(config.levels), config.draws, config.seed]}, sort_keys=True, default=str)
+    path = CACHE_DIR / "realism" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.npy"
+    if cache and path.is_file():
+        return np.load(path)
+    seeds = [REFERENCE_SEED + k for k in range(n)]
+    images = [sample(prior, None, None, seeds[lo:lo + batch], chain).final_images for lo in range(0, n, max(1, batch))]
+    out = denoising_error(prior, torch.cat(images), config) if images else np.zeros(0)  # one call: same draws
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, out)
+        tmp.replace(path)
+    return out
+
+
+def _prior_files(spec: str | None) -> list:
+    """(name, size, mtime) of a local prior's files: a retrained checkpoint gets a new reference."""
+    from pathlib import Path
+
+    root = Path(str(spec)) if spec else None
+    if root is None or not root.exists():
+        return []
+    files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
+    return [(str(f.relative_to(root) if f != root else f.name), f.stat().st_size, int(f.stat().st_mtime))
+            for f in files[:200]]
 
 
 def realism_scores(errors: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -41,7 +41,7 @@ from probe.images import save_png, sha256_file, to_uint8
 from probe.locking import ProbeLock
 from probe.manifest import Manifest, SampleRecord, write_metadata
 from probe.models.encoder import Encoder
-from probe.naturalness import denoising_error, off_manifold, realism_scores
+from probe.naturalness import denoising_error, off_manifold, realism_scores, reference_errors
 from probe.reference import TargetChecks, target_checks
 from probe.rundir import RunDir
 from probe.targets import CONTENT_HASH_KEYS, Target, encode_images01
@@ -378,6 +378,9 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
             if settings.realism:
                 reference_error = denoising_error(prior, base_images)
             base_seconds = time.perf_counter() - t0
+        if settings.realism and batches:  # the run's own unguided samples and 32 fixed ones (cached)
+            reference_error = np.concatenate([reference_error, reference_errors(
+                prior, settings.config.baseline(), batch=settings.chains_per_call(prior, encoder))])
         checks = target_checks(prior.spec, encoder, targets, on_warning) if settings.realism and batches else None
         manifest = Manifest(RunDir(work).manifest)
         writer = _FeatureWriter(RunDir(work).features, encoder) if batches else None

@@ -137,19 +137,25 @@ def test_records_carry_the_realism_score_and_flag(tmp_path, setup, monkeypatch):
     def fake_error(prior_, images, config=None):  # baseline first (reference), then each batch's best images
         calls.append(len(images))
         if len(calls) == 1:
-            return np.array([1.0, 3.0])
+            return np.array([10.0, 30.0])
         done = sum(calls[1:-1])  # each sample's best image as it is written
         return np.array([2.0, 10.0, 1.0, 2.0] * 2)[done:done + len(images)]
 
     monkeypatch.setattr(decoding, "denoising_error", fake_error)
+    monkeypatch.setattr(decoding, "reference_errors", lambda prior_, chain, batch=32: np.full(32, 2.0))
     summary = decode_targets(prior, enc, targets, tmp_path / "o", DecodeSettings(samples=2, batch_size=4, config=CFG))
-    # reference = median of the two unguided samples' errors = 2.0; threshold 2.0
+    # reference = median of the run's two unguided samples' errors (10, 30) and the 32 fixed ones (2.0) = 2.0:
+    # two detailed unguided samples alone would have set it to 20 and hidden every texture; threshold 2.0
     assert [r.naturalness for r in summary.records] == [1.0, 5.0, 0.5, 1.0]
     assert [r.off_manifold for r in summary.records] == [False, True, False, False]
     assert calls == [2, 1, 1, 1, 1]  # the baseline, then each sample as it is written
+    monkeypatch.setattr(decoding, "denoising_error", lambda prior_, images, config=None: np.full(len(images), 5.0))
     plain = decode_targets(prior, enc, targets, tmp_path / "p",
                            DecodeSettings(samples=1, config=CFG, baseline=False))
-    assert all(r.naturalness is None and r.off_manifold is None for r in plain.records)
+    # without the run's unguided samples the 32 fixed ones still score every decode
+    assert all(r.naturalness == 2.5 and r.off_manifold is True for r in plain.records)
+    off = decode_targets(prior, enc, targets, tmp_path / "q", DecodeSettings(samples=1, config=CFG, realism=False))
+    assert all(r.naturalness is None and r.off_manifold is None for r in off.records)
 
 
 def test_candidates_are_recorded_and_counted(tmp_path, setup):
