@@ -46,7 +46,7 @@ from preset_score import images01, naturalness_figures  # noqa: E402
 
 from probe.datasets import emoji  # noqa: E402
 from probe.diffusion.priors import load_prior  # noqa: E402
-from probe.diffusion.sampler import sample  # noqa: E402
+from probe.diffusion.sampler import sample_stream  # noqa: E402
 from probe.diffusion.schedules import PRESETS, GuidanceConfig  # noqa: E402
 from probe.metrics import retrieval_rank  # noqa: E402
 from probe.models.registry import load_encoder  # noqa: E402
@@ -106,16 +106,16 @@ def decode_missing(prior, encoder, vectors: torch.Tensor, config: GuidanceConfig
     todo = [k for k in range(len(vectors)) if not (folder / f"t{k:03d}.npz").is_file()]
     for lo in range(0, len(todo), batch):
         seeds = todo[lo:lo + batch]
-        res = sample(prior, encoder, vectors[seeds], seeds, config, max_chains=chains)
-        images = res.final_images if config.unguided else res.best_images
-        dist = res.final_distance if config.unguided else res.best_distance
-        u8 = uint8_images(images)
-        for j, k in enumerate(seeds):
+        # each target is saved as soon as the queue finishes it: a killed run keeps every finished target
+        for j, res in sample_stream(prior, encoder, vectors[seeds], seeds, config, max_chains=chains):
+            k = seeds[j]
+            images = res.final_images if config.unguided else res.best_images
+            dist = res.final_distance if config.unguided else res.best_distance
             tmp = folder / f".t{k:03d}.tmp.npz"
-            np.savez(tmp, image=u8[j], distance=float(dist[j]) if dist is not None else np.nan,
-                     evaluations=int(res.evaluations[j]), seconds=res.seconds / len(seeds))
+            np.savez(tmp, image=uint8_images(images)[0], distance=float(dist[0]) if dist is not None else np.nan,
+                     evaluations=int(res.evaluations[0]), seconds=float(res.seconds))
             tmp.replace(folder / f"t{k:03d}.npz")
-        log(f"  {config.name}: targets {seeds} done, {res.seconds / len(seeds):.1f} s/image")
+        log(f"  {config.name}: targets {seeds} done")
 
 
 def read_folder(folder: Path, n: int) -> dict:
