@@ -99,7 +99,7 @@ def reference_errors(prior: Prior, chain: GuidanceConfig, n: int = REFERENCE_SAM
                       "realism": [list(config.levels), config.draws, config.seed]}, sort_keys=True, default=str)
     path = CACHE_DIR / "realism" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.npy"
     if cache and path.is_file():
-        return np.load(path)
+        return np.load(path, allow_pickle=False)
     seeds = [REFERENCE_SEED + k for k in range(n)]
     images = [sample(prior, None, None, seeds[lo:lo + batch], chain).final_images for lo in range(0, n, max(1, batch))]
     out = denoising_error(prior, torch.cat(images), config) if images else np.zeros(0)  # one call: same draws
