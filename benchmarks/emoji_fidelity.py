@@ -88,10 +88,10 @@ def folder_for(work: Path, name: str, config: GuidanceConfig, fresh: bool) -> Pa
     if meta.is_file():  # settings added since the folder was made count at their defaults
         had = json.loads(meta.read_text())
         had["config"] = GuidanceConfig(**had.get("config", {})).to_dict()
-    if meta.is_file() and json.loads(json.dumps(had)) != json.loads(json.dumps(want)):
-        if not fresh:
-            raise SystemExit(f"{folder}: decoded with other settings; pass --fresh to redo it")
-        shutil.rmtree(folder)
+        if json.loads(json.dumps(had)) != json.loads(json.dumps(want)):
+            if not fresh:
+                raise SystemExit(f"{folder}: decoded with other settings; pass --fresh to redo it")
+            shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     meta.write_text(json.dumps(want, indent=1) + "\n")
     return folder

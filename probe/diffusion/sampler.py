@@ -604,7 +604,7 @@ def sample_stream(prior: Prior, encoder: Encoder | None, target: torch.Tensor | 
             for j, c in enumerate(chains):
                 z[c] = zs[j]
 
-    narrowing = n_cand > 1 and 0 < config.narrow_keep < n_cand and 0 < config.narrow_at < config.early_steps
+    narrowing = n_cand > 1 and config.narrow_keep > 0  # GuidanceConfig checked narrow_at and narrow_keep
     narrowed: set[int] = set()   # samples past the narrowing stage
     dropped: set[int] = set()    # candidates it stopped
 

@@ -89,17 +89,15 @@ def interpolation_path(a: Any, b: Any, steps: int, kind: PathKind = "linear") ->
     return out.astype(np.float32)
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # the path through the data
 
 DATA_NEIGHBOURS = 10  # k of the k-nearest-neighbour graph a data path runs on
-DATA_MAX_ROWS = 20_000  # larger sets are subsampled (seeded) for the graph: O(N²) distances
+DATA_MAX_ROWS = 20_000  # rows a caller should pass at most (a seeded subsample): the graph costs O(N²) distances
 
 
-def data_path(a: Any, b: Any, features: np.ndarray, steps: int, neighbours: int = DATA_NEIGHBOURS,
-              max_rows: int = DATA_MAX_ROWS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def data_path(a: Any, b: Any, features: np.ndarray, steps: int,
+              neighbours: int = DATA_NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
     """Points from ``a`` to ``b`` along the shortest path through a feature set's k-NN graph.
 
     A straight line between two features of different classes passes where no image's feature lies (its
@@ -120,10 +118,7 @@ def data_path(a: Any, b: Any, features: np.ndarray, steps: int, neighbours: int 
         raise UsageError(f"a data path needs A, B and the set in one feature space: A has {va.shape[0]}, B "
                          f"{vb.shape[0]} and the set {x.shape[1]} dimensions")
     path_positions(steps)
-    rows = np.arange(len(x))
-    if len(x) > max_rows:
-        rows = np.sort(np.random.default_rng(seed).choice(len(x), max_rows, replace=False))
-    nodes = np.concatenate([va[None], x[rows], vb[None]]).astype(np.float32)  # 0 = A, last = B
+    nodes = np.concatenate([va[None], x, vb[None]]).astype(np.float32)  # 0 = A, last = B
     n = len(nodes)
     k = max(1, min(neighbours, n - 1))
     t = torch.from_numpy(nodes)
@@ -156,5 +151,5 @@ def data_path(a: Any, b: Any, features: np.ndarray, steps: int, neighbours: int 
         f = 0.0 if seg[j] == 0 else (s - arc[j]) / seg[j]
         out[i] = (1 - f) * poly[j] + f * poly[j + 1]
     out[0], out[-1] = va, vb
-    visited = rows[np.asarray(order[1:-1], dtype=np.int64) - 1]
+    visited = np.asarray(order[1:-1], dtype=np.int64) - 1  # node i is the set's row i - 1
     return out.astype(np.float32), visited

@@ -97,7 +97,7 @@ def _data_path(a: Target, b: Target, points: int, store: str | Path | None, grou
         raise UsageError(f"--neighbours must be >= 1, not {neighbours}")
     with open_feature_set(store, group, max_rows=DATA_MAX_ROWS) as fs:
         check_set_matches_encoder(fs, encoder)
-        pts, visited = data_path(a.vector, b.vector, fs.features, points, neighbours, max_rows=len(fs.features))
+        pts, visited = data_path(a.vector, b.vector, fs.features, points, neighbours)
         info = {"set": fs.source, "rows_used": int(len(fs.features)),
                 "neighbours": int(neighbours), "visited_rows": [int(fs.rows[i]) for i in visited],
                 "visited_images": [fs.paths[i] for i in visited] if fs.paths else []}
