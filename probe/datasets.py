@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from probe.cache import CACHE_DIR
+
 FASHION_DIR = Path(os.environ.get("PROBE_FASHION_DIR", "/usr/share/datasets/fashion-mnist"))
 FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -26,7 +28,6 @@ EMOJI_PACKAGE = "emoji-datasource-google@16.0.0"
 def fashion_slug(c: int) -> str:
     """Folder-safe name of Fashion-MNIST class ``c`` ("T-shirt/top" -> "t-shirt-top"), as examples/fashion uses."""
     return FASHION_CLASSES[c].replace("/", "-").replace(" ", "-").lower()
-CACHE_DIR = Path(os.environ.get("PROBE_CACHE", Path.home() / ".cache" / "probe"))
 
 
 class DatasetMissing(RuntimeError):

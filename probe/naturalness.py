@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from probe.cache import keyed_path, load_arrays, save_arrays
 from probe.diffusion.priors import Prior
 from probe.diffusion.schedules import GuidanceConfig
 
@@ -88,26 +89,19 @@ def reference_errors(prior: Prior, chain: GuidanceConfig, n: int = REFERENCE_SAM
     textures. A median over 32 more samples is stable to a few per cent. Computed once per prior, chain and
     realism setting, cached under the probe cache folder (local priors keyed by their files' sizes and
     modification times)."""
-    import hashlib
-    import json
-
-    from probe.datasets import CACHE_DIR
     from probe.diffusion.sampler import sample
 
-    key = json.dumps({"version": 1, "prior": prior.spec, "files": _prior_files(prior.spec),
-                      "chain": chain.to_dict(), "n": n, "seed": REFERENCE_SEED,
-                      "realism": [list(config.levels), config.draws, config.seed]}, sort_keys=True, default=str)
-    path = CACHE_DIR / "realism" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.npy"
-    if cache and path.is_file():
-        return np.load(path, allow_pickle=False)
+    path = keyed_path("realism", {"version": 1, "prior": prior.spec, "files": _prior_files(prior.spec),
+                                  "chain": chain.to_dict(), "n": n, "seed": REFERENCE_SEED,
+                                  "realism": [list(config.levels), config.draws, config.seed]})
+    hit = load_arrays(path) if cache else None
+    if hit is not None:
+        return hit["errors"]
     seeds = [REFERENCE_SEED + k for k in range(n)]
     images = [sample(prior, None, None, seeds[lo:lo + batch], chain).final_images for lo in range(0, n, max(1, batch))]
     out = denoising_error(prior, torch.cat(images), config) if images else np.zeros(0)  # one call: same draws
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, out)
-        tmp.replace(path)
+        save_arrays(path, errors=out)
     return out
 
 

@@ -29,14 +29,14 @@ to :func:`reference_set` to give it one.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from probe.cache import keyed_path, load_arrays, save_arrays
 
 REFERENCE_N = 1024  # reference images per (prior, encoder): 1,024 of the training set, seeded
 REFERENCE_SEED = 0
@@ -128,11 +128,8 @@ def build_reference(features: np.ndarray, source: str) -> ReferenceSet:
 
 
 def _cache_path(prior_spec: str, encoder, n: int) -> Path:
-    from probe.datasets import CACHE_DIR
-
-    key = json.dumps({"version": 2, "prior": prior_spec, "encoder": encoder.record(),
-                      "layers": list(encoder.layers), "n": n, "seed": REFERENCE_SEED}, sort_keys=True, default=str)
-    return CACHE_DIR / "reference" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
+    return keyed_path("reference", {"version": 2, "prior": prior_spec, "encoder": encoder.record(),
+                                    "layers": list(encoder.layers), "n": n, "seed": REFERENCE_SEED})
 
 
 @torch.no_grad()
@@ -157,8 +154,8 @@ def reference_set(prior_spec: str, encoder, images: np.ndarray | None = None, n:
             return None
         load, source = entry
         path = _cache_path(prior_spec, encoder, n)
-        if cache and path.is_file():
-            z = np.load(path, allow_pickle=False)
+        z = load_arrays(path) if cache else None
+        if z is not None:
             return ReferenceSet(z["features"], str(z["source"]), z["self_knn_cos"])
         try:
             data = load()
@@ -167,10 +164,7 @@ def reference_set(prior_spec: str, encoder, images: np.ndarray | None = None, n:
         pick = np.sort(np.random.default_rng(REFERENCE_SEED).permutation(len(data))[:n])
         ref = build_reference(encode_uint8(encoder, data[pick]), f"{len(pick)} of {source}")
         if cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, features=ref.features, source=ref.source, self_knn_cos=ref.self_knn_cos)
-            tmp.replace(path)
+            save_arrays(path, features=ref.features, source=np.asarray(ref.source), self_knn_cos=ref.self_knn_cos)
         return ref
     return build_reference(encode_uint8(encoder, images), f"{len(images)} given images")
 

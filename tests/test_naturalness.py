@@ -50,20 +50,20 @@ def test_encode_inverts_decode_for_pixel_priors_and_runs_for_latent(latent, tmp_
 
 
 def test_reference_errors_are_fixed_samples_cached_per_prior_and_chain(tmp_path, monkeypatch):
-    import probe.datasets
+    import probe.cache
     from probe.diffusion.schedules import PRESETS
     from probe.naturalness import reference_errors
 
-    monkeypatch.setattr(probe.datasets, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(probe.cache, "CACHE_DIR", tmp_path)
     prior = load_prior("bundled:fashion-ddpm", "cpu")
     chain = PRESETS["none"].replace(steps=3)
     e = reference_errors(prior, chain, n=3, batch=2)
     assert e.shape == (3,) and np.isfinite(e).all() and (e > 0).all()
-    cached = list((tmp_path / "realism").glob("*.npy"))
-    assert len(cached) == 1 and np.array_equal(np.load(cached[0]), e)
-    np.save(cached[0], np.full(3, 7.0))  # a second call reads the cache: no sampling
+    cached = list((tmp_path / "realism").glob("*.npz"))
+    assert len(cached) == 1 and np.array_equal(np.load(cached[0])["errors"], e)
+    np.savez(cached[0], errors=np.full(3, 7.0))  # a second call reads the cache: no sampling
     assert reference_errors(prior, chain, n=3).tolist() == [7.0] * 3
     fresh = reference_errors(prior, chain, n=3, batch=3, cache=False)  # same seeds, any batch: same errors
     assert np.allclose(fresh, e, rtol=1e-4)
     reference_errors(prior, chain.replace(steps=4), n=3)  # another chain: its own entry
-    assert len(list((tmp_path / "realism").glob("*.npy"))) == 2
+    assert len(list((tmp_path / "realism").glob("*.npz"))) == 2

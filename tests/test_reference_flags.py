@@ -130,7 +130,7 @@ def test_decode_records_reach_and_domain_flags_and_warns_once(tmp_path, monkeypa
     data = (np.random.default_rng(0).random((64, 1, 16, 16)) * 255).astype(np.uint8)
     monkeypatch.setitem(R.REFERENCE_DATA, prior.spec, (lambda: data, "synthetic training images"))
     monkeypatch.setenv("PROBE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("probe.datasets.CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr("probe.cache.CACHE_DIR", tmp_path / "cache")
     dim = feature_dim(enc)
     inside = encode_images01(enc, torch.from_numpy(data[:1]).float() / 255).numpy()[0]
     targets = [vector_target(inside, "in", "test", dim), vector_target(-10 * inside, "out", "test", dim)]
