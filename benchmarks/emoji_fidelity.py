@@ -164,6 +164,32 @@ def real_pairs(t_top, t_emb, categories: list[str]) -> dict:
     return out
 
 
+def nearest_training_row(encoder, judge, tgt_f, tgt_u8, index, t_top, t_emb, base_d) -> dict:
+    """What the feature alone supports: for each target, the training emoji whose Lite0 feature is nearest
+    (a perfect search of the prior's own data instead of a decode), scored as a decode is (relative
+    distance, cosine, category judge ÷ real, Lite2 agreement and cosine). A decode closer to the target
+    than this image (reach ratio < 1) that still shows another object says Lite0's feature does not hold
+    the object at this resolution, not that guidance failed."""
+    from naturalness import emoji_categories, load_emoji_space
+
+    train = emoji("train")
+    train_f = features(encoder, images01(train))
+    d = torch.cdist(torch.from_numpy(tgt_f).double(), torch.from_numpy(train_f).double()).pow(2).numpy()
+    pick = d.argmin(1)
+    near_u8 = train[pick]
+    cats = emoji_categories("test")[np.asarray(index, dtype=np.int64)]
+    space = load_emoji_space()
+    real_acc = float((space.predict_category(tgt_u8) == cats).mean())
+    acc = float((space.predict_category(near_u8) == cats).mean())
+    n_top, n_emb = judge_view(judge, near_u8)
+    best = d[np.arange(len(pick)), pick]
+    return {"n": len(pick), "training_images": len(train), "mean_relative_distance": float((best / base_d).mean()),
+            "mean_cosine": float(cosines(train_f[pick], tgt_f).mean()),
+            "judge_ratio": acc / real_acc if real_acc > 0 else float("nan"),
+            **{k: v for k, v in judge_figures(t_top, t_emb, n_top, n_emb).items() if k != "per_image"},
+            "train_index": pick.tolist()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -256,12 +282,17 @@ def main(argv: list[str] | None = None) -> dict:
                              **row["lite2"].pop("per_image")}
         rows.append(row)
 
+    base_cfg = (PRESETS[names[0]] if names else parse_extra(args.extra[0])).baseline()
+    base_d = ((features(encoder, images01(read_folder(folder_for(args.work, f"unguided-{config_key(base_cfg)}",
+                                                                   base_cfg, False), n)["images"])) - tgt_f) ** 2
+              ).sum(1).astype(np.float64)
+    nearest = nearest_training_row(encoder, judge, tgt_f, tgt_u8, index, t_top, t_emb, base_d)
     result = {"label": args.label, "prior": PRIOR, "encoder": ENCODER, "judge": JUDGE, "device": device,
               "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size, "n_targets": n,
               "targets": str(TARGETS.relative_to(HERE.parent)), "gallery": f"{len(gal_f)} emoji features "
               "(324 other held-out + 676 training)", "reference": ref.source if ref is not None else None,
               "lite2_real_pairs": real_pairs(t_top, t_emb, categories), "presets": rows,
-              "total_seconds": time.perf_counter() - t0}
+              "nearest_training_emoji": nearest, "total_seconds": time.perf_counter() - t0}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print_report(result, args.out)
@@ -289,6 +320,12 @@ def print_report(result: dict, out: Path) -> None:
             f"{j['top5_agreement']:.2f} ({u['top5_agreement']:.2f})",
             f"{j['lite2_cosine']:.3f} ({u['lite2_cosine']:.3f})"]) + " |")
     print("\n".join(lines))
+    nt = result.get("nearest_training_emoji")
+    if nt:
+        print(f"\nNearest training emoji by Lite0 feature (of {nt['training_images']}; no decoding): rel. dist "
+              f"{nt['mean_relative_distance']:.3f}, cosine {nt['mean_cosine']:.3f}, category judge ÷ real "
+              f"{fmt(nt['judge_ratio'])}, Lite2 top-5 agr. {nt['top5_agreement']:.2f}, Lite2 cos "
+              f"{nt['lite2_cosine']:.3f}")
     rp = result["lite2_real_pairs"]
     for k in ("random_pairs", "same_category_pairs"):
         if rp.get(k):
