@@ -46,6 +46,7 @@ from probe.diffusion.memory import auto_chains  # noqa: E402
 from probe.diffusion.priors import load_prior  # noqa: E402
 from probe.diffusion.sampler import concat_features, network_input, sample  # noqa: E402
 from probe.diffusion.schedules import PRESETS, preset  # noqa: E402
+from probe.heap import keep_freed_memory  # noqa: E402
 from probe.models.registry import load_encoder  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -197,7 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = {"benchmark": "decode_speed", "host": platform.node(), "torch": torch.__version__,
+    # before any row, so the floor loop runs on the same heap as the sampler (PROBE_HEAP=system: glibc's own)
+    heap = "kept (probe.heap)" if keep_freed_memory() else "system"
+    out = {"benchmark": "decode_speed", "host": platform.node(), "torch": torch.__version__, "heap": heap,
            "threads": torch.get_num_threads(), "load_average_start": list(__import__("os").getloadavg()),
            "args": vars(args)}
     path = Path(args.out)

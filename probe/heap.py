@@ -9,13 +9,16 @@ mmap off and trimming only above 2 GiB, no page faults and 0.81 s a step at the 
 (2.6 GB). The decode's memory is bounded by its batch (``--batch-size auto`` counts it), so keeping the
 peak allocated costs nothing that the run did not already need.
 
-A no-op off glibc (macOS, Windows, musl) and after the first call.
+A no-op off glibc (macOS, Windows, musl), after the first call, and with ``PROBE_HEAP=system`` in the
+environment (glibc's defaults kept: the "before" of ``benchmarks/decode_speed.py``, or a machine where many
+small processes must hand memory back between steps).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 M_MMAP_MAX = -4
@@ -27,10 +30,12 @@ _done: bool | None = None
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to serve large blocks from its heap and keep freed memory (once per process).
 
-    Returns whether the setting took effect (False off glibc)."""
+    Returns whether the setting took effect (False off glibc or with ``PROBE_HEAP=system``)."""
     global _done
     if _done is None:
         _done = False
+        if os.environ.get("PROBE_HEAP", "").strip().lower() == "system":
+            return False
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             mallopt = libc.mallopt

@@ -24,3 +24,11 @@ def test_freed_blocks_are_reused_without_page_faults():
     churn()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     assert faults < 2_000  # without it: 20 x 16,384 pages faulted in again (about 330,000)
+
+
+def test_probe_heap_system_keeps_glibc_defaults(monkeypatch):
+    import probe.heap as heap
+
+    monkeypatch.setattr(heap, "_done", None)
+    monkeypatch.setenv("PROBE_HEAP", "system")
+    assert heap.keep_freed_memory() is False
