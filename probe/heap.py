@@ -7,8 +7,8 @@ pages that the kernel must fault in and zero. Measured on the 2-core CPU, emoji 
 (forward + backward at batch 16): 215,000 page faults and 0.63 s of kernel time per 1.18 s step; with
 mmap off and trimming only above 2 GiB, 3,000 page faults and 0.81 s a step at about the same peak
 memory (2.6 GB against 2.5). ``benchmarks/heap_cost.py``: a guided evaluation 1.25x faster on the fashion
-models, 1.96x on emoji + Lite0. The decode's memory is bounded by its batch (``--batch-size auto`` counts it), so keeping the
-peak allocated costs nothing that the run did not already need.
+models, 1.96x on emoji + Lite0. The decode's memory is bounded by its batch (``--batch-size auto``
+counts it), so keeping the peak allocated costs nothing that the run did not already need.
 
 A no-op off glibc (macOS, Windows, musl), after the first call, and with ``PROBE_HEAP=system`` in the
 environment (glibc's defaults kept: the "before" of ``benchmarks/heap_cost.py``, or a machine where many
