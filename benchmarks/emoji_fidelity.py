@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = []
     unguided_rows: dict[str, dict] = {}
+    nearest_base: np.ndarray | None = None  # the first row's unguided distances, for the nearest-training row
     for name in names + args.extra:
         config = PRESETS[name] if name in PRESETS else parse_extra(name)
         if args.candidates:
@@ -254,6 +255,8 @@ def main(argv: list[str] | None = None) -> dict:
         dec_f = features(encoder, images01(dec["images"]))
         best = ((dec_f - tgt_f[:m]) ** 2).sum(1).astype(np.float64)  # of the saved 8-bit image, as decode reports
         base_d = ((features(encoder, images01(base["images"])) - tgt_f[:m]) ** 2).sum(1).astype(np.float64)
+        if nearest_base is None:
+            nearest_base = base_d
         ranks = retrieval_rank(dec_f, tgt_f[:m], gal_f)
         row = {"name": config.name, "config": config.to_dict(), "n": m,
                "wall_seconds_per_image": float(dec["seconds"].mean()),
@@ -282,11 +285,11 @@ def main(argv: list[str] | None = None) -> dict:
                              **row["lite2"].pop("per_image")}
         rows.append(row)
 
-    base_cfg = (PRESETS[names[0]] if names else parse_extra(args.extra[0])).baseline()
-    base_d = ((features(encoder, images01(read_folder(folder_for(args.work, f"unguided-{config_key(base_cfg)}",
-                                                                   base_cfg, False), n)["images"])) - tgt_f) ** 2
-              ).sum(1).astype(np.float64)
-    nearest = nearest_training_row(encoder, judge, tgt_f, tgt_u8, index, t_top, t_emb, base_d)
+    nearest = None
+    if nearest_base is not None:  # over the first row's targets, relative to its unguided samples' distances
+        k = len(nearest_base)
+        nearest = nearest_training_row(encoder, judge, tgt_f[:k], tgt_u8[:k], index[:k], t_top[:k], t_emb[:k],
+                                       nearest_base)
     result = {"label": args.label, "prior": PRIOR, "encoder": ENCODER, "judge": JUDGE, "device": device,
               "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size, "n_targets": n,
               "targets": str(TARGETS.relative_to(HERE.parent)), "gallery": f"{len(gal_f)} emoji features "
