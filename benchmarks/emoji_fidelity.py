@@ -52,6 +52,7 @@ from probe.metrics import retrieval_rank  # noqa: E402
 from probe.models.registry import load_encoder  # noqa: E402
 from probe.naturalness import denoising_error, off_manifold  # noqa: E402
 from probe.reference import not_reached, reach_ratio, reference_set  # noqa: E402
+from probe.seed_pool import pool_chain_seeds, pool_images  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 TARGETS = HERE / "emoji_targets.json"
@@ -107,7 +108,9 @@ def decode_missing(prior, encoder, vectors: torch.Tensor, config: GuidanceConfig
     for lo in range(0, len(todo), batch):
         seeds = todo[lo:lo + batch]
         # each target is saved as soon as the queue finishes it: a killed run keeps every finished target
-        for j, res in sample_stream(prior, encoder, vectors[seeds], seeds, config, max_chains=chains):
+        picks = pool_chain_seeds(prior, encoder, config, vectors[seeds].numpy(), [0] * len(seeds), 1, chains)
+        for j, res in sample_stream(prior, encoder, vectors[seeds], seeds, config, max_chains=chains,
+                                    chain_seeds=picks):
             k = seeds[j]
             images = res.final_images if config.unguided else res.best_images
             dist = res.final_distance if config.unguided else res.best_distance
@@ -164,27 +167,27 @@ def real_pairs(t_top, t_emb, categories: list[str]) -> dict:
     return out
 
 
-def nearest_training_row(encoder, judge, tgt_f, tgt_u8, index, t_top, t_emb, base_d) -> dict:
-    """What the feature alone supports: for each target, the training emoji whose Lite0 feature is nearest
-    (a perfect search of the prior's own data instead of a decode), scored as a decode is (relative
-    distance, cosine, category judge ÷ real, Lite2 agreement and cosine). A decode closer to the target
-    than this image (reach ratio < 1) that still shows another object says Lite0's feature does not hold
-    the object at this resolution, not that guidance failed."""
+def nearest_row(encoder, judge, images: np.ndarray, tgt_f, tgt_u8, index, t_top, t_emb, base_d) -> dict:
+    """What a search of ``images`` (uint8 [N, H, W, 3]) by Lite0 feature alone gives: for each target the
+    image whose feature is nearest, scored as a decode is (relative distance, cosine, category judge ÷ real,
+    Lite2 agreement and cosine). Over the prior's training emoji it says what the feature supports: a
+    decode closer to the target than that image (reach ratio < 1) that still shows another object says
+    Lite0's feature does not hold the object at this resolution, not that guidance failed. Over the seed
+    pool's unguided samples it says where a pool decode starts."""
     from naturalness import emoji_categories, load_emoji_space
 
-    train = emoji("train")
-    train_f = features(encoder, images01(train))
-    d = torch.cdist(torch.from_numpy(tgt_f).double(), torch.from_numpy(train_f).double()).pow(2).numpy()
+    feats = features(encoder, images01(images))
+    d = torch.cdist(torch.from_numpy(tgt_f).double(), torch.from_numpy(feats).double()).pow(2).numpy()
     pick = d.argmin(1)
-    near_u8 = train[pick]
+    near_u8 = images[pick]
     cats = emoji_categories("test")[np.asarray(index, dtype=np.int64)]
     space = load_emoji_space()
     real_acc = float((space.predict_category(tgt_u8) == cats).mean())
     acc = float((space.predict_category(near_u8) == cats).mean())
     n_top, n_emb = judge_view(judge, near_u8)
     best = d[np.arange(len(pick)), pick]
-    return {"n": len(pick), "training_images": len(train), "mean_relative_distance": float((best / base_d).mean()),
-            "mean_cosine": float(cosines(train_f[pick], tgt_f).mean()),
+    return {"n": len(pick), "training_images": len(images), "mean_relative_distance": float((best / base_d).mean()),
+            "mean_cosine": float(cosines(feats[pick], tgt_f).mean()),
             "judge_ratio": acc / real_acc if real_acc > 0 else float("nan"),
             **{k: v for k, v in judge_figures(t_top, t_emb, n_top, n_emb).items() if k != "per_image"},
             "train_index": pick.tolist()}
@@ -286,16 +289,25 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(row)
 
     nearest = None
+    pool_rows: dict[str, dict] = {}
     if nearest_base is not None:  # over the first row's targets, relative to its unguided samples' distances
         k = len(nearest_base)
-        nearest = nearest_training_row(encoder, judge, tgt_f[:k], tgt_u8[:k], index[:k], t_top[:k], t_emb[:k],
-                                       nearest_base)
+        nearest = nearest_row(encoder, judge, emoji("train"), tgt_f[:k], tgt_u8[:k], index[:k], t_top[:k],
+                              t_emb[:k], nearest_base)
+        pools = sorted({r["config"].get("pool", 0) for r in rows} - {0})
+        for size in pools:  # where the seed-pool rows' decodes start: the pool's nearest unguided sample
+            cfg = GuidanceConfig(**{**rows[0]["config"], "pool": size, "candidates": 1, "narrow_at": 0,
+                                    "narrow_keep": 0})
+            imgs = pool_images(prior, cfg, size).transpose(0, 2, 3, 1)
+            pool_rows[str(size)] = nearest_row(encoder, judge, imgs, tgt_f[:k], tgt_u8[:k], index[:k], t_top[:k],
+                                               t_emb[:k], nearest_base)
     result = {"label": args.label, "prior": PRIOR, "encoder": ENCODER, "judge": JUDGE, "device": device,
               "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size, "n_targets": n,
               "targets": str(TARGETS.relative_to(HERE.parent)), "gallery": f"{len(gal_f)} emoji features "
               "(324 other held-out + 676 training)", "reference": ref.source if ref is not None else None,
               "lite2_real_pairs": real_pairs(t_top, t_emb, categories), "presets": rows,
-              "nearest_training_emoji": nearest, "total_seconds": time.perf_counter() - t0}
+              "nearest_training_emoji": nearest, "nearest_pool_sample": pool_rows,
+              "total_seconds": time.perf_counter() - t0}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print_report(result, args.out)
@@ -329,6 +341,11 @@ def print_report(result: dict, out: Path) -> None:
               f"{nt['mean_relative_distance']:.3f}, cosine {nt['mean_cosine']:.3f}, category judge ÷ real "
               f"{fmt(nt['judge_ratio'])}, Lite2 top-5 agr. {nt['top5_agreement']:.2f}, Lite2 cos "
               f"{nt['lite2_cosine']:.3f}")
+    for size, pr in (result.get("nearest_pool_sample") or {}).items():
+        print(f"\nNearest of the {size} seed-pool samples (unguided) by Lite0 feature: rel. dist "
+              f"{pr['mean_relative_distance']:.3f}, cosine {pr['mean_cosine']:.3f}, category judge ÷ real "
+              f"{fmt(pr['judge_ratio'])}, Lite2 top-5 agr. {pr['top5_agreement']:.2f}, Lite2 cos "
+              f"{pr['lite2_cosine']:.3f}")
     rp = result["lite2_real_pairs"]
     for k in ("random_pairs", "same_category_pairs"):
         if rp.get(k):

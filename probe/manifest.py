@@ -73,6 +73,8 @@ class SampleRecord:
     stopped_step: int | None = None
     # which of GuidanceConfig.candidates chains was kept (its noise: seed + candidate·CANDIDATE_SEED_OFFSET)
     candidate: int | None = None
+    # the seed the kept chain's noise came from, when it is not seed + candidate·offset (a seed-pool pick)
+    noise_seed: int | None = None
     steps: int | None = None
     evaluations: int | None = None
     skipped_steps: int | None = None
@@ -211,7 +213,7 @@ _WRITTEN_WHEN_SET = frozenset({
     "naturalness", "off_manifold", "reach_ratio", "not_reached", "domain_ratio", "out_of_domain", "path_position",
     "path_kind", "path_index", "direction", "direction_index",
     "scale", "scale_index", "direction_info", "base", "explained_variance_ratio", "grid_row", "grid_col",
-    "map_x", "map_y", "map_method", "target_image", "candidate"})
+    "map_x", "map_y", "map_method", "target_image", "candidate", "noise_seed"})
 
 
 def json_safe(value: Any) -> Any:

@@ -40,6 +40,11 @@ class DecodeProgress(LateProgress):
             self.start(self._base * ev.n_steps + ev.n_batches * self._work[-1])
         elif ev.phase == "baseline":  # an unguided step counted as one evaluation
             self.update((ev.batch - 1) * self._n_steps + ev.step, f"unguided baseline {ev.batch}/{ev.n_batches}")
+        elif ev.phase == "pool":  # drawn once per prior and network, then cached
+            if not getattr(self, "_pool_said", False):
+                self._pool_said = True
+                say(f"drawing the seed pool: {ev.n_steps} unguided samples of the prior (once; cached)")
+            self.update(self._base * self._n_steps, f"seed pool {ev.step}/{ev.n_steps} unguided samples")
         else:  # the best distance so far over the run (monotone), not the latest call's
             finite = [d for d in ev.best if d == d and d != float("inf")]
             if finite:

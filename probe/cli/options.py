@@ -166,7 +166,8 @@ DECODE_PARAMS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     **{name: (name, _same) for name in ("samples", "seed", "batch_size", "schedule", "steps", "weight", "tau",
                                         "rounds", "early_rounds", "early_steps", "late_rounds", "late_steps",
                                         "weight_end", "free_steps", "eot_shift", "eot_flip", "eot_samples",
-                                        "grad_blur", "x0_cap", "candidates", "narrow_at", "narrow_keep", "rescale",
+                                        "grad_blur", "x0_cap", "candidates", "narrow_at", "narrow_keep", "pool",
+                                        "rescale",
                                         "spacing", "patience",
                                         "max_distance", "update", "grad_min_weight",
                                         "clamp", "clip_x0", "beta", "loss_resize", "best_by", "precision",
@@ -261,6 +262,9 @@ def decode_options(samples: int = 4, trajectory: bool = False, out_help: str = "
         click.option("--narrow-at", type=int, help="Override: after this many steps keep only --narrow-keep "
                      "candidates (the closest), before the selection at --early-steps (0 = off)."),
         click.option("--narrow-keep", type=int, help="Override: candidates kept at --narrow-at (0 = off)."),
+        click.option("--pool", type=int, help="Override: take each sample's candidate seeds from this many "
+                     "unguided prior samples (drawn once per prior and network, cached): the ones whose "
+                     "features lie closest to the target (0 = off)."),
         click.option("--rescale", type=FINITE, help="Override: pull the guided noise prediction back to the "
                      "unguided one's norm, 0..1 (1 = same norm; keeps guidance from adding contrast)."),
         click.option("--spacing", type=click.Choice(["linear", "quadratic"]),

@@ -195,7 +195,8 @@ class SampleResult:
     is, when the config picks the best image by the optimised loss (``best_by = "loss"``), that loss;
     ``evaluations`` counts guided UNet + decode + encoder passes (of all candidates; forward-only rounds,
     ``GuidanceConfig.grad_min_weight``, included and also counted in ``forward_only``);
-    ``candidate`` is the candidate chain kept per target (``GuidanceConfig.candidates``); ``stopped_step`` is
+    ``candidate`` is the candidate chain kept per target (``GuidanceConfig.candidates``) and ``noise_seed``
+    the seed its noise was drawn from (a seed-pool seed with ``GuidanceConfig.pool``); ``stopped_step`` is
     the step after which a chain stopped (len(timesteps) − 1 when it ran to the end); ``skipped`` counts
     steps whose guidance was dropped because the gradient was not finite. ``seconds`` is the wall time of
     the call; ``sample_seconds`` each sample's share of it (network calls split by their chains).
@@ -219,6 +220,7 @@ class SampleResult:
     candidate: torch.Tensor | None = None
     forward_only: torch.Tensor | None = None
     sample_seconds: torch.Tensor | None = None
+    noise_seed: torch.Tensor | None = None
 
 
 @dataclass
@@ -503,10 +505,16 @@ class _Queue:
     nothing in the arithmetic but float rounding of the batched networks.
     """
 
-    def __init__(self, seeds: Sequence[int], n_cand: int, max_chains: int | None):
+    def __init__(self, seeds: Sequence[int], n_cand: int, max_chains: int | None,
+                 chain_seeds: Sequence[Sequence[int]] | None = None):
         self.n_cand = n_cand
         self.n_samples = len(seeds)
-        self.chain_seeds = candidate_seeds(seeds, n_cand)
+        if chain_seeds is None:
+            self.chain_seeds = candidate_seeds(seeds, n_cand)
+        else:
+            if len(chain_seeds) != len(seeds) or any(len(cs) != n_cand for cs in chain_seeds):
+                raise UsageError(f"chain_seeds must give {n_cand} seed(s) for each of the {len(seeds)} samples")
+            self.chain_seeds = [int(c) for cs in chain_seeds for c in cs]
         self.max_chains = max_chains or len(self.chain_seeds)
         self.next_sample = 0
         self.running: list[int] = []            # chains in admission order (state 'run' or 'wait')
@@ -543,13 +551,16 @@ class _Queue:
 
 def sample_stream(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, seeds: Sequence[int],
                   config: GuidanceConfig, *, trajectory_every: int = 0, callback: StepCallback | None = None,
-                  max_chains: int | None = None):
+                  max_chains: int | None = None, chain_seeds: Sequence[Sequence[int]] | None = None):
     """:func:`sample`, yielding ``(index, result)`` for each sample (``result`` holds that one sample) as soon as
     it is finished, while the chains of the next samples keep the network calls full.
 
     ``max_chains`` bounds the chains per network call (None: all chains at once, as one batch); samples enter
     the queue while fewer than ``max_chains`` chains are in flight. A sample's images are the ones a run of
     that sample alone gives, up to the float rounding of batched network kernels.
+
+    ``chain_seeds`` (one list of ``chains_at(0)`` seeds per sample) replaces the candidates' seeds
+    seed + k·offset, e.g. by the seed pool's picks (``probe.seed_pool``).
     """
     n_cand = config.chains_at(0)
     guided = not config.unguided
@@ -561,7 +572,9 @@ def sample_stream(prior: Prior, encoder: Encoder | None, target: torch.Tensor | 
         keep_freed_memory()
     if has_target:
         target = _check_inputs(prior, encoder, torch.as_tensor(target), seeds).to(encoder.device).float()
-    q = _Queue(seeds, n_cand, max_chains)
+    if config.pool and chain_seeds is None:
+        raise UsageError("a seed-pool config (pool > 0) needs chain_seeds: probe.seed_pool.pool_chain_seeds picks them")
+    q = _Queue(seeds, n_cand, max_chains, chain_seeds)
     b = len(q.chain_seeds)
     timesteps = config.timesteps(prior.num_train_timesteps)
     n_steps = len(timesteps)
@@ -662,7 +675,8 @@ def sample_stream(prior: Prior, encoder: Encoder | None, target: torch.Tensor | 
                            seeds=[int(seeds[s])], config=config,
                            trajectory=[(i, f.unsqueeze(0)) for i, f in frames[c]], best_loss=best_loss,
                            candidate=torch.tensor([c - chains[0]]), forward_only=forward_only[chains].sum().view(1),
-                           sample_seconds=seconds[s:s + 1].float())
+                           sample_seconds=seconds[s:s + 1].float(),
+                           noise_seed=torch.tensor([q.chain_seeds[c]], dtype=torch.long))
         for c2 in chains:  # free the sample's chains
             for store in (best.images, final_images, frames, z, generators, eot_generators):
                 store.pop(c2, None)
@@ -793,7 +807,8 @@ def _sample_best(best: _Best, q: _Queue, s: int) -> float:
 
 def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, seeds: Sequence[int],
            config: GuidanceConfig, *, trajectory_every: int = 0,
-           callback: StepCallback | None = None, max_chains: int | None = None) -> SampleResult:
+           callback: StepCallback | None = None, max_chains: int | None = None,
+           chain_seeds: Sequence[Sequence[int]] | None = None) -> SampleResult:
     """Run B = len(seeds) guided samples towards ``target`` ([B, D] or [D]; the encoder's layers
     concatenated) and return the best and final images with their distances.
 
@@ -805,7 +820,7 @@ def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, s
     """
     t0 = time.perf_counter()
     done = dict(sample_stream(prior, encoder, target, seeds, config, trajectory_every=trajectory_every,
-                              callback=callback, max_chains=max_chains))
+                              callback=callback, max_chains=max_chains, chain_seeds=chain_seeds))
     return combine([done[s] for s in range(len(seeds))], seconds=time.perf_counter() - t0)
 
 

@@ -26,6 +26,7 @@ BEST_BY = ("saved", "loss")
 
 #: bounds that keep one option from asking for more memory or time than any machine has (issue 22)
 MAX_CANDIDATES = 4096
+MAX_POOL = 1 << 20  # seed-pool draws (each is one unguided sample, cached)
 MAX_COUNT = 100_000
 
 
@@ -81,6 +82,13 @@ class GuidanceConfig:
         < early_steps) only the ``narrow_keep`` candidates whose x̂0 is closest to the target go on; the
         selection of one happens at ``early_steps`` as without it. x̂0 at the first steps is a blur, so a
         late selection judges clearer images, and most candidates stop before it is paid for. 0 is off.
+      pool: seed pool. When > 0 a sample's candidates are not seed + k·offset but seeds drawn from ``pool``
+        unguided samples of the prior on the same timesteps (the noise seeds ``probe.seed_pool.POOL_SEED`` + p,
+        drawn and featurised once per prior and network, cached): the ones whose unguided sample's feature
+        lies closest to the target. Sample s of S takes the pool ranks s, s + S, s + 2S, … so no two samples
+        of a target share a seed. Best-of-N at step ``early_steps`` judges a blurred x̂0 guided only a
+        little; the pool judges whole prior samples, so a decode starts from the prior's own drawing of
+        something close to the target instead of whichever layout fits it by colour. 0 is off.
       rescale: φ of guidance rescaling — ε' is pulled back towards ε's norm, ε'' = φ·ε'·‖ε‖/‖ε'‖ + (1−φ)·ε'
         (as classifier-free guidance's rescale, Lin et al. 2023). ε − w·g is longer than ε (by √(1 + w²)
         when g ⟂ ε), and a longer ε' writes more than the scheduled noise into z_t. 0 is off, 1 keeps
@@ -131,6 +139,7 @@ class GuidanceConfig:
     candidates: int = 1
     narrow_at: int = 0
     narrow_keep: int = 0
+    pool: int = 0
     rescale: float = 0.0
     stop_patience: int = 0
     max_distance: float = 0.0
@@ -177,6 +186,9 @@ class GuidanceConfig:
             raise UsageError(f"--rescale must be in [0, 1] (0 = off), not {self.rescale}")
         if self.candidates < 1:
             raise UsageError(f"--candidates must be >= 1, not {self.candidates}")
+        if not 0 <= self.pool <= MAX_POOL or (self.pool and self.pool < self.candidates):
+            raise UsageError(f"--pool must be 0 (off) or between --candidates ({self.candidates}) and "
+                             f"{MAX_POOL:,}, not {self.pool}")
         if self.narrow_keep < 0 or self.narrow_at < 0:
             raise UsageError("--narrow-at and --narrow-keep must be >= 0 (0 = off)")
         if self.narrow_keep and not (0 < self.narrow_at < self.early_steps and self.narrow_keep < self.candidates):
@@ -260,13 +272,15 @@ class GuidanceConfig:
         """The unguided run that a guided one is compared against: same prior, timesteps, update and seed."""
         return self.replace(name=f"{self.name}/baseline", unguided=True, rounds=1, early_rounds=1,
                             early_steps=0, late_rounds=0, late_steps=0, free_steps=0, candidates=1, narrow_at=0,
-                            narrow_keep=0, stop_patience=0,
+                            narrow_keep=0, pool=0, stop_patience=0,
                             max_distance=0.0, track_best=False)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         if not d["grad_min_weight"]:  # unset: left out, so folders decoded before the option existed resume
             del d["grad_min_weight"]
+        if not d["pool"]:
+            del d["pool"]
         return d
 
 

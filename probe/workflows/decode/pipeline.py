@@ -44,6 +44,7 @@ from probe.models.encoder import Encoder
 from probe.naturalness import denoising_error, off_manifold, realism_scores, reference_errors
 from probe.reference import TargetChecks, target_checks
 from probe.rundir import RunDir
+from probe.seed_pool import pool_chain_seeds
 from probe.targets import CONTENT_HASH_KEYS, Target, encode_images01
 from probe.workflows.decode.merge import (
     canonical,
@@ -63,7 +64,8 @@ TARGET_IMAGE_SIDE = 256
 
 @dataclass
 class DecodeEvent:
-    """Progress report: ``phase`` is 'start' (once, before any sampling: the run's plan), 'baseline' or
+    """Progress report: ``phase`` is 'start' (once, before any sampling: the run's plan), 'baseline', 'pool'
+    (the seed pool's unguided samples drawn: ``step`` of ``n_steps``, once per prior and network) or
     'decode'; steps count within the current batch."""
 
     phase: str
@@ -394,6 +396,14 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
                 seeds = [settings.seed_of(s) for _, s in pending]
                 n_written = [0]
 
+                def pool_cb(done: int, total: int) -> None:
+                    if on_event is not None:
+                        on_event(DecodeEvent("pool", 1, 1, done, total, 0, len(pending), []))
+                # with a seed pool the candidates start from the prior's samples closest to each target
+                chain_seeds = pool_chain_seeds(prior, encoder, settings.config, vectors.numpy(),
+                                               [s for _, s in pending], settings.samples,
+                                               settings.chains_per_call(prior, encoder), pool_cb)
+
                 cfg = settings.config  # progress: the share of a sample's evaluations done after each step
                 n_steps = len(cfg.timesteps(prior.num_train_timesteps))
                 cum = list(itertools.accumulate(cfg.rounds_at(i, n_steps) * cfg.chains_at(i) for i in range(n_steps)))
@@ -404,7 +414,8 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
                                              fraction=cum[step - 1] / cum[-1] if step else 0.0))
                 for j, res in sample_stream(prior, encoder, vectors, seeds, settings.config,
                                             trajectory_every=settings.trajectory_every, callback=cb,
-                                            max_chains=settings.chains_per_call(prior, encoder)):
+                                            max_chains=settings.chains_per_call(prior, encoder),
+                                            chain_seeds=chain_seeds):
                     realism = realism_scores(denoising_error(prior, res.best_images), reference_error) \
                         if settings.realism else np.full(1, np.nan)
                     manifest.append(_write_batch(work, res, [pending[j]], targets, encoder, base_feats, settings,
@@ -473,6 +484,9 @@ class _ApiProgress:
             self._bar.update(self._task, completed=(ev.batch - 1) * self._n_steps + ev.step,
                              description="unguided baseline")
             return
+        if ev.phase == "pool":
+            self._bar.update(self._task, description=f"seed pool {ev.step}/{ev.n_steps}")
+            return
         finite = [d for d in ev.best if d == d and d != float("inf")]
         if finite:
             self._best = min(finite + ([self._best] if self._best is not None else []))
@@ -536,6 +550,7 @@ def _write_batch(out: Path, res: SampleResult, batch: list[tuple[int, int]], tar
             best_step=int(res.best_step[j]), best_timestep=int(res.best_timestep[j]),
             stopped_step=int(res.stopped_step[j]), steps=len(res.timesteps),
             candidate=int(res.candidate[j]) if settings.config.chains_at(0) > 1 else None,
+            noise_seed=int(res.noise_seed[j]) if settings.config.pool and res.noise_seed is not None else None,
             evaluations=int(res.evaluations[j]), skipped_steps=int(res.skipped[j]),
             seconds=seconds / len(batch), batch_seconds=seconds,
             trajectory_image=f"trajectory/{rel_paths[j]}" if settings.trajectory_every else None,
