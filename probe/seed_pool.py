@@ -163,3 +163,13 @@ def pool_chain_seeds(prior: Prior, encoder, config: GuidanceConfig, vectors: np.
         return None
     pool = seed_pool(prior, encoder, config, batch, on_progress)
     return pool.assign(np.asarray(vectors), samples, n_samples, config.chains_at(0))
+
+
+def write_shipped_pool(prior: Prior, config: GuidanceConfig, n: int, folder: Path,
+                       on_progress: Callable[[int, int], None] | None = None) -> Path:
+    """Draw (or read from the cache) the first ``n`` pool images of ``prior`` on ``config``'s chain and write
+    them, with the key they match, as ``folder/seed_pool.npz`` (compressed): what a bundled prior ships."""
+    images = pool_images(prior, config, n, on_progress=on_progress)
+    path = Path(folder) / SHIPPED_POOL
+    np.savez_compressed(path, images=images, key=np.asarray(json.dumps(pool_key(prior, config))))
+    return path

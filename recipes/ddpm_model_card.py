@@ -114,6 +114,10 @@ def main() -> None:
               "are small and some are not clearly any class. Decoded images inherit this: they show what the "
               "feature encodes as far as this prior can draw it. Training longer with the same recipe (it "
               "resumes) or pointing `--prior` at any diffusers DDPM checkpoint gives a stronger prior."]
+    if (folder / "seed_pool.npz").is_file():
+        lines += ["", "Seed pool: `seed_pool.npz` holds the prior's unguided samples of seeds 3,000,017 + p on the "
+                  "presets' 50 timesteps (`python recipes/seed_pool.py --prior bundled:" + args.name + "`), so "
+                  "`--schedule pooled` / `--pool N` need not draw them; retrained weights make it stale (ignored)."]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {folder / 'MODEL_CARD.md'}")
 

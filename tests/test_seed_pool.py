@@ -121,3 +121,21 @@ def test_a_bundled_prior_s_shipped_pool_is_used_only_when_drawn_with_the_same_ke
     assert not (SP.pool_images(prior, other, 2) == 7).all()
     (folder / "unet.safetensors").write_bytes(b"retrained")  # other weights: a new key, the shipped pool is stale
     assert SP.pool_key(prior, CFG) != key and not (SP.pool_images(prior, CFG, 1) == 7).all()
+
+
+def test_with_a_pool_only_the_kept_round_draws_from_the_chain_s_own_generator():
+    # the kept z_{t_prev} of each step uses the chain generator's next draw, as the unguided pool sample does;
+    # the rounds a step does not keep draw from the recurrence generator
+    prior = tiny_pixel_prior()
+    cfg = CFG.replace(pool=0)
+    ts = cfg.timesteps(prior.num_train_timesteps)
+    at = S._Chain(prior, cfg, ts, prior.alphas_cumprod, 1)
+    z = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    eps = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    own, rec = torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)
+    before = own.get_state().clone(), rec.get_state().clone()
+    S.denoise_step(prior, z, eps, at, cfg, [own], False, [rec])  # a round that is not kept
+    assert torch.equal(own.get_state(), before[0]) and not torch.equal(rec.get_state(), before[1])
+    kept = S.denoise_step(prior, z, eps, at, cfg, [own], True, [rec])
+    plain = S.denoise_step(prior, z, eps, at, cfg, [torch.Generator().manual_seed(5)], True)
+    assert torch.equal(kept.prev_sample, plain.prev_sample)  # the kept round: the chain's first draw

@@ -44,6 +44,7 @@ from probe.models.encoder import Encoder
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 EOT_SEED_OFFSET = 1_000_003  # a chain's transformation draws: its own generator, apart from its noise
+RECURRENCE_SEED_OFFSET = 2_000_029  # with a seed pool, the noise of rounds a step does not keep (its own generator)
 CANDIDATE_SEED_OFFSET = 7_919_993  # candidate k of seed s draws its noise from seed s + k·offset
 
 
@@ -479,16 +480,23 @@ class _Chain:
 
 @torch.no_grad()
 def denoise_step(prior: Prior, z: torch.Tensor, eps_guided: torch.Tensor, at: _Chain, config: GuidanceConfig,
-                 generators: Sequence[torch.Generator], final_round: bool) -> StepOutput:
+                 generators: Sequence[torch.Generator], final_round: bool,
+                 recurrence_generators: Sequence[torch.Generator] | None = None) -> StepOutput:
     """Steps 9–11 for chains at one timestep: ẑ0' from ε', z_{t_prev} (noise from each chain's generator),
-    and, between self-recurrence rounds, re-noised back to t."""
+    and, between self-recurrence rounds, re-noised back to t.
+
+    With ``recurrence_generators`` the rounds that are not the step's last draw all their noise from those:
+    the chain's own generator then gives one draw per timestep, the one its kept z_{t_prev} uses, exactly as
+    an unguided chain of the same seed (the seed pool's samples) draws it. Every draw is still a fresh
+    N(0, I), so the sampled distribution is the same."""
     x0 = predict_x0(z, eps_guided, at.a_t, official=config.beta == "scheduler")     # 9: ẑ0'
     if prior.clip_sample and config.clip_x0:
         x0 = x0.clamp(-prior.clip_sample_range, prior.clip_sample_range)
-    noise = None if at.last else draw_noise(generators, prior.latent_shape, z.device)
+    draws = generators if final_round or recurrence_generators is None else recurrence_generators
+    noise = None if at.last else draw_noise(draws, prior.latent_shape, z.device)
     z_prev = reverse_step(z, x0, at.a_t, at.a_prev, config, noise, at.beta)          # 10
     if not final_round:                                                              # 11: self-recurrence
-        z_prev = renoise(z_prev, at.a_t, at.a_prev, draw_noise(generators, prior.latent_shape, z.device), at.beta)
+        z_prev = renoise(z_prev, at.a_t, at.a_prev, draw_noise(draws, prior.latent_shape, z.device), at.beta)
     return StepOutput(z_prev, x0)
 
 
@@ -594,6 +602,7 @@ def sample_stream(prior: Prior, encoder: Encoder | None, target: torch.Tensor | 
 
     generators: dict[int, torch.Generator] = {}
     eot_generators: dict[int, torch.Generator] = {}
+    recurrence_generators: dict[int, torch.Generator] = {}
     z: dict[int, torch.Tensor] = {}              # each chain's z at its next round's input
     step = [0] * b
     rnd = [0] * b
@@ -615,6 +624,9 @@ def sample_stream(prior: Prior, encoder: Encoder | None, target: torch.Tensor | 
             for c in chains:
                 generators[c] = torch.Generator("cpu").manual_seed(q.chain_seeds[c])
                 eot_generators[c] = torch.Generator("cpu").manual_seed(q.chain_seeds[c] + EOT_SEED_OFFSET)
+                if config.pool:  # the kept steps draw the pool sample's noise (denoise_step)
+                    recurrence_generators[c] = torch.Generator("cpu").manual_seed(
+                        q.chain_seeds[c] + RECURRENCE_SEED_OFFSET)
                 frames[c] = []
             zs = draw_noise([generators[c] for c in chains], prior.latent_shape, device)   # z_T ~ N(0, I)
             for j, c in enumerate(chains):
@@ -678,7 +690,7 @@ def sample_stream(prior: Prior, encoder: Encoder | None, target: torch.Tensor | 
                            sample_seconds=seconds[s:s + 1].float(),
                            noise_seed=torch.tensor([q.chain_seeds[c]], dtype=torch.long))
         for c2 in chains:  # free the sample's chains
-            for store in (best.images, final_images, frames, z, generators, eot_generators):
+            for store in (best.images, final_images, frames, z, generators, eot_generators, recurrence_generators):
                 store.pop(c2, None)
         q.finished.add(s)
         return res
@@ -723,7 +735,8 @@ def sample_stream(prior: Prior, encoder: Encoder | None, target: torch.Tensor | 
                 sel = torch.arange(len(rows_l)) if grp is None else grp
                 d = sel.to(device)
                 st = denoise_step(prior, z_t[d], eps_g[d], at[i], config,
-                                  [generators[rows_l[j]] for j in sel.tolist()], fin)
+                                  [generators[rows_l[j]] for j in sel.tolist()], fin,
+                                  [recurrence_generators[rows_l[j]] for j in sel.tolist()] if config.pool else None)
                 x0[d], z_next[d] = st.pred_original_sample, st.prev_sample
             keep_frame = [bool(trajectory_every) and (i % trajectory_every == 0 or at[i].last) for i in steps_l]
             need = [config.track_best or (fin and (guided or at[i].last or kf))
