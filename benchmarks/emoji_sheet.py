@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--columns", required=True, help="comma-free list separated by ';' of configuration names "
                     "(as emoji_fidelity.py names them, e.g. 'balanced;balanced:pool=2048,candidates=8')")
     ap.add_argument("--limit", type=int, default=9)
+    ap.add_argument("--panels", type=int, default=1, help="side-by-side panels the rows are split into [1]")
     ap.add_argument("--pool", type=int, default=0, help="also show the nearest of this many pool samples")
     ap.add_argument("--no-training", action="store_true", help="leave out the nearest training emoji")
     ap.add_argument("--work", type=Path, default=HERE.parent / "runs" / "emoji_fidelity_work")
@@ -83,16 +84,17 @@ def main(argv: list[str] | None = None) -> None:
     flags = flagged_of(args.result)
 
     side = 32 * SCALE
-    width = len(cols) * (side + GAP) + GAP
-    height = HEAD + n * (side + GAP) + GAP
-    sheet = Image.new("RGB", (width, height), "white")
+    per = -(-n // args.panels)
+    panel_w = len(cols) * (side + GAP) + 3 * GAP
+    sheet = Image.new("RGB", (args.panels * panel_w, HEAD + per * (side + GAP) + GAP), "white")
     draw = ImageDraw.Draw(sheet)
     for c, (label, images) in enumerate(cols):
-        x = GAP + c * (side + GAP)
-        draw.text((x, 1), label[:16], fill="black")
         flagged = next((v for k, v in flags.items() if k.endswith(label)), None)
         for k in range(n):
-            y = HEAD + GAP + k * (side + GAP)
+            x = (k // per) * panel_w + GAP + c * (side + GAP)
+            y = HEAD + GAP + (k % per) * (side + GAP)
+            if k % per == 0:
+                draw.text((x, 1), label[:16], fill="black")
             sheet.paste(Image.fromarray(images[k]).resize((side, side), Image.NEAREST), (x, y))
             if flagged is not None and flagged[k]:
                 draw.rectangle([x - 2, y - 2, x + side + 1, y + side + 1], outline="red", width=2)

@@ -139,3 +139,20 @@ def test_with_a_pool_only_the_kept_round_draws_from_the_chain_s_own_generator():
     kept = S.denoise_step(prior, z, eps, at, cfg, [own], True, [rec])
     plain = S.denoise_step(prior, z, eps, at, cfg, [torch.Generator().manual_seed(5)], True)
     assert torch.equal(kept.prev_sample, plain.prev_sample)  # the kept round: the chain's first draw
+
+
+def test_the_pooled_preset_and_bad_pool_options_from_the_cli(run_cli, tmp_path):
+    from probe.diffusion.schedules import PRESETS
+
+    pooled, balanced = PRESETS["pooled"], PRESETS["balanced"]
+    assert pooled.pool == 2048 and pooled.candidates == 1 and pooled.grad_min_weight == 0.25
+    assert pooled.evaluations(1000) == 266 and balanced.evaluations(1000) == 642
+    assert pooled.baseline() == balanced.baseline().replace(name="pooled/baseline")  # the same unguided reference
+    vec = tmp_path / "v.npy"
+    np.save(vec, np.zeros(256, np.float32))  # fashion-cnn's embedding
+    res = run_cli("decode", "--vector", str(vec), "-m", "bundled:fashion-cnn", "--pool", "3", "-o", str(tmp_path / "o"))
+    assert res.exit_code == 2 and "--pool must be 0 (off) or between --candidates (48)" in res.output
+    res = run_cli("decode", "--vector", str(vec), "-m", "bundled:fashion-cnn", "--schedule", "pooled", "--samples",
+                  "3000", "-o", str(tmp_path / "o"))
+    assert res.exit_code == 2 and "--pool 2048 is too small for 3000 sample(s)" in res.output
+    assert not (tmp_path / "o" / "manifest.jsonl").exists()

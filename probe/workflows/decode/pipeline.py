@@ -321,6 +321,10 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
     for t in targets:
         if t.vector.shape != (dim,):
             raise UsageError(f"{t.source}: target has {t.vector.size} dimensions but {encoder.spec} gives {dim}")
+    cfg = settings.config
+    if cfg.pool and cfg.pool < settings.samples * cfg.chains_at(0):
+        raise UsageError(f"--pool {cfg.pool} is too small for {settings.samples} sample(s) x {cfg.chains_at(0)} "
+                         f"candidate(s) per target: it needs at least {settings.samples * cfg.chains_at(0)}")
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a folder")
     work = out if shard.single else decode_shard_dir(out, shard)
