@@ -148,6 +148,8 @@ def seed_pool(prior: Prior, encoder, config: GuidanceConfig, batch: int = CHUNK,
             for i in range(lo, n, CHUNK):
                 x = torch.from_numpy(images[i:min(i + CHUNK, n)]).float() / 255.0
                 parts.append(encode_images01(encoder, x).numpy().astype(np.float32))
+                if on_progress is not None:  # featurising a shipped pool takes a minute for an ImageNet net
+                    on_progress(min(i + CHUNK, n), n)
         features = np.concatenate(parts)
         if cache:
             save_arrays(path, features=features)

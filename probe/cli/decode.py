@@ -43,7 +43,8 @@ class DecodeProgress(LateProgress):
         elif ev.phase == "pool":  # drawn once per prior and network, then cached
             if not getattr(self, "_pool_said", False):
                 self._pool_said = True
-                say(f"drawing the seed pool: {ev.n_steps} unguided samples of the prior (once; cached)")
+                say(f"seed pool: {ev.n_steps} unguided samples of the prior, drawn (unless shipped) and run through "
+                    "the network once, then cached")
             self.update(self._base * self._n_steps, f"seed pool {ev.step}/{ev.n_steps} unguided samples")
         else:  # the best distance so far over the run (monotone), not the latest call's
             finite = [d for d in ev.best if d == d and d != float("inf")]
