@@ -6,9 +6,13 @@ the target after 8 steps; but x̂0 there is a blur, and on the emoji prior the c
 matches the target's colours: decodes reached their ImageNet features twice as closely as the nearest
 training emoji did, yet showed other objects. The pool judges whole samples instead. ``pool`` seeds
 (``POOL_SEED`` + p) are sampled once, unguided, on the decode's own timesteps (so seed p's guided chain
-starts from the same noise and takes the same first steps), and the network's features of those samples
-are kept; a target's candidates are then the seeds whose unguided samples lie closest to it (squared
-L2, the distance guidance minimises). Guidance then refines a prior sample of (nearly) the right thing.
+starts from the same noise and, the sampler keeping the pool sample's draw at every kept step, follows it
+but for guidance), and the network's features of those samples are kept; a target's candidates are then
+the seeds whose unguided samples lie closest to it (squared L2, the distance guidance minimises). With the
+first steps left to the prior (the ``pooled`` preset: forward-only below weight 0.25) guidance refines a
+prior sample of (nearly) the right thing: on 54 emoji through ImageNet Lite0, 26 decodes showed their
+target's kind of object against 14 with the candidates, at 266 evaluations instead of 642
+(docs/naturalness.md).
 
 Both halves are cached under the probe cache folder: the images per (prior weights, timesteps), the features
 per (images, network, layers); a pool of n is the first n of any larger one, so a larger pool draws only
