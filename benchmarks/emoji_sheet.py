@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     tgt_f = features(encoder, images01(tgt_u8))
     if args.pool:
         prior = load_prior(PRIOR)
-        imgs = pool_images(prior, PRESETS["balanced"], args.pool).transpose(0, 2, 3, 1)
+        imgs = pool_images(prior, PRESETS["pooled"], args.pool).transpose(0, 2, 3, 1)
         pick = nearest(tgt_f, features(encoder, images01(imgs)))
         cols.append((f"pool nearest ({args.pool})", imgs[pick]))
     if not args.no_training:

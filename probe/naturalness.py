@@ -91,7 +91,7 @@ def reference_errors(prior: Prior, chain: GuidanceConfig, n: int = REFERENCE_SAM
     modification times)."""
     from probe.diffusion.sampler import sample
 
-    path = keyed_path("realism", {"version": 1, "prior": prior.spec, "files": prior_files(prior.spec),
+    path = keyed_path("realism", {"version": 1, "prior": prior.spec, "files": _prior_files(prior.spec),
                                   "chain": chain.to_dict(), "n": n, "seed": REFERENCE_SEED,
                                   "realism": [list(config.levels), config.draws, config.seed]})
     hit = load_arrays(path) if cache else None
@@ -105,7 +105,7 @@ def reference_errors(prior: Prior, chain: GuidanceConfig, n: int = REFERENCE_SAM
     return out
 
 
-def prior_files(spec: str | None) -> list:
+def _prior_files(spec: str | None) -> list:
     """(name, size, mtime) of a local prior's files: a retrained checkpoint gets a new reference."""
     from pathlib import Path
 

@@ -64,12 +64,16 @@ class SeedPool:
         """The ``k`` candidate seeds of each row: vector ``vectors[i]`` decoded as sample ``samples[i]`` of
         ``n_samples`` takes the pool ranks s, s + S, …, s + (k−1)·S of that vector's ranking (so the samples
         of one target share no seed, and each gets near-equal picks)."""
-        need = n_samples * k
-        if need > len(self.seeds):
-            raise UsageError(f"--pool {len(self.seeds)} is too small for {n_samples} sample(s) x {k} candidate(s) "
-                             f"per target: it needs at least {need}")
+        check_pool_size(len(self.seeds), n_samples, k)
         order = self.ranks(vectors)
         return [[int(self.seeds[order[i, s + j * n_samples]]) for j in range(k)] for i, s in enumerate(samples)]
+
+
+def check_pool_size(pool: int, n_samples: int, k: int) -> None:
+    """A pool of ``pool`` must give each of ``n_samples`` samples of a target ``k`` seeds of its own."""
+    if n_samples * k > pool:
+        raise UsageError(f"--pool {pool} is too small for {n_samples} sample(s) x {k} candidate(s) per target: "
+                         f"it needs at least {n_samples * k}")
 
 
 def pool_seeds(n: int) -> list[int]:

@@ -44,7 +44,7 @@ from probe.models.encoder import Encoder
 from probe.naturalness import denoising_error, off_manifold, realism_scores, reference_errors
 from probe.reference import TargetChecks, target_checks
 from probe.rundir import RunDir
-from probe.seed_pool import pool_chain_seeds
+from probe.seed_pool import check_pool_size, pool_chain_seeds
 from probe.targets import CONTENT_HASH_KEYS, Target, encode_images01
 from probe.workflows.decode.merge import (
     canonical,
@@ -321,10 +321,8 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
     for t in targets:
         if t.vector.shape != (dim,):
             raise UsageError(f"{t.source}: target has {t.vector.size} dimensions but {encoder.spec} gives {dim}")
-    cfg = settings.config
-    if cfg.pool and cfg.pool < settings.samples * cfg.chains_at(0):
-        raise UsageError(f"--pool {cfg.pool} is too small for {settings.samples} sample(s) x {cfg.chains_at(0)} "
-                         f"candidate(s) per target: it needs at least {settings.samples * cfg.chains_at(0)}")
+    if settings.config.pool:  # refused now, not after the baseline
+        check_pool_size(settings.config.pool, settings.samples, settings.config.chains_at(0))
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a folder")
     work = out if shard.single else decode_shard_dir(out, shard)
