@@ -42,8 +42,11 @@ sys.path.insert(0, str(ROOT))
 
 from probe.diffusion.architectures import sd_v1_4_random  # noqa: E402
 from probe.diffusion.sampler import sample  # noqa: E402
-from probe.diffusion.schedules import DEFAULT_PRESET, PRESETS, GuidanceConfig  # noqa: E402
+from probe.diffusion.schedules import AUTO_CHOICES, PRESETS, GuidanceConfig  # noqa: E402
 from probe.models.registry import load_encoder  # noqa: E402
+
+# the default schedule (auto) runs SD with its fallback: SD ships no seed pool
+DEFAULT_PRESET = AUTO_CHOICES[1]
 
 RESULTS = ROOT / "benchmarks" / "results"
 GIB = 1024 ** 3

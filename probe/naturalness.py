@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from probe.cache import keyed_path, load_arrays, save_arrays
-from probe.diffusion.priors import Prior
+from probe.diffusion.priors import Prior, weights_digest
 from probe.diffusion.schedules import GuidanceConfig
 
 OFF_MANIFOLD = 2.0  # realism score above which a decode is flagged as off the prior's manifold
@@ -87,11 +87,10 @@ def reference_errors(prior: Prior, chain: GuidanceConfig, n: int = REFERENCE_SAM
     T-shirt is far below that of a printed bag, so a reference of one plain sample flagged clean decodes
     off-manifold (4 of 5 points of a Fashion-MNIST walk, realism 2.1) and one detailed sample hid
     textures. A median over 32 more samples is stable to a few per cent. Computed once per prior, chain and
-    realism setting, cached under the probe cache folder (local priors keyed by their files' sizes and
-    modification times)."""
+    realism setting, cached under the probe cache folder (keyed by a digest of the prior's weights)."""
     from probe.diffusion.sampler import sample
 
-    path = keyed_path("realism", {"version": 1, "prior": prior.spec, "files": _prior_files(prior.spec),
+    path = keyed_path("realism", {"version": 2, "prior": prior.spec, "weights": weights_digest(prior.spec),
                                   "chain": chain.to_dict(), "n": n, "seed": REFERENCE_SEED,
                                   "realism": [list(config.levels), config.draws, config.seed]})
     hit = load_arrays(path) if cache else None
@@ -103,18 +102,6 @@ def reference_errors(prior: Prior, chain: GuidanceConfig, n: int = REFERENCE_SAM
     if cache:
         save_arrays(path, errors=out)
     return out
-
-
-def _prior_files(spec: str | None) -> list:
-    """(name, size, mtime) of a local prior's files: a retrained checkpoint gets a new reference."""
-    from pathlib import Path
-
-    root = Path(str(spec)) if spec else None
-    if root is None or not root.exists():
-        return []
-    files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
-    return [(str(f.relative_to(root) if f != root else f.name), f.stat().st_size, int(f.stat().st_mtime))
-            for f in files[:200]]
 
 
 def realism_scores(errors: np.ndarray, reference: np.ndarray) -> np.ndarray:

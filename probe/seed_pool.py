@@ -23,7 +23,6 @@ pool for the presets' timesteps (``seed_pool.npz``), so only the features are co
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 
 from probe.cache import keyed_path, load_arrays, save_arrays
-from probe.diffusion.priors import Prior
+from probe.diffusion.priors import Prior, weights_digest
 from probe.diffusion.sampler import sample
 from probe.diffusion.schedules import GuidanceConfig
 from probe.errors import UsageError
@@ -43,7 +42,6 @@ from probe.targets import encode_images01
 POOL_SEED = 3_000_017  # pool draw p is sampled from seed POOL_SEED + p, apart from the seeds users pick
 CHUNK = 64  # pool images drawn (and saved) per sampler call
 SHIPPED_POOL = "seed_pool.npz"  # a bundled prior's pool for the presets' chain (images + the key they match)
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
 @dataclass
@@ -80,25 +78,10 @@ def pool_seeds(n: int) -> list[int]:
     return [POOL_SEED + p for p in range(n)]
 
 
-def _weights_digest(spec: str) -> str | None:
-    """sha256 over a local (or bundled) prior's weight files, so a retrained prior gets a new pool; files
-    over 64 MB (latent priors) by name, size and modification time. None for hub specs (the spec names them)."""
-    root = BUNDLED_DIR / spec.split(":", 1)[1] if spec.startswith("bundled:") else Path(spec)
-    if not root.exists():
-        return None
-    files = sorted(f for f in (root.rglob("*") if root.is_dir() else [root]) if f.suffix in WEIGHT_SUFFIXES)
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        st = f.stat()
-        h.update(f.read_bytes() if st.st_size <= 64 << 20 else f"{st.st_size}:{int(st.st_mtime)}".encode())
-    return h.hexdigest()
-
-
 def pool_key(prior: Prior, config: GuidanceConfig) -> dict:
     """What a pool's images depend on: the prior and its weights, the chain (timesteps, update rule), the seeds.
     Not the pool size: a pool of n is the first n images of any larger one."""
-    return {"version": 2, "prior": prior.spec, "weights": _weights_digest(prior.spec), "precision": prior.precision,
+    return {"version": 2, "prior": prior.spec, "weights": weights_digest(prior.spec), "precision": prior.precision,
             "chain": dataclasses.asdict(config.baseline().chain), "seed": POOL_SEED}
 
 
@@ -111,6 +94,18 @@ def shipped_pool(prior: Prior, key: dict) -> np.ndarray | None:
     if z is None or json.loads(str(z["key"])) != json.loads(json.dumps(key)):
         return None
     return z["images"]
+
+
+def pool_at_hand(prior: Prior, config: GuidanceConfig) -> bool:
+    """Whether ``config.pool`` pool images exist without drawing any: in the cache (an earlier run drew them)
+    or shipped with a bundled prior. What ``--schedule auto`` decides by (docs/method.md)."""
+    if not config.pool:
+        return False
+    key = pool_key(prior, config)
+    for images in ((load_arrays(keyed_path("pool-images", key)) or {}).get("images"), shipped_pool(prior, key)):
+        if images is not None and len(images) >= config.pool:
+            return True
+    return False
 
 
 def pool_images(prior: Prior, config: GuidanceConfig, n: int, batch: int = CHUNK,

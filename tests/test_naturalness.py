@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -67,3 +69,12 @@ def test_reference_errors_are_fixed_samples_cached_per_prior_and_chain(tmp_path,
     assert np.allclose(fresh, e, rtol=1e-4)
     reference_errors(prior, chain.replace(steps=4), n=3)  # another chain: its own entry
     assert len(list((tmp_path / "realism").glob("*.npz"))) == 2
+    # other weights under the same bundled name (a retrained prior in a new release): a new entry
+    import probe.diffusion.priors as priors
+
+    shutil.copytree(priors.BUNDLED_DIR / "fashion-ddpm", tmp_path / "bundled" / "fashion-ddpm")
+    monkeypatch.setattr(priors, "BUNDLED_DIR", tmp_path / "bundled")
+    assert reference_errors(prior, chain, n=3).tolist() == [7.0] * 3  # same weights: the same entry
+    weights = next((tmp_path / "bundled" / "fashion-ddpm").rglob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes() + b" ")
+    assert reference_errors(prior, chain, n=3).tolist() != [7.0] * 3

@@ -110,7 +110,10 @@ def test_a_bundled_prior_s_shipped_pool_is_used_only_when_drawn_with_the_same_ke
     import dataclasses
 
     prior = dataclasses.replace(tiny_pixel_prior(), spec="bundled:tiny")
-    monkeypatch.setattr(SP, "BUNDLED_DIR", tmp_path / "bundled")
+    import probe.diffusion.priors
+
+    for module in (SP, probe.diffusion.priors):  # where the shipped pool and the weights digest look
+        monkeypatch.setattr(module, "BUNDLED_DIR", tmp_path / "bundled")
     folder = tmp_path / "bundled" / "tiny"
     folder.mkdir(parents=True)
     key = SP.pool_key(prior, CFG)
@@ -156,3 +159,29 @@ def test_the_pooled_preset_and_bad_pool_options_from_the_cli(run_cli, tmp_path):
                   "3000", "-o", str(tmp_path / "o"))
     assert res.exit_code == 2 and "--pool 2048 is too small for 3000 sample(s)" in res.output
     assert not (tmp_path / "o" / "manifest.jsonl").exists()
+
+
+def test_auto_uses_the_pool_only_where_it_is_at_hand_and_a_resumed_folder_keeps_its_choice(tmp_path, cached):
+    from probe.diffusion.schedules import AutoSchedule, schedule
+
+    prior, enc = tiny_pixel_prior(), tiny_encoder()
+    over = {"steps": 4, "rounds": 2, "early_steps": 2, "candidates": 1, "pool": 6}
+    auto = schedule("auto", **over)
+    assert isinstance(auto, AutoSchedule) and (auto.pooled.name, auto.fallback.name) == ("pooled", "balanced")
+    assert auto.pooled.pool == auto.fallback.pool == 6  # the overrides reach both candidates
+    target = [vector_target(np.zeros(feature_dim(enc), np.float32), "a", "test", feature_dim(enc))]
+    settings = DecodeSettings(samples=1, batch_size=4, config=auto, baseline=False, realism=False, sheet=False)
+    names = []
+
+    def decode(out):
+        decode_targets(prior, enc, target, out, settings, on_event=lambda e: e.phase == "start" and names.append(
+            e.plan["schedule"]))
+        return json.loads((out / "manifest.jsonl").read_text().splitlines()[0])["settings"]["name"]
+
+    assert not SP.pool_at_hand(prior, auto.pooled)  # nothing drawn yet: the fallback, and nothing drawn by it
+    assert decode(tmp_path / "first") == "balanced" and names == ["auto: balanced"]
+    assert SP.pool_at_hand(prior, auto.pooled)  # the fallback's --pool 6 drew the pool (this chain, these weights)
+    assert decode(tmp_path / "second") == "pooled" and names[-1] == "auto: pooled"
+    assert decode(tmp_path / "first") == "balanced"  # resumed: the folder's own choice, not a refusal
+    with pytest.raises(UsageError, match="between --candidates \\(48\\).*--schedule auto uses pooled"):
+        schedule("auto", pool=8)  # pooled takes it, balanced (48 candidates) does not: refused when built

@@ -19,15 +19,27 @@ from typing import Any
 import click
 
 from probe.diffusion.priors import CHECKPOINTS, DEFAULT_PRIOR, PRECISIONS
-from probe.diffusion.schedules import BEST_BY, BETAS, CLAMPS, DEFAULT_PRESET, LOSS_RESIZES, PRESETS
+from probe.diffusion.schedules import (
+    AUTO,
+    AUTO_CHOICES,
+    BEST_BY,
+    BETAS,
+    CLAMPS,
+    DEFAULT_PRESET,
+    LOSS_RESIZES,
+    PRESETS,
+    SCHEDULES,
+)
 from probe.errors import UsageError
 from probe.models.registry import DEFAULT_ENCODER
 from probe.workflows.options import DecodeOptions, EncoderOptions
 
-SCHEDULE_HELP = "; ".join(
+SCHEDULE_HELP = f"{AUTO}: {AUTO_CHOICES[0]} where the prior's seed pool is at hand (shipped, or drawn by an " \
+    f"earlier run), else {AUTO_CHOICES[1]}; " + "; ".join(
     f"{name}: {c.steps} {'' if c.spacing == 'linear' else c.spacing + ' '}steps, K={c.rounds}"
     + (f" (K={c.early_rounds} on the first {c.early_steps}"
-       + (f", {c.candidates} candidate seeds" if c.candidates > 1 else "") + ")"
+       + (f", {c.candidates} candidate seeds" if c.candidates > 1 else "")
+       + (f", seed pool of {c.pool}" if c.pool else "") + ")"
        if c.early_steps and not c.unguided else "")
     + (f" (K={c.late_rounds} on the last {c.late_steps})" if c.late_steps and c.late_rounds else "")
     + (", unguided" if c.unguided else f", w={c.weight:g}" + (f" (x0 cap {c.x0_cap:g})" if c.x0_cap else "")
@@ -235,7 +247,7 @@ def decode_options(samples: int = 4, trajectory: bool = False, out_help: str = "
         click.option("--grad-min-weight", type=FINITE, default=None,
                      help="Rounds whose capped guidance weight is below this run forward-only (no backward "
                           "pass; guidance dropped there). Off by default."),
-        click.option("--schedule", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
+        click.option("--schedule", type=click.Choice(list(SCHEDULES)), default=DEFAULT_PRESET, show_default=True,
                      help=f"Guidance preset. {SCHEDULE_HELP}."),
         click.option("--steps", type=int, help="Override: reverse timesteps (strided over 1000; 0 = all)."),
         click.option("--weight", type=FINITE, help="Override: guidance weight w."),

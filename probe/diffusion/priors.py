@@ -14,6 +14,7 @@ Spec forms accepted by :func:`load_prior`:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +23,13 @@ import torch
 from torch import nn
 
 from probe.errors import InputError, UsageError
+from probe.models.bundled import BUNDLED_DIR
 
 DEFAULT_PRIOR = "bundled:fashion-ddpm"
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 PRECISIONS = ("fp32", "bf16")
 CHECKPOINTS = ("none", "vae", "unet", "all")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
 @dataclass
@@ -169,6 +172,23 @@ class Prior:
                 "channels": self.channels, "image_size": self.image_size,
                 "num_train_timesteps": self.num_train_timesteps, "prediction_type": self.prediction_type,
                 "precision": self.precision, "checkpoint": self.checkpoint, **self.info}
+
+
+def weights_digest(spec: str | None) -> str | None:
+    """sha256 over a local (or bundled) prior's weight files: what the caches of a prior's own samples (seed
+    pool, realism reference) are keyed by, so a retrained prior gets new ones. Files over 64 MB (latent
+    priors) enter by name, size and modification time. None for hub specs (the spec names the weights)."""
+    spec = str(spec or "")
+    root = BUNDLED_DIR / spec.split(":", 1)[1] if spec.startswith("bundled:") else Path(spec)
+    if not spec or not root.exists():
+        return None
+    files = sorted(f for f in (root.rglob("*") if root.is_dir() else [root]) if f.suffix in WEIGHT_SUFFIXES)
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        st = f.stat()
+        h.update(f.read_bytes() if st.st_size <= 64 << 20 else f"{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()
 
 
 def check_compute(precision: str | None, checkpoint: str | None) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from probe.diffusion.priors import check_compute
-from probe.diffusion.schedules import DEFAULT_PRESET, PRESETS, GuidanceConfig, preset
+from probe.diffusion.schedules import DEFAULT_PRESET, AutoSchedule, GuidanceConfig, schedule
 from probe.errors import UsageError
 from probe.models.registry import DEFAULT_ENCODER
 from probe.naturalness import OFF_MANIFOLD
@@ -117,9 +117,10 @@ class DecodeOptions:
                              f"{', '.join(sorted(own))} and the sampler settings {', '.join(GUIDANCE_FIELDS)}")
         return dataclasses.replace(base, **fields, overrides=overrides)
 
-    def config(self) -> GuidanceConfig:
-        """The guidance preset with the overrides applied."""
-        return preset(self.schedule, **dict(self.overrides))
+    def config(self) -> GuidanceConfig | AutoSchedule:
+        """The guidance preset with the overrides applied (for ``auto``, both of its candidates: the decode
+        picks one once the prior is loaded)."""
+        return schedule(self.schedule, **dict(self.overrides))
 
     def settings(self) -> DecodeSettings:
         """The decode pipeline's :class:`DecodeSettings` (the preset resolved into one GuidanceConfig)."""
@@ -139,7 +140,8 @@ class DecodeSettings:
     samples: int = 4
     seed: int = 0
     batch_size: int | str = "auto"
-    config: GuidanceConfig = field(default_factory=lambda: PRESETS[DEFAULT_PRESET])
+    # ``auto`` (an AutoSchedule) is resolved by the decode once the prior is loaded (decode_targets)
+    config: GuidanceConfig | AutoSchedule = field(default_factory=lambda: schedule(DEFAULT_PRESET))
     trajectory_every: int = 0
     baseline: bool = True
     overwrite: bool = False

@@ -79,8 +79,9 @@ def test_the_walks_take_the_flags(run_cli, command, monkeypatch, tmp_path):
     res = run_cli(command, *WALKS[command], *FLAGS[:9], "--clip-x0", "--precision", "bf16", "--checkpointing", "all",
                   "--out", tmp_path / "o")
     assert res.exit_code == 0 and len(got) == 1, res.stderr
-    config = got[0].config()
-    assert {k: getattr(config, k) for k in CONFIG} == {**CONFIG, "clip_x0": True}  # the last of the pair wins
+    auto = got[0].config()  # the default schedule: the flags reach both presets auto picks from
+    for config in (auto.pooled, auto.fallback):
+        assert {k: getattr(config, k) for k in CONFIG} == {**CONFIG, "clip_x0": True}  # the last of the pair wins
     assert (got[0].precision, got[0].checkpoint) == ("bf16", "all")
 
 
@@ -95,8 +96,8 @@ def test_a_bad_value_is_clicks_usage_error(run_cli, command, flag, value, tmp_pa
 
 def test_the_api_takes_them_too(tmp_path):
     opts = DecodeOptions.build(**CONFIG, precision="bf16", checkpoint="vae")
-    assert {k: getattr(opts.config(), k) for k in CONFIG} == CONFIG and (opts.precision, opts.checkpoint) == \
-        ("bf16", "vae")
+    assert {k: getattr(opts.config().fallback, k) for k in CONFIG} == CONFIG and \
+        (opts.precision, opts.checkpoint) == ("bf16", "vae")
     with pytest.raises(UsageError, match="precision must be one of fp32, bf16"):
         DecodeOptions.build(precision="fp16")
     with pytest.raises(UsageError, match="checkpointing must be one of"):

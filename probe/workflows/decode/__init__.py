@@ -118,8 +118,9 @@ def run(encoder: Any, target: Any, *, prior: Any = None, out: str | Path | None 
     :class:`~probe.workflows.options.EncoderOptions`; None (or options without a spec) uses the encoder
     that made the store the targets name. ``group`` is the store group of ``"F.h5:ROW"`` strings.
 
-    ``samples``, ``schedule`` (``fast``, ``balanced``, ``paper``, ``none``) and ``steps`` are the usual
-    knobs; ``overrides`` take any other decode option (``seed``, ``batch_size``, ``baseline``,
+    ``samples``, ``schedule`` (``auto``, the default: ``pooled`` where the prior's seed pool is at hand, else
+    ``balanced``; or ``fast``, ``balanced``, ``pooled``, ``paper``, ``none``) and ``steps`` are the usual knobs;
+    ``overrides`` take any other decode option (``seed``, ``batch_size``, ``baseline``,
     ``overwrite``, ``trajectory_every``; the prior's ``precision`` "bf16" and gradient ``checkpoint``
     "vae"/"unet"/"all") or sampler setting (``weight``, ``tau``, ``rounds``, ``patience``, the paper-exactness
     fields ``clamp``, ``clip_x0``, ``beta``, ``loss_resize``, ``best_by`` …, see

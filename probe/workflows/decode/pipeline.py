@@ -35,6 +35,7 @@ import torch
 
 from probe.diffusion.priors import PRECISIONS, Prior
 from probe.diffusion.sampler import SampleResult, sample, sample_stream
+from probe.diffusion.schedules import AutoSchedule
 from probe.distributed import Shard
 from probe.errors import UsageError
 from probe.images import save_png, sha256_file, to_uint8
@@ -44,7 +45,7 @@ from probe.models.encoder import Encoder
 from probe.naturalness import denoising_error, off_manifold, realism_scores, reference_errors
 from probe.reference import TargetChecks, target_checks
 from probe.rundir import RunDir
-from probe.seed_pool import check_pool_size, pool_chain_seeds
+from probe.seed_pool import check_pool_size, pool_at_hand, pool_chain_seeds
 from probe.targets import CONTENT_HASH_KEYS, Target, encode_images01
 from probe.workflows.decode.merge import (
     canonical,
@@ -290,6 +291,20 @@ def _clear_for_overwrite(out: Path, work: Path, shard: Shard) -> None:
                 shutil.rmtree(d, ignore_errors=True)
 
 
+def resolve_schedule(settings: DecodeSettings, prior: Prior, out: Path) -> DecodeSettings:
+    """``settings`` with an ``auto`` schedule replaced by the preset it picks for ``prior``
+    (:class:`~probe.diffusion.schedules.AutoSchedule`): the one a folder being resumed was decoded with,
+    else ``pooled`` where the prior's seed pool is at hand and ``balanced`` elsewhere."""
+    auto = settings.config
+    if not isinstance(auto, AutoSchedule):
+        return settings
+    earlier = [] if settings.overwrite or not out.is_dir() else \
+        [r.settings.get("name") for src in decode_sources(out) for r in read_records(src)[:1]]
+    names = {c.name for c in (auto.pooled, auto.fallback)}
+    config = auto.named(earlier[0]) if earlier and earlier[0] in names else auto.pick(pool_at_hand(prior, auto.pooled))
+    return dataclasses.replace(settings, config=config)
+
+
 def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], out: str | Path,
                    settings: DecodeSettings | None = None,
                    on_event: Callable[[DecodeEvent], None] | None = None,
@@ -310,6 +325,8 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
                                   bar, extra_record, shard, on_warning)
     shard = shard or Shard()
     out = Path(out)
+    auto = isinstance(settings.config, AutoSchedule)
+    settings = resolve_schedule(settings, prior, out)
     targets = list(targets)
     if not targets:
         raise UsageError("nothing to decode: no targets")
@@ -340,7 +357,8 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
     # which weights the encoder ran with, for compare's circularity check; kept out of ``common`` so folders
     # decoded before these keys existed still resume
     identity = {"encoder_weights": encoder.weights or "", "encoder_weights_sha256": encoder.weights_sha256}
-    title = f"{encoder.spec} [{layer}] <- {prior.spec} ({settings.config.name})"
+    schedule_name = f"auto: {settings.config.name}" if auto else settings.config.name
+    title = f"{encoder.spec} [{layer}] <- {prior.spec} ({schedule_name})"
     try:
         if not shard.single:
             locks.append(ProbeLock(work, lock_file=RunDir(work).lock).acquire())
@@ -366,7 +384,7 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
             n_steps = len(settings.config.timesteps(prior.num_train_timesteps))
             plan = {"encoder": encoder.spec, "layers": list(encoder.layers), "device": str(encoder.device),
                     "prior": prior.spec, "targets": len(targets), "samples": settings.samples,
-                    "schedule": settings.config.name,
+                    "schedule": schedule_name,
                     "evaluations": settings.config.evaluations(prior.num_train_timesteps),
                     "step_evaluations": [settings.config.rounds_at(i, n_steps) * settings.config.chains_at(i)
                                          for i in range(n_steps)], "out": str(out),
