@@ -74,12 +74,16 @@ def to_unit_image(x: torch.Tensor, quantize: bool, clamp: str = "straight-throug
 
 
 def network_input(encoder: Encoder, img01: torch.Tensor, quantize: bool, whole: bool = False) -> torch.Tensor:
-    """Resize to the network's input and round to 8 bits again (straight-through), as docs/method.md says.
+    """The (8-bit) decoded image as the network sees it in the loss.
 
-    ``whole``: the whole image resized bicubic without crop, antialias or clamp (the official loss path,
-    ``GuidanceConfig.loss_resize = "whole"``); otherwise the encoder's eval transform.
+    ``whole``: the official loss path (``GuidanceConfig.loss_resize = "whole"``): the whole image resized
+    bicubic without crop, antialias or clamp, then rounded to 8 bits again (straight-through). Otherwise the
+    encoder's eval transform and nothing after it, exactly as extracting the saved PNG gives it: the loss
+    *is* the saved image's distance, so the sampler reads it instead of a second forward pass per round.
     """
-    x = encoder.preprocess.resize_whole(img01) if whole else encoder.resize(img01)
+    if not whole:
+        return encoder.resize(img01)
+    x = encoder.preprocess.resize_whole(img01)
     return round_ste(x * 255) / 255 if quantize else x
 
 
@@ -591,8 +595,10 @@ def sample_stream(prior: Prior, encoder: Encoder | None, target: torch.Tensor | 
     acp = prior.alphas_cumprod if config.beta == "chain" else torch.cumprod(1 - prior.betas.double(), 0)
     at = [_Chain(prior, config, timesteps, acp, i) for i in range(n_steps)]
     img_shape = (prior.channels, prior.image_size, prior.image_size)
+    # the loss of an 8-bit, clamped image through the eval transform is the saved PNG's distance (no second
+    # forward); the official whole-image path rounds again after its resize, which only a no-op resize undoes
     loss_is_saved = config.quantize and config.clamp != "none" and encoder is not None and \
-        (encoder.in_chans, encoder.input_size, encoder.input_size) == img_shape
+        (config.loss_resize == "eval" or (encoder.in_chans, encoder.input_size, encoder.input_size) == img_shape)
     by_loss = guided and config.track_best and config.best_by == "loss"
 
     def distance_of(img: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -48,8 +48,8 @@ class GuidanceConfig:
         distance finely, which is where the paper's 1000-step schedule spends most of its evaluations.
       spacing: how ``steps`` timesteps are strided over the prior's training steps — "linear" (evenly)
         or "quadratic" (t ∝ (1 − i/(n−1))², denser near t = 0, as in DDIM's CIFAR runs).
-      quantize: 8-bit straight-through rounding before and after resizing, so the optimised distance is
-        the one a saved PNG gives.
+      quantize: 8-bit straight-through rounding of the decoded image (and, on the official whole-image loss
+        path, again after its resize), so the optimised distance is the one a saved PNG gives.
       clamp: the [0, 1] clamp of x̂0 in the loss path — "straight-through" (clamped forward, saturated
         pixels still pass their gradient on), "hard" (they get none) or "none" (no clamp at all: values
         outside [0, 1] reach the network, as in the official code).

@@ -520,3 +520,28 @@ def test_auto_chains_on_the_cpu(prior, encoder):
 
     assert activation_bytes(prior, encoder) >= 1 << 20
     assert 1 <= auto_chains(prior, encoder) <= CPU_CHAINS
+
+
+def test_through_a_resize_the_loss_is_the_saved_image_distance_and_costs_no_second_forward(monkeypatch):
+    # a 16-px prior through a 24-px encoder (the usual case: emoji into ImageNet networks): the eval transform
+    # with no rounding after it gives the saved PNG's distance, so each round runs the encoder once for the
+    # loss (and once for the x̂0 after the step), not a third time for the image it already scored
+    prior, enc = tiny_pixel_prior(), tiny_encoder(size=24)
+    cfg = GuidanceConfig(name="t", steps=3, rounds=2, early_steps=0, update="ddim")
+    target = torch.randn(2, S.concat_features(enc, enc.resize(torch.rand(1, 1, 16, 16))).shape[1])
+    z = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    out = S.guided_round(prior, enc, z, 500, target, cfg, abar=float(prior.alphas_cumprod[500]),
+                         loss_is_saved_distance=True)
+    saved = S.saved_image_distance(enc, torch.round(out.image * 255) / 255, target)
+    torch.testing.assert_close(out.distance, saved, rtol=1e-5, atol=1e-5)
+    calls = []
+    real = S.concat_features
+    monkeypatch.setattr(S, "concat_features", lambda e, x: (calls.append(len(x)), real(e, x))[1])
+    res = S.sample(prior, enc, target[:1], [0], cfg)
+    assert len(calls) == 2 * cfg.evaluations(prior.num_train_timesteps) + 1  # + the final image's distance
+    assert math.isclose(float(res.best_distance[0]), float(S.saved_image_distance(
+        enc, res.best_images[:1], target[:1])[0]), rel_tol=1e-5)
+    whole = cfg.replace(loss_resize="whole")  # the official path rounds again after its resize: a second forward
+    calls.clear()
+    S.sample(prior, enc, target[:1], [0], whole)
+    assert len(calls) == 3 * whole.evaluations(prior.num_train_timesteps) + 1
