@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--scales", default="data", help="perturb scales: 'data' (percentiles) or σ multiples")
     ap.add_argument("--set-size", type=int, default=1000)
-    ap.add_argument("--schedule", default="balanced")
+    ap.add_argument("--schedule", default="auto", help="[auto: the decode default]")
     ap.add_argument("--batch-size", default="auto")
     ap.add_argument("--centre", choices=["medoid", "mean"], default="medoid", help="what PC1 is walked around")
     ap.add_argument("--paths", default="linear,data", help="interpolation paths to walk [linear,data]")
