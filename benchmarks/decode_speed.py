@@ -41,6 +41,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from probe.diffusion.memory import auto_chains  # noqa: E402
 from probe.diffusion.priors import load_prior  # noqa: E402
@@ -62,8 +63,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--samples", type=int, default=8, help="decoded images per preset (targets × samples)")
     ap.add_argument("--targets", type=int, default=2, help="distinct targets (samples spread over them)")
     ap.add_argument("--presets", default="fast,balanced")
+    ap.add_argument("--extra", action="append", default=[], metavar="BASE:key=val,...",
+                    help="also time this configuration (a preset with overrides), e.g. pooled:rounds=2")
     ap.add_argument("--batch-size", default="auto", help="chains per network call: 'auto' or N")
     ap.add_argument("--no-before", action="store_true", help="skip the one-sample-per-call rows")
+    ap.add_argument("--no-variants", action="store_true", help="skip the grad_min_weight=0.25 twin of each preset")
     ap.add_argument("--paper-steps", type=int, default=3)
     ap.add_argument("--paper-rounds", type=int, default=2)
     ap.add_argument("--floor-calls", type=int, default=3, help="timed calls of the bare loop")
@@ -197,10 +201,12 @@ def run_set(name: str, args: argparse.Namespace, out: dict, save) -> None:
         print(json.dumps(row), flush=True)
         return row
 
-    for p in args.presets.split(","):
-        cfg = preset(p)
+    from decode_fidelity import parse_extra
+
+    configs = [(p, preset(p)) for p in args.presets.split(",") if p] + [(x, parse_extra(x)) for x in args.extra]
+    for p, cfg in configs:
         decode(p, cfg, chains)
-        if not cfg.grad_min_weight:  # pooled has it already
+        if not cfg.grad_min_weight and not args.no_variants:  # pooled has it already
             decode(f"{p}/grad_min_weight=0.25", cfg.replace(grad_min_weight=0.25), chains)
         if not args.no_before:
             decode(f"{p}/one-at-a-time", cfg, None, one_at_a_time=True)

@@ -51,19 +51,24 @@ class SeedPool:
     seeds: np.ndarray
     features: np.ndarray
 
-    def ranks(self, vectors: np.ndarray) -> np.ndarray:
-        """Pool indices [M, P] ordered by squared L2 distance of their features to each vector [M, D]."""
+    def ranks(self, vectors: np.ndarray, metric: str = "l2") -> np.ndarray:
+        """Pool indices [M, P] ordered by the squared L2 distance of their features to each vector [M, D], or
+        for ``metric="cosine"`` by the cosine, highest first."""
         q = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(vectors), -1))
         r = torch.from_numpy(np.ascontiguousarray(self.features, dtype=np.float32))
-        d = (q * q).sum(1, keepdim=True) + (r * r).sum(1)[None] - 2 * q @ r.T
+        if metric == "cosine":
+            d = -torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(r, dim=1).T
+        else:
+            d = (q * q).sum(1, keepdim=True) + (r * r).sum(1)[None] - 2 * q @ r.T
         return torch.argsort(d, dim=1, stable=True).numpy()
 
-    def assign(self, vectors: np.ndarray, samples: Sequence[int], n_samples: int, k: int) -> list[list[int]]:
+    def assign(self, vectors: np.ndarray, samples: Sequence[int], n_samples: int, k: int,
+               metric: str = "l2") -> list[list[int]]:
         """The ``k`` candidate seeds of each row: vector ``vectors[i]`` decoded as sample ``samples[i]`` of
         ``n_samples`` takes the pool ranks s, s + S, …, s + (k−1)·S of that vector's ranking (so the samples
         of one target share no seed, and each gets near-equal picks)."""
         check_pool_size(len(self.seeds), n_samples, k)
-        order = self.ranks(vectors)
+        order = self.ranks(vectors, metric)
         return [[int(self.seeds[order[i, s + j * n_samples]]) for j in range(k)] for i, s in enumerate(samples)]
 
 
@@ -167,7 +172,7 @@ def pool_chain_seeds(prior: Prior, encoder, config: GuidanceConfig, vectors: np.
     if not config.pool:
         return None
     pool = seed_pool(prior, encoder, config, batch, on_progress)
-    return pool.assign(np.asarray(vectors), samples, n_samples, config.chains_at(0))
+    return pool.assign(np.asarray(vectors), samples, n_samples, config.chains_at(0), config.pool_rank)
 
 
 def write_shipped_pool(prior: Prior, config: GuidanceConfig, n: int, folder: Path,

@@ -39,6 +39,17 @@ def test_assign_gives_each_sample_interleaved_ranks_of_its_target():
         pool.assign(np.zeros((1, 1)), samples=[0], n_samples=3, k=3)
 
 
+def test_cosine_ranking_ignores_the_feature_norm():
+    # a target along x: by squared distance the short vector near the origin wins, by cosine the long one on x
+    pool = SP.SeedPool(seeds=np.arange(3), features=np.array([[10.0, 0.0], [0.5, 0.5], [2.9, 3.1]], np.float32))
+    target = np.array([[1.0, 0.0]])
+    assert pool.ranks(target).tolist() == [[1, 2, 0]] and pool.ranks(target, "cosine").tolist() == [[0, 1, 2]]
+    assert pool.assign(target, [0], 1, 1, "cosine") == [[0]]
+    assert CFG.replace(pool_rank="cosine").to_dict()["pool_rank"] == "cosine" and "pool_rank" not in CFG.to_dict()
+    with pytest.raises(UsageError, match="--pool-rank must be one of l2, cosine"):
+        CFG.replace(pool_rank="dot")
+
+
 def test_pool_setting_is_validated_and_left_out_of_old_records():
     with pytest.raises(UsageError, match="--pool must be 0 .* between --candidates \\(4\\)"):
         CFG.replace(candidates=4, pool=3)

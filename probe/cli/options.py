@@ -27,6 +27,7 @@ from probe.diffusion.schedules import (
     CLAMPS,
     DEFAULT_PRESET,
     LOSS_RESIZES,
+    POOL_RANKS,
     PRESETS,
     SCHEDULES,
 )
@@ -277,6 +278,9 @@ def decode_options(samples: int = 4, trajectory: bool = False, out_help: str = "
         click.option("--pool", type=int, help="Override: take each sample's candidate seeds from this many "
                      "unguided prior samples (drawn once per prior and network, cached): the ones whose "
                      "features lie closest to the target (0 = off)."),
+        click.option("--pool-rank", type=click.Choice(list(POOL_RANKS)), default=None,
+                     help="Override: rank the pool's samples by squared distance to the target (l2) or by the "
+                          "cosine alone."),
         click.option("--rescale", type=FINITE, help="Override: pull the guided noise prediction back to the "
                      "unguided one's norm, 0..1 (1 = same norm; keeps guidance from adding contrast)."),
         click.option("--spacing", type=click.Choice(["linear", "quadratic"]),

@@ -22,6 +22,7 @@ CLAMPS = ("straight-through", "hard", "none")
 BETAS = ("chain", "scheduler")
 LOSS_RESIZES = ("eval", "whole")
 BEST_BY = ("saved", "loss")
+POOL_RANKS = ("l2", "cosine")
 
 
 #: bounds that keep one option from asking for more memory or time than any machine has (issue 22)
@@ -91,6 +92,8 @@ class GuidanceConfig:
         something close to the target instead of whichever layout fits it by colour. With a pool the
         rounds a step does not keep draw their noise from a second generator, so the kept z_{t_prev} of
         every step uses the pool sample's own draw: the decode is that sample, moved by guidance. 0 is off.
+      pool_rank: how pool samples are ranked against the target: "l2" (squared distance, what guidance
+        minimises) or "cosine" (the angle alone, blind to the feature's norm).
       rescale: φ of guidance rescaling — ε' is pulled back towards ε's norm, ε'' = φ·ε'·‖ε‖/‖ε'‖ + (1−φ)·ε'
         (as classifier-free guidance's rescale, Lin et al. 2023). ε − w·g is longer than ε (by √(1 + w²)
         when g ⟂ ε), and a longer ε' writes more than the scheduled noise into z_t. 0 is off, 1 keeps
@@ -142,6 +145,7 @@ class GuidanceConfig:
     narrow_at: int = 0
     narrow_keep: int = 0
     pool: int = 0
+    pool_rank: str = "l2"
     rescale: float = 0.0
     stop_patience: int = 0
     max_distance: float = 0.0
@@ -191,6 +195,8 @@ class GuidanceConfig:
         if not 0 <= self.pool <= MAX_POOL or (self.pool and self.pool < self.candidates):
             raise UsageError(f"--pool must be 0 (off) or between --candidates ({self.candidates}) and "
                              f"{MAX_POOL:,}, not {self.pool}")
+        if self.pool_rank not in POOL_RANKS:
+            raise UsageError(f"--pool-rank must be one of {', '.join(POOL_RANKS)}, not {self.pool_rank!r}")
         if self.narrow_keep < 0 or self.narrow_at < 0:
             raise UsageError("--narrow-at and --narrow-keep must be >= 0 (0 = off)")
         if self.narrow_keep and not (0 < self.narrow_at < self.early_steps and self.narrow_keep < self.candidates):
@@ -274,7 +280,7 @@ class GuidanceConfig:
         """The unguided run that a guided one is compared against: same prior, timesteps, update and seed."""
         return self.replace(name=f"{self.name}/baseline", unguided=True, rounds=1, early_rounds=1,
                             early_steps=0, late_rounds=0, late_steps=0, free_steps=0, candidates=1, narrow_at=0,
-                            narrow_keep=0, pool=0, grad_min_weight=0.0, stop_patience=0,
+                            narrow_keep=0, pool=0, pool_rank="l2", grad_min_weight=0.0, stop_patience=0,
                             max_distance=0.0, track_best=False)
 
     def to_dict(self) -> dict:
@@ -283,6 +289,8 @@ class GuidanceConfig:
             del d["grad_min_weight"]
         if not d["pool"]:
             del d["pool"]
+        if d["pool_rank"] == "l2":
+            del d["pool_rank"]
         return d
 
 
