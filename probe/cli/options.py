@@ -179,7 +179,7 @@ DECODE_PARAMS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     **{name: (name, _same) for name in ("samples", "seed", "batch_size", "schedule", "steps", "weight", "tau",
                                         "rounds", "early_rounds", "early_steps", "late_rounds", "late_steps",
                                         "weight_end", "free_steps", "eot_shift", "eot_flip", "eot_samples",
-                                        "grad_blur", "x0_cap", "candidates", "narrow_at", "narrow_keep", "pool",
+                                        "grad_blur", "x0_cap", "candidates", "narrow_at", "narrow_keep", "pool", "pool_rank",
                                         "rescale",
                                         "spacing", "patience",
                                         "max_distance", "update", "grad_min_weight",

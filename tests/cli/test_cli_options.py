@@ -41,6 +41,12 @@ def test_every_decode_option_reaches_the_options():
         assert key in own or OVERRIDE_ALIASES.get(key, key) in GUIDANCE_FIELDS, cli_name
     with pytest.raises(UsageError, match="unknown decode option"):
         DecodeOptions.build(sampels=3)
+    # and the other way round: every sampler setting but the internal ones has its flag, which reaches it
+    reached = {OVERRIDE_ALIASES.get(key, key) for key, _ in DECODE_PARAMS.values()}
+    assert set(GUIDANCE_FIELDS) - reached == {"eta", "track_best", "unguided"}
+    assert set(_params("decode")) - set(DECODE_PARAMS) == {
+        "as_json", "device", "group", "images", "index", "keep_spatial", "layers", "out", "paths", "prior", "quiet",
+        "shard", "spec", "store", "texts", "token_pool", "vectors", "weights"}
 
 
 def test_encoder_inference_rule(tmp_path):
