@@ -181,16 +181,17 @@ def run_set(name: str, args: argparse.Namespace, out: dict, save) -> None:
             evals, fwd = int(r.evaluations.sum()), int(r.forward_only.sum())
         _sync(device)
         sec = time.perf_counter() - t0
+        def floor(per_fwd_bwd: float, per_fwd_only: float) -> float:  # the bare loop's seconds per image
+            return ((evals - fwd) * per_fwd_bwd + fwd * per_fwd_only) / args.samples
+
         row = {**base, "row": label, "seconds": sec, "seconds_per_image": sec / args.samples,
                "evaluations_per_image": evals / args.samples, "forward_only_per_image": fwd / args.samples,
-               "floor_seconds_per_image": (evals - fwd) / args.samples * fb + fwd / args.samples * fo,
-               "peak_memory_gib": _peak_gib(device)}
+               "floor_seconds_per_image": floor(fb, fo), "peak_memory_gib": _peak_gib(device)}
         if cfg.pool:
             row["pool_setup_seconds"] = pool_seconds  # first use in this cache: featurising the pool
         row["seconds_vs_floor"] = row["seconds_per_image"] / row["floor_seconds_per_image"]
         if cfg.chains_at(0) == 1:  # never more chains than samples: the floor at that batch
-            row["floor_at_samples_seconds_per_image"] = (evals - fwd) / args.samples * fb_live + \
-                fwd / args.samples * fo_live
+            row["floor_at_samples_seconds_per_image"] = floor(fb_live, fo_live)
             row["seconds_vs_floor_at_samples"] = row["seconds_per_image"] / row["floor_at_samples_seconds_per_image"]
         if flops:
             row["achieved_tflops"] = flops * evals / sec / 1e12

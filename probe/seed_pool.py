@@ -101,16 +101,19 @@ def shipped_pool(prior: Prior, key: dict) -> np.ndarray | None:
     return z["images"]
 
 
+def stored_pool_images(prior: Prior, key: dict, cache: bool = True) -> np.ndarray:
+    """The pool images for ``key`` that exist without drawing: the longer of the cached draw and the bundled
+    prior's shipped pool (uint8 [m, C, H, W]; m = 0 when there is neither)."""
+    found = [a for a in ((load_arrays(keyed_path("pool-images", key)) or {}).get("images") if cache else None,
+                         shipped_pool(prior, key)) if a is not None]
+    return max(found, key=len) if found else np.zeros((0, prior.channels, prior.image_size, prior.image_size),
+                                                      np.uint8)
+
+
 def pool_at_hand(prior: Prior, config: GuidanceConfig) -> bool:
     """Whether ``config.pool`` pool images exist without drawing any: in the cache (an earlier run drew them)
     or shipped with a bundled prior. What ``--schedule auto`` decides by (docs/method.md)."""
-    if not config.pool:
-        return False
-    key = pool_key(prior, config)
-    for images in ((load_arrays(keyed_path("pool-images", key)) or {}).get("images"), shipped_pool(prior, key)):
-        if images is not None and len(images) >= config.pool:
-            return True
-    return False
+    return bool(config.pool) and len(stored_pool_images(prior, pool_key(prior, config))) >= config.pool
 
 
 def pool_images(prior: Prior, config: GuidanceConfig, n: int, batch: int = CHUNK,
@@ -120,10 +123,7 @@ def pool_images(prior: Prior, config: GuidanceConfig, n: int, batch: int = CHUNK
     the cache or the bundled prior's shipped pool; what is missing is drawn, and kept chunk by chunk."""
     key = pool_key(prior, config)
     path = keyed_path("pool-images", key)
-    found = [a for a in ((load_arrays(path) or {}).get("images") if cache else None, shipped_pool(prior, key))
-             if a is not None]
-    images = max(found, key=len) if found else np.zeros((0, prior.channels, prior.image_size, prior.image_size),
-                                                         np.uint8)
+    images = stored_pool_images(prior, key, cache)
     seeds = pool_seeds(n)
     step = max(1, min(batch, CHUNK))
     chain = config.baseline()
