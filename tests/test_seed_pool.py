@@ -160,7 +160,7 @@ def test_the_pooled_preset_and_bad_pool_options_from_the_cli(run_cli, tmp_path):
 
     pooled, balanced = PRESETS["pooled"], PRESETS["balanced"]
     assert pooled.pool == 2048 and pooled.candidates == 1 and pooled.grad_min_weight == 0.25
-    assert pooled.evaluations(1000) == 266 and balanced.evaluations(1000) == 642
+    assert pooled.evaluations(1000) == 202 and balanced.evaluations(1000) == 642
     assert pooled.baseline() == balanced.baseline().replace(name="pooled/baseline")  # the same unguided reference
     vec = tmp_path / "v.npy"
     np.save(vec, np.zeros(256, np.float32))  # fashion-cnn's embedding
