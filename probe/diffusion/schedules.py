@@ -352,7 +352,8 @@ PRESETS: dict[str, GuidanceConfig] = {
     # fast: 4 rounds per step after the selection: 552 evaluations (23x fewer than the paper).
     "fast": GuidanceConfig(name="fast", steps=50, weight=0.5, tau=3.0, rounds=4, early_rounds=1,
                            early_steps=8, spacing="quadratic", update="ddim", eta=1.0, x0_cap=0.5, candidates=48),
-    # balanced (the default where no seed pool is at hand): fast plus 13 rounds on the last 10 steps: 642 evaluations (20× fewer).
+    # balanced (the default where no seed pool is at hand): fast plus 13 rounds on the last 10 steps:
+    # 642 evaluations (20× fewer).
     "balanced": GuidanceConfig(name="balanced", steps=50, weight=0.5, tau=3.0, rounds=4, early_rounds=1,
                                early_steps=8, late_rounds=13, late_steps=10, spacing="quadratic",
                                update="ddim", eta=1.0, x0_cap=0.5, candidates=48),
