@@ -107,7 +107,8 @@ def score_row(z, meta: dict, which: str, labels, targets, index, none, prior, re
     evals = meta["evaluations_per_image"]
     row = {"name": name, "config": meta["config"], "output": which, "n": int(len(images)),
            "mean_distance": distance, "retrieval_at_1": r1,
-           "evaluations_per_image": evals, "seconds_per_image_h100": meta["seconds_per_image"],
+           "evaluations_per_image": evals, "seconds_per_image": meta["seconds_per_image"],
+           "device": meta.get("device"),  # absent from folders decoded before it was recorded
            "fewer_than_paper": PAPER_EVALUATIONS / evals if evals > 0 else None,
            **{k: v for k, v in nat.items() if k not in ("realism", "judges_correct", "nn_distance")},
            "per_image": {"realism": nat["realism"], "judges_correct": nat.get("judges_correct"),

@@ -84,7 +84,7 @@ def run_config(prior, encoder, targets: torch.Tensor, tgt_f: np.ndarray, gal_f: 
     row = {"name": config.name, "config": config.to_dict(), "n": n, "seconds": seconds,
            "seconds_per_image": seconds / n, "mean_distance": float(np.mean(bd)),
            "retrieval_at_1": float((ranks == 0).mean()), "evaluations_per_image": float(np.mean(ev)),
-           "analytic_evaluations": config.evaluations(prior.num_train_timesteps)}
+           "analytic_evaluations": config.evaluations(prior.num_train_timesteps), "device": str(prior.device)}
     np.savez_compressed(out / f"{slug(config.name)}.npz", best=best_u8, final=final_u8,
                         best_distance=np.asarray(bd), final_distance=np.asarray(fd), rank=ranks,
                         evaluations=np.asarray(ev), best_step=np.asarray(bs), meta=json.dumps(row),
