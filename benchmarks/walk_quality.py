@@ -194,7 +194,8 @@ def interpolation(args, setting: Setting, cnn, judges, x: np.ndarray, exemplars:
         walk = {"path": path, **({"store": set_store(args, setting, x, work)} if path == "data" else {})}
         probe.interpolate(setting.encoder, f"{store}:{rows[a]}", f"{store}:{rows[b]}", prior=setting.prior,
                           points=args.points, samples=args.samples, schedule=args.schedule,
-                          batch_size=args.batch_size, out=out, overwrite=True, progress=False, **walk)
+                          batch_size=args.batch_size, out=out, overwrite=True, progress=False, **walk,
+                          **args.overrides)
         seconds = time.perf_counter() - t0
         summary = json.loads((out / "path.json").read_text())
         records = Manifest.read(out).cells()
@@ -275,6 +276,19 @@ def set_store(args, setting: Setting, x: np.ndarray, work: Path) -> Path:
     return store
 
 
+def _override(item: str) -> tuple[str, object]:
+    """``--set key=value``: the value as a number where it reads as one."""
+    key, eq, raw = item.partition("=")
+    if not eq:
+        raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+    for kind in (int, float):
+        try:
+            return key.strip().replace("-", "_"), kind(raw)
+        except ValueError:
+            pass
+    return key.strip().replace("-", "_"), raw
+
+
 def perturbation(args, setting: Setting, x: np.ndarray, work: Path) -> dict:
     store = set_store(args, setting, x, work)
     n = min(args.set_size, len(x))
@@ -282,7 +296,7 @@ def perturbation(args, setting: Setting, x: np.ndarray, work: Path) -> dict:
     t0 = time.perf_counter()
     probe.perturb(setting.encoder, args.centre, store, prior=setting.prior, components=[1], scales=args.scales,
                   samples=args.samples, schedule=args.schedule, batch_size=args.batch_size, out=out,
-                  overwrite=True, progress=False)
+                  overwrite=True, progress=False, **args.overrides)
     seconds = time.perf_counter() - t0
     summary = json.loads((out / "perturb.json").read_text())
     cells = summary["cells"]
@@ -333,6 +347,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--scales", default="data", help="perturb scales: 'data' (percentiles) or σ multiples")
     ap.add_argument("--set-size", type=int, default=1000)
     ap.add_argument("--schedule", default="auto", help="[auto: the decode default]")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a decode option on top of --schedule, e.g. late_rounds=6 (repeatable)")
+    ap.add_argument("--tag", default="",
+                    help="write results/walk_quality[_emoji]_TAG.json and leave docs/figures alone "
+                         "(for a variant beside the default's results)")
     ap.add_argument("--batch-size", default="auto")
     ap.add_argument("--centre", choices=["medoid", "mean"], default="medoid", help="what PC1 is walked around")
     ap.add_argument("--paths", default="linear,data", help="interpolation paths to walk [linear,data]")
@@ -340,6 +359,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="leave a part out (its section of the results JSON is kept from the last run)")
     args = ap.parse_args(argv)
     setting = SETTINGS[args.setting]
+    args.overrides = dict(_override(item) for item in args.set)
     if args.batch_size != "auto":
         args.batch_size = int(args.batch_size)
 
@@ -350,9 +370,12 @@ def main(argv: list[str] | None = None) -> dict:
     exemplars = fashion_exemplars(cnn, x, fashion_mnist("test")[1]) if setting.classes else {}
 
     result: dict = {"setting": setting.name, "prior": setting.prior, "encoder": setting.encoder,
-                    "schedule": args.schedule, "points": args.points, "samples": args.samples,
+                    "schedule": args.schedule, "overrides": args.overrides, "points": args.points,
+                    "samples": args.samples,
                     "torch_threads": torch.get_num_threads()}
-    FIGURES.mkdir(parents=True, exist_ok=True)
+    figures = None if args.tag else FIGURES
+    if figures:
+        figures.mkdir(parents=True, exist_ok=True)
     fig = setting.figure_prefix
     if "interpolate" not in args.skip:
         judges = load_judges() if setting.classes else None
@@ -361,13 +384,15 @@ def main(argv: list[str] | None = None) -> dict:
             result[key] = interpolation(args, setting, cnn, judges, x, exemplars, work, path)
             first = result[key]["pairs"][0]
             name = "interpolate" if path == "linear" else f"interpolate-{path}"
-            shutil.copy(Path(first["out"]) / "strip.png", FIGURES / f"{fig}{name}-strip.png")
-            shutil.copy(Path(first["out"]) / "distances.png", FIGURES / f"{fig}{name}-distances.png")
+            if figures:
+                shutil.copy(Path(first["out"]) / "strip.png", figures / f"{fig}{name}-strip.png")
+                shutil.copy(Path(first["out"]) / "distances.png", figures / f"{fig}{name}-distances.png")
     if "perturb" not in args.skip:
         result["perturb"] = perturbation(args, setting, x, work)
-        shutil.copy(Path(result["perturb"]["out"]) / "grid.png", FIGURES / f"{fig}perturb-pc1.png")
+        if figures:
+            shutil.copy(Path(result["perturb"]["out"]) / "grid.png", figures / f"{fig}perturb-pc1.png")
     RESULTS.mkdir(exist_ok=True)
-    previous = RESULTS / setting.results
+    previous = RESULTS / (setting.results if not args.tag else setting.results.replace(".json", f"_{args.tag}.json"))
     if args.skip and previous.is_file():  # keep the skipped part's figures from the last run
         kept = json.loads(previous.read_text())
         result.update({k: v for k, v in kept.items() if k.startswith(("interpolation", "perturb")) and k not in result})
