@@ -84,23 +84,29 @@ def _parse_value(field: dataclasses.Field, raw: str) -> object:
     return raw
 
 
+def parse_overrides(text: str, option: str) -> dict[str, object]:
+    """``key=val,key=val`` -> GuidanceConfig field values, typed by the field (``option`` names the flag in errors)."""
+    fields = {f.name: f for f in dataclasses.fields(GuidanceConfig)}
+    overrides: dict[str, object] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, eq, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or key not in fields or key == "name":
+            raise SystemExit(f"{option}: expected key=value with key one of "
+                             f"{', '.join(k for k in fields if k != 'name')}")
+        try:
+            overrides[key] = _parse_value(fields[key], raw.strip())
+        except ValueError as exc:
+            raise SystemExit(f"{option}: bad value for {key}: {raw!r}") from exc
+    return overrides
+
+
 def parse_extra(text: str) -> GuidanceConfig:
     """``BASE:key=val,key=val`` (BASE a preset name) -> a GuidanceConfig named by the whole string."""
     base, _, rest = text.partition(":")
     if base not in PRESETS:
         raise SystemExit(f"--extra {text!r}: base must be one of {', '.join(PRESETS)}")
-    fields = {f.name: f for f in dataclasses.fields(GuidanceConfig)}
-    overrides: dict[str, object] = {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, raw = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not eq or key not in fields or key == "name":
-            raise SystemExit(f"--extra {text!r}: expected key=value with key one of "
-                             f"{', '.join(k for k in fields if k != 'name')}")
-        try:
-            overrides[key] = _parse_value(fields[key], raw.strip())
-        except ValueError as exc:
-            raise SystemExit(f"--extra {text!r}: bad value for {key}: {raw!r}") from exc
+    overrides = parse_overrides(rest, f"--extra {text!r}")
     return PRESETS[base].replace(name=text, **overrides)
 
 

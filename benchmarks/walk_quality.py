@@ -67,6 +67,7 @@ from probe.persistence.scoring import grey_collapse
 from probe.store import FeatureStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode_fidelity import parse_overrides  # noqa: E402
 from naturalness import load_judges, nn_ratio  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -276,19 +277,6 @@ def set_store(args, setting: Setting, x: np.ndarray, work: Path) -> Path:
     return store
 
 
-def _override(item: str) -> tuple[str, object]:
-    """``--set key=value``: the value as a number where it reads as one."""
-    key, eq, raw = item.partition("=")
-    if not eq:
-        raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-    for kind in (int, float):
-        try:
-            return key.strip().replace("-", "_"), kind(raw)
-        except ValueError:
-            pass
-    return key.strip().replace("-", "_"), raw
-
-
 def perturbation(args, setting: Setting, x: np.ndarray, work: Path) -> dict:
     store = set_store(args, setting, x, work)
     n = min(args.set_size, len(x))
@@ -348,7 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set-size", type=int, default=1000)
     ap.add_argument("--schedule", default="auto", help="[auto: the decode default]")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a decode option on top of --schedule, e.g. late_rounds=6 (repeatable)")
+                    help="guidance options on top of --schedule, e.g. late_rounds=6 (repeatable; key=val,...)")
     ap.add_argument("--tag", default="",
                     help="write results/walk_quality[_emoji]_TAG.json and leave docs/figures alone "
                          "(for a variant beside the default's results)")
@@ -359,7 +347,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="leave a part out (its section of the results JSON is kept from the last run)")
     args = ap.parse_args(argv)
     setting = SETTINGS[args.setting]
-    args.overrides = dict(_override(item) for item in args.set)
+    args.overrides = {k: v for item in args.set for k, v in parse_overrides(item, f"--set {item!r}").items()}
     if args.batch_size != "auto":
         args.batch_size = int(args.batch_size)
 
