@@ -64,7 +64,9 @@ def training_rows(train: dict, dataset: str, name: str) -> list[str]:
     cpu = any(str(st["hardware"]).startswith("CPU") for st in stages)
     return [
         f"| training | {'; then '.join(stage_text(st) for st in stages)}; {train['steps']:,} steps in all; "
-        f"EMA {train['ema_decay']} (the EMA weights ship), bf16 autocast, seed {train['seed']} |",
+        f"EMA {train['ema_decay']} (the EMA weights ship), "
+        f"{'bf16 autocast' if any('bf16 autocast=True' in str(st['hardware']) for st in stages) else 'fp32'}, "
+        f"seed {train['seed']} |",
         f"| recipe | {commands} (checkpoints under ~/.cache/probe/train/, resumed automatically; loss per step "
         f"in log.csv there, and for the shipped weights in `recipes/logs/{name}-loss.csv.gz`) |",
         f"| hardware, wall time | {hardware}; {wall_time(train['wall_seconds'])} of training in all"

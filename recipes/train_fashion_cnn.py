@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from probe.datasets import CACHE_DIR, FASHION_CLASSES, fashion_mnist
+from probe.hardware import native_bf16
 from probe.models.nets import FashionCNN
 
 OUT = Path(__file__).resolve().parents[1] / "probe" / "bundled" / "fashion-cnn"
@@ -51,8 +52,9 @@ def accuracy(model: FashionCNN, images: np.ndarray, labels: np.ndarray) -> float
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
-                    help="bf16 autocast for the training forward pass (faster on CPUs with avx512_bf16)")
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                    help="bf16 autocast for the training forward pass [on where the CPU has bf16 instructions "
+                         "(AVX-512 bf16, AMX); elsewhere it is emulated and slower]")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -63,6 +65,8 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.bf16 is None:
+        args.bf16 = native_bf16("cpu")
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     x_train, y_train = fashion_mnist("train")

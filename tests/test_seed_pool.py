@@ -196,3 +196,30 @@ def test_auto_uses_the_pool_only_where_it_is_at_hand_and_a_resumed_folder_keeps_
     assert decode(tmp_path / "first") == "balanced"  # resumed: the folder's own choice, not a refusal
     with pytest.raises(UsageError, match="between --candidates \\(48\\).*--schedule auto uses pooled"):
         schedule("auto", pool=8)  # pooled takes it, balanced (48 candidates) does not: refused when built
+
+
+def test_fast_follows_the_same_rule_between_pooled_fast_and_its_48_candidate_preset(tmp_path, cached):
+    from probe.diffusion.schedules import PRESETS, AutoSchedule, schedule
+
+    fast = schedule("fast")
+    assert isinstance(fast, AutoSchedule) and fast.name == "fast"
+    assert (fast.pooled.name, fast.fallback.name) == ("pooled-fast", "fast")
+    assert fast.pooled.evaluations(1000) == 132 and fast.fallback.evaluations(1000) == 552
+    assert fast.pooled == PRESETS["pooled"].replace(name="pooled-fast", late_rounds=6)  # pooled, 6 late rounds
+    assert schedule("fast", pool=0).pooled.pool == 0  # --pool 0: no pool can be at hand, so the 48 candidates
+    prior, enc = tiny_pixel_prior(), tiny_encoder()
+    over = {"steps": 4, "rounds": 2, "early_steps": 2, "late_steps": 1, "candidates": 1, "pool": 6}
+    rule = schedule("fast", **over)
+    target = [vector_target(np.zeros(feature_dim(enc), np.float32), "a", "test", feature_dim(enc))]
+    settings = DecodeSettings(samples=1, batch_size=4, config=rule, baseline=False, realism=False, sheet=False)
+    names = []
+
+    def decode(out):
+        decode_targets(prior, enc, target, out, settings, on_event=lambda e: e.phase == "start" and names.append(
+            e.plan["schedule"]))
+        return json.loads((out / "manifest.jsonl").read_text().splitlines()[0])["settings"]["name"]
+
+    assert decode(tmp_path / "first") == "fast" and names == ["fast"]  # no pool yet: the plain preset
+    assert decode(tmp_path / "second") == "pooled-fast" and names[-1] == "fast: pooled-fast"
+    with pytest.raises(UsageError, match="--schedule fast uses pooled-fast"):
+        schedule("fast", pool=8)

@@ -29,6 +29,7 @@ from probe.diffusion.schedules import (
     LOSS_RESIZES,
     POOL_RANKS,
     PRESETS,
+    RULES,
     SCHEDULES,
 )
 from probe.errors import UsageError
@@ -36,7 +37,7 @@ from probe.models.registry import DEFAULT_ENCODER
 from probe.workflows.options import DecodeOptions, EncoderOptions
 
 SCHEDULE_HELP = f"{AUTO}: {AUTO_CHOICES[0]} where the prior's seed pool is at hand (shipped, or drawn by an " \
-    f"earlier run), else {AUTO_CHOICES[1]}; " + "; ".join(
+    f"earlier run), else {AUTO_CHOICES[1]}; fast: {RULES['fast'][0]} there, else fast as below; " + "; ".join(
     f"{name}: {c.steps} {'' if c.spacing == 'linear' else c.spacing + ' '}steps, K={c.rounds}"
     + (f" (K={c.early_rounds} on the first {c.early_steps}"
        + (f", {c.candidates} candidate seeds" if c.candidates > 1 else "")

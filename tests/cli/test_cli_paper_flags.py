@@ -106,3 +106,23 @@ def test_the_api_takes_them_too(tmp_path):
     assert (prior.precision, prior.checkpoint) == ("bf16", "unet")
     assert (probe.load_prior(prior).precision, probe.load_prior(prior, checkpoint="none").checkpoint) == \
         ("bf16", "none")  # None keeps what the prior has
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_where_it_is_emulated_says_so_once(run_cli, prior_dir, tiny_encoder_args, small_images, tmp_path,
+                                                monkeypatch, native):
+    import probe.workflows.decode.pipeline as P
+
+    monkeypatch.setattr(P, "native_bf16", lambda device: native)
+    res = run_cli("-q", "decode", "--prior", prior_dir, *tiny_encoder_args, "--image", small_images[0], *FAST,
+                  "--precision", "bf16", "--out", tmp_path / "o", "--json")
+    assert res.exit_code == 0, res.stderr
+    said = [line for line in res.stderr.splitlines() if "no bf16 instructions" in line]
+    assert len(said) == (0 if native else 1) and (native or "leave --precision out" in said[0])
+
+
+def test_native_bf16_is_a_property_of_the_device():
+    from probe.hardware import native_bf16
+
+    assert native_bf16("meta") is False  # neither a CPU nor a CUDA device
+    assert isinstance(native_bf16("cpu"), bool)

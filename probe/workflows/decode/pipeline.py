@@ -38,6 +38,7 @@ from probe.diffusion.sampler import SampleResult, sample, sample_stream
 from probe.diffusion.schedules import AutoSchedule
 from probe.distributed import Shard
 from probe.errors import UsageError
+from probe.hardware import native_bf16
 from probe.images import save_png, sha256_file, to_uint8
 from probe.locking import ProbeLock
 from probe.manifest import Manifest, SampleRecord, write_metadata
@@ -292,9 +293,9 @@ def _clear_for_overwrite(out: Path, work: Path, shard: Shard) -> None:
 
 
 def resolve_schedule(settings: DecodeSettings, prior: Prior, out: Path) -> DecodeSettings:
-    """``settings`` with an ``auto`` schedule replaced by the preset it picks for ``prior``
+    """``settings`` with a rule schedule (``auto``, ``fast``) replaced by the preset it picks for ``prior``
     (:class:`~probe.diffusion.schedules.AutoSchedule`): the one a folder being resumed was decoded with,
-    else ``pooled`` where the prior's seed pool is at hand and ``balanced`` elsewhere."""
+    else the pooled candidate where the prior's seed pool is at hand and the other elsewhere."""
     auto = settings.config
     if not isinstance(auto, AutoSchedule):
         return settings
@@ -325,7 +326,7 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
                                   bar, extra_record, shard, on_warning)
     shard = shard or Shard()
     out = Path(out)
-    auto = isinstance(settings.config, AutoSchedule)
+    rule = settings.config.name if isinstance(settings.config, AutoSchedule) else None
     settings = resolve_schedule(settings, prior, out)
     targets = list(targets)
     if not targets:
@@ -342,6 +343,9 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
         check_pool_size(settings.config.pool, settings.samples, settings.config.chains_at(0))
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a folder")
+    if prior.precision == "bf16" and not native_bf16(prior.device) and on_warning is not None:
+        on_warning(f"--precision bf16 on {prior.device}: it has no bf16 instructions and emulates them, about 10x "
+                   "slower than fp32 (leave --precision out)")
     work = out if shard.single else decode_shard_dir(out, shard)
     work.mkdir(parents=True, exist_ok=True)
     from probe.outputs import check_writable_dir
@@ -357,7 +361,8 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
     # which weights the encoder ran with, for compare's circularity check; kept out of ``common`` so folders
     # decoded before these keys existed still resume
     identity = {"encoder_weights": encoder.weights or "", "encoder_weights_sha256": encoder.weights_sha256}
-    schedule_name = f"auto: {settings.config.name}" if auto else settings.config.name
+    schedule_name = f"{rule}: {settings.config.name}" if rule and rule != settings.config.name \
+        else settings.config.name
     title = f"{encoder.spec} [{layer}] <- {prior.spec} ({schedule_name})"
     try:
         if not shard.single:
