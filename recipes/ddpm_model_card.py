@@ -52,7 +52,9 @@ def fmt_quality(q: dict) -> list[str]:
 
 def stage_text(st: dict) -> str:
     return (f"{st['steps']:,} steps, batch {st['batch_size']}, AdamW lr {st['lr']:g} "
-            f"(warm-up {st.get('warmup') or 500} steps), {st['hardware'].split(',')[0]}")
+            f"(warm-up {st.get('warmup') or 500} steps"
+            f"{', cosine decay' if st.get('lr_schedule') == 'cosine' else ''}), "
+            f"{st['hardware'].split(',')[0]}")
 
 
 def training_rows(train: dict, dataset: str, name: str) -> list[str]:

@@ -63,6 +63,14 @@ def load_data(dataset: str) -> torch.Tensor:
     return x.float() / 127.5 - 1.0
 
 
+def learning_rate(args: argparse.Namespace, step: int) -> float:
+    """Linear warm-up over ``--warmup`` steps, then constant or a cosine decay reaching 0 at ``--max-steps``."""
+    rate = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+    if args.lr_schedule == "cosine":
+        rate *= 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, args.max_steps))))
+    return rate
+
+
 def save_atomic(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -111,8 +119,9 @@ def export(ema: UNet2DModel, name: str, step: int, wall: float, args: argparse.N
     (out / "model_index.json").write_text(json.dumps(
         {"_class_name": "DDPMPipeline", "_diffusers_version": "0.42.1",
          "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}, indent=2) + "\n")
-    stage = {"steps": step, "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
-             "ema_decay": args.ema, "wall_seconds": round(wall), "hardware": where, "command": command}
+    stage = {"steps": step, "batch_size": args.batch_size, "lr": args.lr, "lr_schedule": args.lr_schedule,
+             "warmup": args.warmup, "ema_decay": args.ema, "wall_seconds": round(wall), "hardware": where,
+             "command": command}
     (out / "training.json").write_text(json.dumps(
         {"dataset": args.dataset, **stage, "seed": args.seed, "params": sum(p.numel() for p in ema.parameters()),
          **stages_record(args, stage)}, indent=2) + "\n")
@@ -127,6 +136,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--warmup", type=int, default=500)
+    ap.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                    help="after the warm-up: constant, or cosine decay to 0 at --max-steps (annealing a prior "
+                         "trained at a constant rate, e.g. with --init-from) [constant]")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -210,7 +222,7 @@ def main() -> None:
             pred = model(xt, t).sample
         loss = F.mse_loss(pred.float(), noise)
         for g in opt.param_groups:
-            g["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
+            g["lr"] = learning_rate(args, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
