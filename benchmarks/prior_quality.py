@@ -2,6 +2,7 @@
 
     python benchmarks/prior_quality.py --prior bundled:fashion-ddpm     # ~5 min on 2 CPU cores
     python benchmarks/prior_quality.py --prior bundled:emoji-ddpm
+    python benchmarks/prior_quality.py --prior ~/.cache/probe/train/NAME/export --no-speed --out /tmp/q.json
 
 fashion-ddpm: N unguided samples are classified by bundled:fashion-cnn (class coverage, each class's
 share, mean top-class probability) and compared with N test images by the Fréchet distance on
@@ -55,7 +56,12 @@ def as_tensor(images: np.ndarray) -> torch.Tensor:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prior", default="bundled:fashion-ddpm", choices=["bundled:fashion-ddpm", "bundled:emoji-ddpm"])
+    ap.add_argument("--prior", default="bundled:fashion-ddpm",
+                    help="a bundled prior or a prior folder (e.g. a train_ddpm.py export) [bundled:fashion-ddpm]")
+    ap.add_argument("--data", choices=("fashion", "emoji"), default=None,
+                    help="what the prior was trained on [from its channels: 1 fashion, 3 emoji]")
+    ap.add_argument("--out", type=Path, default=None, help="result JSON [results/prior_quality_<name>.json]")
+    ap.add_argument("--no-speed", action="store_true", help="skip the images/s rows (1000 steps take minutes)")
     ap.add_argument("-n", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=100, help="sampling steps for the quality samples")
     ap.add_argument("--batch", type=int, default=250)
@@ -64,11 +70,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     prior = load_prior(args.prior, device="cpu")
-    name = args.prior.split(":", 1)[1]
+    bundled = args.prior.startswith("bundled:")
+    name = args.prior.split(":", 1)[1] if bundled else Path(args.prior).name
+    data = args.data or ("fashion" if prior.channels == 1 else "emoji")
     samples, rate = draw(prior, args.n, args.steps, args.batch)
     result: dict = {"prior": args.prior, "n": args.n, "steps": args.steps, "torch_threads": torch.get_num_threads()}
 
-    if name == "fashion-ddpm":
+    if data == "fashion":
         cnn = load_encoder("bundled:fashion-cnn", device="cpu")
         probs = torch.cat([cnn.classify(samples[i:i + 250]).softmax(1) for i in range(0, len(samples), 250)])
         share = np.bincount(probs.argmax(1).numpy(), minlength=10) / len(samples)
@@ -97,17 +105,20 @@ def main() -> None:
         })
 
     result[f"images_per_second_{args.steps}_steps_batch_{args.batch}"] = round(rate, 2)
-    for steps in (50, 1000):
-        _, r = draw(prior, args.speed_batch, steps, args.speed_batch, seed0=10_000)
-        result[f"images_per_second_{steps}_steps"] = round(r, 3)
-    result["speed_batch"] = args.speed_batch
+    if not args.no_speed:
+        for steps in (50, 1000):
+            _, r = draw(prior, args.speed_batch, steps, args.speed_batch, seed0=10_000)
+            result[f"images_per_second_{steps}_steps"] = round(r, 3)
+        result["speed_batch"] = args.speed_batch
 
-    grid = args.grid or bundled_entry(name, "prior").path / "samples.png"
+    out = args.out or RESULTS / f"prior_quality_{name}.json"
+    grid = args.grid or (bundled_entry(name, "prior").path / "samples.png" if bundled
+                         else out.with_name(out.stem + "_samples.png"))
     cells = [[samples[r * 8 + c] for c in range(8)] for r in range(8)]
     save_png(image_grid(cells, title=f"{args.prior}: unguided samples, {args.steps} steps, seeds 0-63"), grid)
     result["grid"] = str(grid)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"prior_quality_{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
