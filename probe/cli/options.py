@@ -220,7 +220,8 @@ PAPER_EXACTNESS = [
 PRIOR_COMPUTE = [
     click.option("--precision", type=click.Choice(PRECISIONS),
                  help="Prior precision: bf16 runs the UNet and VAE decoder under bfloat16 autocast (faster, "
-                      "less memory on GPUs; the guidance arithmetic stays fp32; recorded in the manifest) "
+                      "less memory on GPUs; on a CPU without bf16 instructions about 10x slower, and said so; the "
+                      "guidance arithmetic stays fp32; recorded in the manifest) "
                       "[default: fp32]."),
     click.option("--checkpointing", "checkpoint", type=click.Choice(CHECKPOINTS),
                  help="Gradient checkpointing of the prior: recompute the activations of the VAE decoder "
