@@ -53,7 +53,7 @@ def fmt_quality(q: dict) -> list[str]:
 def stage_text(st: dict) -> str:
     return (f"{st['steps']:,} steps, batch {st['batch_size']}, AdamW lr {st['lr']:g} "
             f"(warm-up {st.get('warmup') or 500} steps"
-            f"{', cosine decay' if st.get('lr_schedule') == 'cosine' else ''}), "
+            f"{', cosine decay' if str(st.get('lr_schedule', '')).startswith('cosine') else ''}), "
             f"{st['hardware'].split(',')[0]}")
 
 

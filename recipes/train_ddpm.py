@@ -63,11 +63,15 @@ def load_data(dataset: str) -> torch.Tensor:
     return x.float() / 127.5 - 1.0
 
 
-def learning_rate(args: argparse.Namespace, step: int) -> float:
-    """Linear warm-up over ``--warmup`` steps, then constant or a cosine decay reaching 0 at ``--max-steps``."""
+def learning_rate(args: argparse.Namespace, step: int, run_fraction: float = 0.0) -> float:
+    """Linear warm-up over ``--warmup`` steps, then constant or a cosine decay reaching 0 at ``--max-steps``
+    (``cosine-time``: or when ``run_fraction``, the share of this run's ``--max-minutes`` spent, reaches 1)."""
     rate = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
-    if args.lr_schedule == "cosine":
-        rate *= 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, args.max_steps))))
+    if args.lr_schedule in ("cosine", "cosine-time"):
+        done = step / max(1, args.max_steps)
+        if args.lr_schedule == "cosine-time":
+            done = max(done, run_fraction)
+        rate *= 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
     return rate
 
 
@@ -136,9 +140,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--warmup", type=int, default=500)
-    ap.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
-                    help="after the warm-up: constant, or cosine decay to 0 at --max-steps (annealing a prior "
-                         "trained at a constant rate, e.g. with --init-from) [constant]")
+    ap.add_argument("--lr-schedule", choices=("constant", "cosine", "cosine-time"), default="constant",
+                    help="after the warm-up: constant; cosine decay to 0 at --max-steps (annealing a prior trained "
+                         "at a constant rate, e.g. with --init-from); cosine-time: to 0 at --max-steps or at the "
+                         "end of this run's --max-minutes, whichever comes first (a lent GPU's fixed budget) "
+                         "[constant]")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -203,7 +209,8 @@ def main() -> None:
     where = hardware(args, device, torch.get_num_threads())
     data = load_data(args.dataset).to(device)
     acp = sched.alphas_cumprod.to(device)
-    budget_end = time.time() + args.max_minutes * 60 if args.max_minutes > 0 else math.inf
+    run_start = time.time()
+    budget_end = run_start + args.max_minutes * 60 if args.max_minutes > 0 else math.inf
     log = open(workdir / "log.csv", "a")
     losses: list[torch.Tensor] = []  # kept on the device until a checkpoint: no sync per step
     t0 = time.time()
@@ -222,7 +229,8 @@ def main() -> None:
             pred = model(xt, t).sample
         loss = F.mse_loss(pred.float(), noise)
         for g in opt.param_groups:
-            g["lr"] = learning_rate(args, step)
+            g["lr"] = learning_rate(args, step, (time.time() - run_start) / (args.max_minutes * 60)
+                                    if args.max_minutes > 0 else 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
