@@ -172,6 +172,19 @@ def test_the_pooled_preset_and_bad_pool_options_from_the_cli(run_cli, tmp_path):
     assert not (tmp_path / "o" / "manifest.jsonl").exists()
 
 
+def rule_decoder(prior, enc, rule, names: list):
+    """decode(out) -> the preset a rule schedule picked there (manifest ``settings.name``), one sample of one
+    zero target; each run's plan-line schedule is appended to ``names``."""
+    target = [vector_target(np.zeros(feature_dim(enc), np.float32), "a", "test", feature_dim(enc))]
+    settings = DecodeSettings(samples=1, batch_size=4, config=rule, baseline=False, realism=False, sheet=False)
+
+    def decode(out):
+        decode_targets(prior, enc, target, out, settings, on_event=lambda e: e.phase == "start" and names.append(
+            e.plan["schedule"]))
+        return json.loads((out / "manifest.jsonl").read_text().splitlines()[0])["settings"]["name"]
+    return decode
+
+
 def test_auto_uses_the_pool_only_where_it_is_at_hand_and_a_resumed_folder_keeps_its_choice(tmp_path, cached):
     from probe.diffusion.schedules import AutoSchedule, schedule
 
@@ -180,14 +193,8 @@ def test_auto_uses_the_pool_only_where_it_is_at_hand_and_a_resumed_folder_keeps_
     auto = schedule("auto", **over)
     assert isinstance(auto, AutoSchedule) and (auto.pooled.name, auto.fallback.name) == ("pooled", "balanced")
     assert auto.pooled.pool == auto.fallback.pool == 6  # the overrides reach both candidates
-    target = [vector_target(np.zeros(feature_dim(enc), np.float32), "a", "test", feature_dim(enc))]
-    settings = DecodeSettings(samples=1, batch_size=4, config=auto, baseline=False, realism=False, sheet=False)
     names = []
-
-    def decode(out):
-        decode_targets(prior, enc, target, out, settings, on_event=lambda e: e.phase == "start" and names.append(
-            e.plan["schedule"]))
-        return json.loads((out / "manifest.jsonl").read_text().splitlines()[0])["settings"]["name"]
+    decode = rule_decoder(prior, enc, auto, names)
 
     assert not SP.pool_at_hand(prior, auto.pooled)  # nothing drawn yet: the fallback, and nothing drawn by it
     assert decode(tmp_path / "first") == "balanced" and names == ["auto: balanced"]
@@ -210,14 +217,8 @@ def test_fast_follows_the_same_rule_between_pooled_fast_and_its_48_candidate_pre
     prior, enc = tiny_pixel_prior(), tiny_encoder()
     over = {"steps": 4, "rounds": 2, "early_steps": 2, "late_steps": 1, "candidates": 1, "pool": 6}
     rule = schedule("fast", **over)
-    target = [vector_target(np.zeros(feature_dim(enc), np.float32), "a", "test", feature_dim(enc))]
-    settings = DecodeSettings(samples=1, batch_size=4, config=rule, baseline=False, realism=False, sheet=False)
     names = []
-
-    def decode(out):
-        decode_targets(prior, enc, target, out, settings, on_event=lambda e: e.phase == "start" and names.append(
-            e.plan["schedule"]))
-        return json.loads((out / "manifest.jsonl").read_text().splitlines()[0])["settings"]["name"]
+    decode = rule_decoder(prior, enc, rule, names)
 
     assert decode(tmp_path / "first") == "fast" and names == ["fast"]  # no pool yet: the plain preset
     assert decode(tmp_path / "second") == "pooled-fast" and names[-1] == "fast: pooled-fast"

@@ -322,6 +322,10 @@ class ChainConfig:
         return [int(t) for t in ts]
 
 
+_POOLED = GuidanceConfig(name="pooled", steps=50, weight=0.5, tau=3.0, rounds=2, early_rounds=1, early_steps=8,
+                         late_rounds=13, late_steps=10, spacing="quadratic", update="ddim", eta=1.0, x0_cap=0.5,
+                         candidates=1, pool=2048, grad_min_weight=0.25)  # PRESETS["pooled"], described there
+
 PRESETS: dict[str, GuidanceConfig] = {
     # arXiv 2509.07936 as published: all 1000 DDPM steps, w = 4, τ = 3, K = 8, K_early = 1000 on the
     # first 5 steps (--optim_num_steps 1000 8 --optim_early_emp_end 995): 12,960 evaluations.
@@ -366,19 +370,14 @@ PRESETS: dict[str, GuidanceConfig] = {
     # (docs/naturalness.md): relative distance 0.176 -> 0.124, retrieval@1 0.91 -> 0.98, category judge
     # 0.41 -> 0.59 of real, NN 1.85 -> 1.70; on 50 Fashion-MNIST targets distance 0.373 -> 0.258, judges
     # 0.88 -> 0.92; 4 rounds scored the same or worse on every column of both at 1.3x the time.
-    "pooled": GuidanceConfig(name="pooled", steps=50, weight=0.5, tau=3.0, rounds=2, early_rounds=1,
-                             early_steps=8, late_rounds=13, late_steps=10, spacing="quadratic",
-                             update="ddim", eta=1.0, x0_cap=0.5, candidates=1, pool=2048, grad_min_weight=0.25),
+    "pooled": _POOLED,
     # pooled-fast (what ``--schedule fast`` runs where the prior's seed pool is at hand): pooled with 6 rounds
     # on the last 10 steps instead of 13: 132 evaluations. On 54 emoji targets through Lite0: relative
     # distance 0.124 -> 0.128, category judge 0.59 -> 0.62 of real, FD 1.45, NN 1.70 (both unchanged),
     # flagged 2 -> 4 %, 0.65x the time; on 50 Fashion-MNIST targets distance 0.258 -> 0.312, judges 0.92 ->
     # 0.96, NN 1.16; walks: the same shares reached and natural (docs/walks.md). Every column of both is at
     # or better than fast's 552-evaluation, 48-candidate start (balanced's, a superset, is worse on all).
-    "pooled-fast": GuidanceConfig(name="pooled-fast", steps=50, weight=0.5, tau=3.0, rounds=2, early_rounds=1,
-                                  early_steps=8, late_rounds=6, late_steps=10, spacing="quadratic",
-                                  update="ddim", eta=1.0, x0_cap=0.5, candidates=1, pool=2048,
-                                  grad_min_weight=0.25),
+    "pooled-fast": _POOLED.replace(name="pooled-fast", late_rounds=6),
     # no guidance: what the prior draws from the same seed, on the timesteps of ``fast``/``balanced``
     # (so it is exactly their baseline).
     "none": GuidanceConfig(name="none", steps=50, weight=0.0, tau=0.0, rounds=1, early_rounds=1,
