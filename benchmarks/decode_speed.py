@@ -49,7 +49,7 @@ from probe.diffusion.sampler import concat_features, network_input, sample  # no
 from probe.diffusion.schedules import PRESETS, preset  # noqa: E402
 from probe.heap import keep_freed_memory  # noqa: E402
 from probe.models.registry import load_encoder  # noqa: E402
-from probe.seed_pool import pool_chain_seeds  # noqa: E402
+from probe.starts import chain_starts  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SETS = {"fashion": ("bundled:fashion-ddpm", "bundled:fashion-cnn"),
@@ -167,17 +167,19 @@ def run_set(name: str, args: argparse.Namespace, out: dict, save) -> None:
     def decode(label: str, cfg, per_call: int | None, one_at_a_time: bool = False) -> dict:
         # a seed pool's one-time cost (drawn or shipped images, featurised once per network) is timed apart
         tp = time.perf_counter()
-        picks = pool_chain_seeds(prior, encoder, cfg, targets.numpy(), seeds, max(seeds) + 1, chains)
+        starts = chain_starts(prior, encoder, cfg, targets.numpy(), seeds, max(seeds) + 1, chains)
         pool_seconds = time.perf_counter() - tp
         _peak_reset(device)
         t0 = time.perf_counter()
         if one_at_a_time:
-            res = [sample(prior, encoder, targets[j], [seeds[j]], cfg, chain_seeds=picks and [picks[j]])
+            res = [sample(prior, encoder, targets[j], [seeds[j]], cfg,
+                          chain_seeds=starts.chain_seeds and [starts.chain_seeds[j]],
+                          start_images=None if starts.start_images is None else starts.start_images[j:j + 1])
                    for j in range(args.samples)]
             evals = sum(int(r.evaluations.sum()) for r in res)
             fwd = 0
         else:
-            r = sample(prior, encoder, targets, seeds, cfg, max_chains=per_call, chain_seeds=picks)
+            r = sample(prior, encoder, targets, seeds, cfg, max_chains=per_call, **starts.sampler_kwargs())
             evals, fwd = int(r.evaluations.sum()), int(r.forward_only.sum())
         _sync(device)
         sec = time.perf_counter() - t0

@@ -52,7 +52,8 @@ from probe.metrics import retrieval_rank  # noqa: E402
 from probe.models.registry import load_encoder  # noqa: E402
 from probe.naturalness import denoising_error, off_manifold  # noqa: E402
 from probe.reference import not_reached, reach_ratio, reference_set  # noqa: E402
-from probe.seed_pool import pool_chain_seeds, pool_images  # noqa: E402
+from probe.seed_pool import pool_images  # noqa: E402
+from probe.starts import chain_starts  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 TARGETS = HERE / "emoji_targets.json"
@@ -108,9 +109,9 @@ def decode_missing(prior, encoder, vectors: torch.Tensor, config: GuidanceConfig
     for lo in range(0, len(todo), batch):
         seeds = todo[lo:lo + batch]
         # each target is saved as soon as the queue finishes it: a killed run keeps every finished target
-        picks = pool_chain_seeds(prior, encoder, config, vectors[seeds].numpy(), [0] * len(seeds), 1, chains)
+        starts = chain_starts(prior, encoder, config, vectors[seeds].numpy(), [0] * len(seeds), 1, chains)
         for j, res in sample_stream(prior, encoder, vectors[seeds], seeds, config, max_chains=chains,
-                                    chain_seeds=picks):
+                                    **starts.sampler_kwargs()):
             k = seeds[j]
             images = res.final_images if config.unguided else res.best_images
             dist = res.final_distance if config.unguided else res.best_distance
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
             config = config.replace(grad_min_weight=args.grad_min_weight,
                                     name=f"{config.name}:grad_min_weight={args.grad_min_weight:g}")
         m = min(n, args.paper_limit) if name == "paper" else n
-        base_cfg = config.baseline()
+        base_cfg = config.baseline().replace(name="unguided")  # one folder for every preset on these timesteps
         base_dir = folder_for(args.work, f"unguided-{config_key(base_cfg)}", base_cfg, args.fresh)
         folder = folder_for(args.work, config.name, config, args.fresh)
         decode_missing(prior, encoder, vectors[:m], base_cfg, base_dir, args.batch_size)
@@ -294,7 +295,8 @@ def main(argv: list[str] | None = None) -> dict:
         k = len(nearest_base)
         nearest = nearest_row(encoder, judge, emoji("train"), tgt_f[:k], tgt_u8[:k], index[:k], t_top[:k],
                               t_emb[:k], nearest_base)
-        pools = sorted({r["config"].get("pool", 0) for r in rows} - {0})
+        # (a data start's pool is the training emoji: the nearest-training row above is where it starts)
+        pools = sorted({r["config"].get("pool", 0) for r in rows if not r["config"].get("data_start")} - {0})
         for size in pools:  # where the seed-pool rows' decodes start: the pool's nearest unguided sample
             cfg = GuidanceConfig(**{**rows[0]["config"], "pool": size, "candidates": 1, "narrow_at": 0,
                                     "narrow_keep": 0})

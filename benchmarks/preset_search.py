@@ -37,7 +37,7 @@ from probe.diffusion.sampler import sample  # noqa: E402
 from probe.diffusion.schedules import PRESETS, GuidanceConfig  # noqa: E402
 from probe.metrics import retrieval_rank  # noqa: E402
 from probe.models.registry import load_encoder  # noqa: E402
-from probe.seed_pool import pool_chain_seeds  # noqa: E402
+from probe.starts import chain_starts  # noqa: E402
 
 
 def slug(name: str) -> str:
@@ -73,8 +73,8 @@ def run_config(prior, encoder, targets: torch.Tensor, tgt_f: np.ndarray, gal_f: 
 
     chains = min(batch, auto_chains(prior, encoder))
     seeds = [int(i) for i in chosen]  # target i is always decoded with seed i
-    picks = pool_chain_seeds(prior, encoder, config, targets[seeds].numpy(), [0] * n, 1, chains)  # seed pool
-    res = sample(prior, encoder, targets[seeds], seeds, config, max_chains=chains, chain_seeds=picks)
+    starts = chain_starts(prior, encoder, config, targets[seeds].numpy(), [0] * n, 1, chains)  # pool / data start
+    res = sample(prior, encoder, targets[seeds], seeds, config, max_chains=chains, **starts.sampler_kwargs())
     best_u8, final_u8 = to_uint8(res.best_images), to_uint8(res.final_images)
     bd, fd = res.best_distance.tolist(), res.final_distance.tolist()
     ev, bs = res.evaluations.tolist(), res.best_step.tolist()

@@ -46,7 +46,7 @@ from probe.diffusion.schedules import AUTO_CHOICES, PRESETS, GuidanceConfig  # n
 from probe.models.registry import load_encoder  # noqa: E402
 
 # the default schedule (auto) runs SD with its fallback: SD ships no seed pool
-DEFAULT_PRESET = AUTO_CHOICES[1]
+DEFAULT_PRESET = AUTO_CHOICES[-1]
 
 RESULTS = ROOT / "benchmarks" / "results"
 GIB = 1024 ** 3

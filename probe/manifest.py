@@ -75,6 +75,9 @@ class SampleRecord:
     candidate: int | None = None
     # the seed the kept chain's noise came from, when it is not seed + candidate·offset (a seed-pool pick)
     noise_seed: int | None = None
+    # with a data start (GuidanceConfig.data_start): the index, in the prior's training data, of the image
+    # the decode started from (its layout is that image's)
+    start_image: int | None = None
     steps: int | None = None
     evaluations: int | None = None
     skipped_steps: int | None = None
@@ -213,7 +216,7 @@ _WRITTEN_WHEN_SET = frozenset({
     "naturalness", "off_manifold", "reach_ratio", "not_reached", "domain_ratio", "out_of_domain", "path_position",
     "path_kind", "path_index", "direction", "direction_index",
     "scale", "scale_index", "direction_info", "base", "explained_variance_ratio", "grid_row", "grid_col",
-    "map_x", "map_y", "map_method", "target_image", "candidate", "noise_seed"})
+    "map_x", "map_y", "map_method", "target_image", "candidate", "noise_seed", "start_image"})
 
 
 def json_safe(value: Any) -> Any:

@@ -170,7 +170,7 @@ def pool_chain_seeds(prior: Prior, encoder, config: GuidanceConfig, vectors: np.
                      on_progress: Callable[[int, int], None] | None = None) -> list[list[int]] | None:
     """The sampler's ``chain_seeds`` for ``config`` (None without a pool): row i, target ``vectors[i]``
     decoded as sample ``samples[i]`` of ``n_samples``, gets its ``config.chains_at(0)`` pool picks."""
-    if not config.pool:
+    if not config.pool or config.data_start:  # a data start's pool is the prior's data (probe.data_pool)
         return None
     pool = seed_pool(prior, encoder, config, batch, on_progress)
     return pool.assign(np.asarray(vectors), samples, n_samples, config.chains_at(0), config.pool_rank)

@@ -191,18 +191,22 @@ def test_auto_uses_the_pool_only_where_it_is_at_hand_and_a_resumed_folder_keeps_
     prior, enc = tiny_pixel_prior(), tiny_encoder()
     over = {"steps": 4, "rounds": 2, "early_steps": 2, "candidates": 1, "pool": 6}
     auto = schedule("auto", **over)
-    assert isinstance(auto, AutoSchedule) and (auto.pooled.name, auto.fallback.name) == ("pooled", "balanced")
-    assert auto.pooled.pool == auto.fallback.pool == 6  # the overrides reach both candidates
+    assert isinstance(auto, AutoSchedule) and [c.name for c in auto.choices] == ["data", "pooled", "balanced"]
+    assert {c.pool for c in auto.choices} == {6}  # the overrides reach every choice
+    pooled = auto.choices[1]
     names = []
     decode = rule_decoder(prior, enc, auto, names)
 
-    assert not SP.pool_at_hand(prior, auto.pooled)  # nothing drawn yet: the fallback, and nothing drawn by it
+    # the tiny prior's training data is unknown to probe: no data start; no pool drawn yet either
+    assert not SP.pool_at_hand(prior, pooled)  # nothing drawn yet: the fallback, and nothing drawn by it
     assert decode(tmp_path / "first") == "balanced" and names == ["auto: balanced"]
-    assert SP.pool_at_hand(prior, auto.pooled)  # the fallback's --pool 6 drew the pool (this chain, these weights)
+    assert SP.pool_at_hand(prior, pooled)  # the fallback's --pool 6 drew the pool (this chain, these weights)
     assert decode(tmp_path / "second") == "pooled" and names[-1] == "auto: pooled"
     assert decode(tmp_path / "first") == "balanced"  # resumed: the folder's own choice, not a refusal
-    with pytest.raises(UsageError, match="between --candidates \\(48\\).*--schedule auto uses pooled"):
+    with pytest.raises(UsageError, match="between --candidates \\(48\\).*--schedule auto falls back to balanced"):
         schedule("auto", pool=8)  # pooled takes it, balanced (48 candidates) does not: refused when built
+    # --pool 0 leaves a data start nothing to search: that choice drops out, and no pool is at hand either
+    assert [c.name for c in schedule("auto", pool=0).choices] == ["pooled", "balanced"]
 
 
 def test_fast_follows_the_same_rule_between_pooled_fast_and_its_48_candidate_preset(tmp_path, cached):
@@ -210,10 +214,12 @@ def test_fast_follows_the_same_rule_between_pooled_fast_and_its_48_candidate_pre
 
     fast = schedule("fast")
     assert isinstance(fast, AutoSchedule) and fast.name == "fast"
-    assert (fast.pooled.name, fast.fallback.name) == ("pooled-fast", "fast")
-    assert fast.pooled.evaluations(1000) == 132 and fast.fallback.evaluations(1000) == 552
-    assert fast.pooled == PRESETS["pooled"].replace(name="pooled-fast", late_rounds=6)  # pooled, 6 late rounds
-    assert schedule("fast", pool=0).pooled.pool == 0  # --pool 0: no pool can be at hand, so the 48 candidates
+    data_fast, pooled_fast = fast.choices[:2]
+    assert [c.name for c in fast.choices] == ["data-fast", "pooled-fast", "fast"]
+    assert [c.evaluations(1000) for c in fast.choices] == [124, 132, 552]  # a data start skips the first 8 steps
+    assert pooled_fast == PRESETS["pooled"].replace(name="pooled-fast", late_rounds=6)  # pooled, 6 late rounds
+    assert data_fast == pooled_fast.replace(name="data-fast", pool=4096, data_start=8)
+    assert [c.pool for c in schedule("fast", pool=0).choices] == [0, 0]  # --pool 0: the 48 candidates
     prior, enc = tiny_pixel_prior(), tiny_encoder()
     over = {"steps": 4, "rounds": 2, "early_steps": 2, "late_steps": 1, "candidates": 1, "pool": 6}
     rule = schedule("fast", **over)
@@ -222,5 +228,5 @@ def test_fast_follows_the_same_rule_between_pooled_fast_and_its_48_candidate_pre
 
     assert decode(tmp_path / "first") == "fast" and names == ["fast"]  # no pool yet: the plain preset
     assert decode(tmp_path / "second") == "pooled-fast" and names[-1] == "fast: pooled-fast"
-    with pytest.raises(UsageError, match="--schedule fast uses pooled-fast"):
+    with pytest.raises(UsageError, match="--schedule fast falls back to fast"):
         schedule("fast", pool=8)

@@ -36,13 +36,15 @@ from probe.errors import UsageError
 from probe.models.registry import DEFAULT_ENCODER
 from probe.workflows.options import DecodeOptions, EncoderOptions
 
-SCHEDULE_HELP = f"{AUTO}: {AUTO_CHOICES[0]} where the prior's seed pool is at hand (shipped, or drawn by an " \
-    f"earlier run), else {AUTO_CHOICES[1]}; fast: {RULES['fast'][0]} there, else fast as below; " + "; ".join(
+SCHEDULE_HELP = f"{AUTO}: {AUTO_CHOICES[0]} where the prior's training data is installed (bundled priors), else " \
+    f"{AUTO_CHOICES[1]} where its seed pool is at hand (shipped, or drawn by an earlier run), else " \
+    f"{AUTO_CHOICES[2]}; fast: {', then '.join(RULES['fast'])} by the same rule; " + "; ".join(
     f"{name}: {c.steps} {'' if c.spacing == 'linear' else c.spacing + ' '}steps, K={c.rounds}"
     + (f" (K={c.early_rounds} on the first {c.early_steps}"
        + (f", {c.candidates} candidate seeds" if c.candidates > 1 else "")
        + (f", seed pool of {c.pool}" if c.pool else "") + ")"
-       if c.early_steps and not c.unguided else "")
+       if c.early_steps > c.data_start and not c.unguided else "")
+    + (f" (from the nearest of {c.pool} training images, noised to step {c.data_start})" if c.data_start else "")
     + (f" (K={c.late_rounds} on the last {c.late_steps})" if c.late_steps and c.late_rounds else "")
     + (", unguided" if c.unguided else f", w={c.weight:g}" + (f" (x0 cap {c.x0_cap:g})" if c.x0_cap else "")
        + f", tau={c.tau:g}")
@@ -181,7 +183,7 @@ DECODE_PARAMS: dict[str, tuple[str, Callable[[Any], Any]]] = {
                                         "rounds", "early_rounds", "early_steps", "late_rounds", "late_steps",
                                         "weight_end", "free_steps", "eot_shift", "eot_flip", "eot_samples",
                                         "grad_blur", "x0_cap", "candidates", "narrow_at", "narrow_keep", "pool",
-                                        "pool_rank", "rescale",
+                                        "pool_rank", "data_start", "rescale",
                                         "spacing", "patience",
                                         "max_distance", "update", "grad_min_weight",
                                         "clamp", "clip_x0", "beta", "loss_resize", "best_by", "precision",
@@ -283,6 +285,9 @@ def decode_options(samples: int = 4, trajectory: bool = False, out_help: str = "
         click.option("--pool-rank", type=click.Choice(list(POOL_RANKS)), default=None,
                      help="Override: rank the pool's samples by squared distance to the target (l2) or by the "
                           "cosine alone."),
+        click.option("--data-start", type=int, help="Override: start each sample from the prior's training "
+                     "image closest to the target (of --pool of them; bundled priors only), noised to this "
+                     "step index; the steps before it are not run (0 = off: start from noise)."),
         click.option("--rescale", type=FINITE, help="Override: pull the guided noise prediction back to the "
                      "unguided one's norm, 0..1 (1 = same norm; keeps guidance from adding contrast)."),
         click.option("--spacing", type=click.Choice(["linear", "quadratic"]),

@@ -563,7 +563,8 @@ class _Queue:
 
 def sample_stream(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, seeds: Sequence[int],
                   config: GuidanceConfig, *, trajectory_every: int = 0, callback: StepCallback | None = None,
-                  max_chains: int | None = None, chain_seeds: Sequence[Sequence[int]] | None = None):
+                  max_chains: int | None = None, chain_seeds: Sequence[Sequence[int]] | None = None,
+                  start_images: torch.Tensor | None = None):
     """:func:`sample`, yielding ``(index, result)`` for each sample (``result`` holds that one sample) as soon as
     it is finished, while the chains of the next samples keep the network calls full.
 
@@ -573,6 +574,10 @@ def sample_stream(prior: Prior, encoder: Encoder | None, target: torch.Tensor | 
 
     ``chain_seeds`` (one list of ``chains_at(0)`` seeds per sample) replaces the candidates' seeds
     seed + k·offset, e.g. by the seed pool's picks (``probe.seed_pool``).
+
+    ``start_images`` ([chains, *latent shape], the prior's latents of real images; with ``config.data_start``
+    only) are where the chains start: noised to the ``data_start``-th timestep with the chain's own first
+    draw, the steps before it skipped (``probe.data_pool`` picks them).
     """
     n_cand = config.chains_at(0)
     guided = not config.unguided
@@ -584,12 +589,17 @@ def sample_stream(prior: Prior, encoder: Encoder | None, target: torch.Tensor | 
         keep_freed_memory()
     if has_target:
         target = _check_inputs(prior, encoder, torch.as_tensor(target), seeds).to(encoder.device).float()
-    if config.pool and chain_seeds is None:
+    if config.data_start and start_images is None:
+        raise UsageError("a data-start config (data_start > 0) needs start_images: probe.data_pool picks them")
+    if config.pool and not config.data_start and chain_seeds is None:
         raise UsageError("a seed-pool config (pool > 0) needs chain_seeds: probe.seed_pool.pool_chain_seeds picks them")
     q = _Queue(seeds, n_cand, max_chains, chain_seeds)
     b = len(q.chain_seeds)
     timesteps = config.timesteps(prior.num_train_timesteps)
     n_steps = len(timesteps)
+    if config.data_start and (config.data_start >= n_steps or len(start_images) != b):
+        raise UsageError(f"--data-start {config.data_start} needs a step index below {n_steps} and one start image "
+                         f"per chain ({b}), not {len(start_images)}")
     # beta = "scheduler": ᾱ = Π(1 − β_s) in float64 from the scheduler's β, as the official code computes it
     # (diffusers accumulates ᾱ in float32)
     acp = prior.alphas_cumprod if config.beta == "chain" else torch.cumprod(1 - prior.betas.double(), 0)
@@ -635,8 +645,13 @@ def sample_stream(prior: Prior, encoder: Encoder | None, target: torch.Tensor | 
                         q.chain_seeds[c] + RECURRENCE_SEED_OFFSET)
                 frames[c] = []
             zs = draw_noise([generators[c] for c in chains], prior.latent_shape, device)   # z_T ~ N(0, I)
+            if config.data_start:  # z_t = √ᾱ·x + √(1−ᾱ)·ε at the start step: the real image, noised
+                a = at[config.data_start].a_t
+                x = start_images[chains[0]:chains[-1] + 1].to(device=device, dtype=zs.dtype)
+                zs = math.sqrt(a) * x + math.sqrt(1.0 - a) * zs
             for j, c in enumerate(chains):
                 z[c] = zs[j]
+                step[c] = progress[s] = config.data_start
 
     narrowing = n_cand > 1 and config.narrow_keep > 0  # GuidanceConfig checked narrow_at and narrow_keep
     narrowed: set[int] = set()   # samples past the narrowing stage
@@ -827,7 +842,8 @@ def _sample_best(best: _Best, q: _Queue, s: int) -> float:
 def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, seeds: Sequence[int],
            config: GuidanceConfig, *, trajectory_every: int = 0,
            callback: StepCallback | None = None, max_chains: int | None = None,
-           chain_seeds: Sequence[Sequence[int]] | None = None) -> SampleResult:
+           chain_seeds: Sequence[Sequence[int]] | None = None,
+           start_images: torch.Tensor | None = None) -> SampleResult:
     """Run B = len(seeds) guided samples towards ``target`` ([B, D] or [D]; the encoder's layers
     concatenated) and return the best and final images with their distances.
 
@@ -839,7 +855,8 @@ def sample(prior: Prior, encoder: Encoder | None, target: torch.Tensor | None, s
     """
     t0 = time.perf_counter()
     done = dict(sample_stream(prior, encoder, target, seeds, config, trajectory_every=trajectory_every,
-                              callback=callback, max_chains=max_chains, chain_seeds=chain_seeds))
+                              callback=callback, max_chains=max_chains, chain_seeds=chain_seeds,
+                              start_images=start_images))
     return combine([done[s] for s in range(len(seeds))], seconds=time.perf_counter() - t0)
 
 

@@ -80,7 +80,7 @@ def test_the_walks_take_the_flags(run_cli, command, monkeypatch, tmp_path):
                   "--out", tmp_path / "o")
     assert res.exit_code == 0 and len(got) == 1, res.stderr
     auto = got[0].config()  # the default schedule: the flags reach both presets auto picks from
-    for config in (auto.pooled, auto.fallback):
+    for config in auto.choices:
         assert {k: getattr(config, k) for k in CONFIG} == {**CONFIG, "clip_x0": True}  # the last of the pair wins
     assert (got[0].precision, got[0].checkpoint) == ("bf16", "all")
 

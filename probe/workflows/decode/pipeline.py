@@ -46,7 +46,8 @@ from probe.models.encoder import Encoder
 from probe.naturalness import denoising_error, off_manifold, realism_scores, reference_errors
 from probe.reference import TargetChecks, target_checks
 from probe.rundir import RunDir
-from probe.seed_pool import check_pool_size, pool_at_hand, pool_chain_seeds
+from probe.seed_pool import check_pool_size, pool_at_hand
+from probe.starts import chain_starts, start_at_hand
 from probe.targets import CONTENT_HASH_KEYS, Target, encode_images01
 from probe.workflows.decode.merge import (
     canonical,
@@ -295,14 +296,13 @@ def _clear_for_overwrite(out: Path, work: Path, shard: Shard) -> None:
 def resolve_schedule(settings: DecodeSettings, prior: Prior, out: Path) -> DecodeSettings:
     """``settings`` with a rule schedule (``auto``, ``fast``) replaced by the preset it picks for ``prior``
     (:class:`~probe.diffusion.schedules.AutoSchedule`): the one a folder being resumed was decoded with,
-    else the pooled candidate where the prior's seed pool is at hand and the other elsewhere."""
+    else the first whose start is at hand (``probe.starts.start_at_hand``), else the last."""
     auto = settings.config
     if not isinstance(auto, AutoSchedule):
         return settings
     earlier = [] if settings.overwrite or not out.is_dir() else \
         [r.settings.get("name") for src in decode_sources(out) for r in read_records(src)[:1]]
-    names = {c.name for c in (auto.pooled, auto.fallback)}
-    config = auto.named(earlier[0]) if earlier and earlier[0] in names else auto.pick(pool_at_hand(prior, auto.pooled))
+    config = (auto.named(earlier[0]) if earlier else None) or auto.pick(lambda c: start_at_hand(prior, c))
     return dataclasses.replace(settings, config=config)
 
 
@@ -424,10 +424,10 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
                 def pool_cb(done: int, total: int) -> None:
                     if on_event is not None:
                         on_event(DecodeEvent("pool", 1, 1, done, total, 0, len(pending), []))
-                # with a seed pool the candidates start from the prior's samples closest to each target
-                chain_seeds = pool_chain_seeds(prior, encoder, settings.config, vectors.numpy(),
-                                               [s for _, s in pending], settings.samples,
-                                               settings.chains_per_call(prior, encoder), pool_cb)
+                # with a seed pool the candidates start from the prior's samples closest to each target, with a
+                # data start from its training images
+                starts = chain_starts(prior, encoder, settings.config, vectors.numpy(), [s for _, s in pending],
+                                      settings.samples, settings.chains_per_call(prior, encoder), pool_cb)
 
                 cfg = settings.config  # progress: the share of a sample's evaluations done after each step
                 n_steps = len(cfg.timesteps(prior.num_train_timesteps))
@@ -440,11 +440,12 @@ def decode_targets(prior: Prior, encoder: Encoder, targets: Sequence[Target], ou
                 for j, res in sample_stream(prior, encoder, vectors, seeds, settings.config,
                                             trajectory_every=settings.trajectory_every, callback=cb,
                                             max_chains=settings.chains_per_call(prior, encoder),
-                                            chain_seeds=chain_seeds):
+                                            **starts.sampler_kwargs()):
                     realism = realism_scores(denoising_error(prior, res.best_images), reference_error) \
                         if settings.realism else np.full(1, np.nan)
                     manifest.append(_write_batch(work, res, [pending[j]], targets, encoder, base_feats, settings,
-                                                 common, {**identity, **(extra_record or {})}, writer,
+                                                 common, {**identity, **(extra_record or {}), **starts.record(j)},
+                                                 writer,
                                                  float(res.seconds), realism, checks=checks))
                     n_written[0] += 1
         finally:
