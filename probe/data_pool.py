@@ -4,8 +4,8 @@ The seed pool (``probe.seed_pool``) starts a decode from the prior's unguided sa
 on the emoji prior (FD 81.6 to held-out emoji) that pool rarely holds the target's kind of object — bread,
 a rabbit, a taxi are drawn as people — while a search of the prior's *training* emoji by the same feature
 finds the target's kind for most targets (category judge 1.13× the real targets', docs/naturalness.md).
-With ``GuidanceConfig.data_start`` = k, sample s of a target starts from the training image ranked s by
-feature (then s + S, …), noised to the k-th timestep; the prior and guidance redraw it from there. The
+With ``GuidanceConfig.data_start`` = t/T, sample s of a target starts from the training image ranked s by
+feature (then s + S, …), noised to that level; the prior and guidance redraw it from there. The
 layout is a real image's, so the decode stays on the prior's data; its feature is what guidance reaches.
 
 Only priors whose training data probe knows have a data pool: the bundled priors (``probe.reference``'s

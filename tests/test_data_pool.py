@@ -22,7 +22,8 @@ from tests.tiny_diffusion import tiny_encoder, tiny_pixel_prior
 torch.set_num_threads(1)
 
 CFG = GuidanceConfig(name="test", steps=6, rounds=2, early_rounds=1, early_steps=0, update="ddim", candidates=1,
-                     pool=8, data_start=3)
+                     pool=8, data_start=0.5)  # linear chain t = 999, 799, 599, 400, 200, 0: starts at 400
+LAST = 1e-4  # a data start at the chain's last step (t = 0)
 
 
 def _data() -> np.ndarray:
@@ -45,12 +46,19 @@ def tiny_data(tmp_path, monkeypatch):
 
 
 def test_data_start_is_validated_counted_and_left_out_of_old_records():
-    assert "data_start" not in CFG.replace(data_start=0).to_dict() and CFG.to_dict()["data_start"] == 3
+    assert "data_start" not in CFG.replace(data_start=0).to_dict() and CFG.to_dict()["data_start"] == 0.5
     assert CFG.baseline().data_start == 0
     # the steps before the start are not run: 3 of 6 steps, 2 rounds each
-    assert CFG.evaluations(1000) == 6 and CFG.replace(data_start=0).evaluations(1000) == 12
-    with pytest.raises(UsageError, match="--data-start must be 0 .* --pool of the prior's data and --candidates 1"):
+    assert CFG.start_index(1000) == 3 and CFG.evaluations(1000) == 6
+    assert CFG.replace(data_start=0).evaluations(1000) == 12
+    # a noise level, not a step: the same level starts a 50-step quadratic chain at its step 12 (t = 570)
+    assert CFG.replace(steps=50, spacing="quadratic", data_start=0.571).start_index(1000) == 12
+    assert CFG.replace(data_start=LAST).start_index(1000) == 5
+    with pytest.raises(UsageError, match="--data-start must be 0 .* below 1 with a --pool of the prior's data and "
+                                         "--candidates 1"):
         CFG.replace(pool=0)
+    with pytest.raises(UsageError, match="--data-start"):
+        CFG.replace(data_start=1.0)
     with pytest.raises(UsageError, match="--data-start"):
         CFG.replace(candidates=2)
     with pytest.raises(UsageError, match="--data-start"):
@@ -63,7 +71,7 @@ def test_a_chain_started_from_an_image_at_the_last_step_returns_that_image():
     prior, enc = tiny_pixel_prior(), tiny_encoder()
     x = torch.from_numpy(_data()[[5]]).float() / 127.5 - 1
     target = encode_images01(enc, (x + 1) / 2)
-    cfg = CFG.replace(data_start=5, track_best=False)
+    cfg = CFG.replace(data_start=LAST, track_best=False)
     res = S.sample(prior, enc, target, [0], cfg, start_images=x)
     assert int(res.evaluations[0]) == cfg.evaluations(1000) == 2
     assert (res.final_images[0] - (x[0] + 1) / 2).abs().max() < 0.05
@@ -71,8 +79,6 @@ def test_a_chain_started_from_an_image_at_the_last_step_returns_that_image():
         S.sample(prior, enc, target, [0], cfg)
     with pytest.raises(UsageError, match="one start image per chain \\(1\\), not 2"):
         S.sample(prior, enc, target, [0], cfg, start_images=x.expand(2, -1, -1, -1))
-    with pytest.raises(UsageError, match="--data-start 6 needs a step index below 6"):
-        S.sample(prior, enc, target, [0], cfg.replace(data_start=6), start_images=x)
 
 
 def test_each_sample_starts_from_its_own_nearest_training_image(tiny_data):
@@ -93,11 +99,11 @@ def test_decode_from_a_data_start_records_the_start_image_and_keeps_its_layout(t
     feats = encode_images01(enc, torch.from_numpy(tiny_data).float() / 255).numpy()
     target = [vector_target(feats[4], "a", "test", feature_dim(enc))]
     out = tmp_path / "out"
-    cfg = CFG.replace(data_start=5)  # started at the last step: the decode is (nearly) the start image
+    cfg = CFG.replace(data_start=LAST)  # started at the last step: the decode is (nearly) the start image
     decode_targets(prior, enc, target, out, DecodeSettings(samples=2, batch_size=4, config=cfg, sheet=False))
     recs = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert recs[0]["start_image"] == 4 and recs[1]["start_image"] != 4
-    assert recs[0]["evaluations"] == cfg.evaluations(1000) and recs[0]["settings"]["data_start"] == 5
+    assert recs[0]["evaluations"] == cfg.evaluations(1000) and recs[0]["settings"]["data_start"] == LAST
     from PIL import Image
 
     img = np.asarray(Image.open(out / recs[0]["image"]), dtype=np.float32)
@@ -127,8 +133,8 @@ def test_data_start_from_the_cli_is_refused_without_a_pool(run_cli, tmp_path):
     vec = tmp_path / "v.npy"
     np.save(vec, np.zeros(256, np.float32))  # fashion-cnn's embedding
     res = run_cli("decode", "--vector", str(vec), "-m", "bundled:fashion-cnn", "--schedule", "balanced",
-                  "--data-start", "8", "-o", str(tmp_path / "o"))
-    assert res.exit_code == 2 and "--data-start must be 0 (off) or a step index with a --pool" in res.output
+                  "--data-start", "0.5", "-o", str(tmp_path / "o"))
+    assert res.exit_code == 2 and "--data-start must be 0 (off) or a noise level t/T below 1" in res.output
     assert PRESETS["pooled"].data_start == 0
 
 
@@ -136,7 +142,8 @@ def test_auto_starts_from_the_data_where_it_is_installed(tmp_path, tiny_data):
     from probe.diffusion.schedules import schedule
 
     prior, enc = tiny_pixel_prior(), tiny_encoder()
-    auto = schedule("auto", steps=4, rounds=2, early_steps=2, candidates=1, pool=6, data_start=2)
+    # quadratic chain t = 999, 444, 111, 0: t/T = 0.2 starts at step 2
+    auto = schedule("auto", steps=4, rounds=2, early_steps=2, candidates=1, pool=6, data_start=0.2)
     target = [vector_target(np.zeros(feature_dim(enc), np.float32), "a", "test", feature_dim(enc))]
     settings = DecodeSettings(samples=1, batch_size=4, config=auto, baseline=False, realism=False, sheet=False)
     decode_targets(prior, enc, target, tmp_path / "o", settings)

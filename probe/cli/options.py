@@ -43,8 +43,8 @@ SCHEDULE_HELP = f"{AUTO}: {AUTO_CHOICES[0]} where the prior's training data is i
     + (f" (K={c.early_rounds} on the first {c.early_steps}"
        + (f", {c.candidates} candidate seeds" if c.candidates > 1 else "")
        + (f", seed pool of {c.pool}" if c.pool else "") + ")"
-       if c.early_steps > c.data_start and not c.unguided else "")
-    + (f" (from the nearest of {c.pool} training images, noised to step {c.data_start})" if c.data_start else "")
+       if c.early_steps and not (c.unguided or c.data_start) else "")
+    + (f" (from the nearest of {c.pool} training images, noised to t/T={c.data_start:g})" if c.data_start else "")
     + (f" (K={c.late_rounds} on the last {c.late_steps})" if c.late_steps and c.late_rounds else "")
     + (", unguided" if c.unguided else f", w={c.weight:g}" + (f" (x0 cap {c.x0_cap:g})" if c.x0_cap else "")
        + f", tau={c.tau:g}")
@@ -285,9 +285,9 @@ def decode_options(samples: int = 4, trajectory: bool = False, out_help: str = "
         click.option("--pool-rank", type=click.Choice(list(POOL_RANKS)), default=None,
                      help="Override: rank the pool's samples by squared distance to the target (l2) or by the "
                           "cosine alone."),
-        click.option("--data-start", type=int, help="Override: start each sample from the prior's training "
+        click.option("--data-start", type=FINITE, help="Override: start each sample from the prior's training "
                      "image closest to the target (of --pool of them; bundled priors only), noised to this "
-                     "step index; the steps before it are not run (0 = off: start from noise)."),
+                     "level t/T (0.571 in the data presets); the steps before it are not run (0 = off: noise)."),
         click.option("--rescale", type=FINITE, help="Override: pull the guided noise prediction back to the "
                      "unguided one's norm, 0..1 (1 = same norm; keeps guidance from adding contrast)."),
         click.option("--spacing", type=click.Choice(["linear", "quadratic"]),

@@ -576,8 +576,8 @@ def sample_stream(prior: Prior, encoder: Encoder | None, target: torch.Tensor | 
     seed + k·offset, e.g. by the seed pool's picks (``probe.seed_pool``).
 
     ``start_images`` ([chains, *latent shape], the prior's latents of real images; with ``config.data_start``
-    only) are where the chains start: noised to the ``data_start``-th timestep with the chain's own first
-    draw, the steps before it skipped (``probe.data_pool`` picks them).
+    only) are where the chains start: noised to the timestep of ``config.start_index`` with the chain's own
+    first draw, the steps before it skipped (``probe.data_pool`` picks them).
     """
     n_cand = config.chains_at(0)
     guided = not config.unguided
@@ -597,9 +597,9 @@ def sample_stream(prior: Prior, encoder: Encoder | None, target: torch.Tensor | 
     b = len(q.chain_seeds)
     timesteps = config.timesteps(prior.num_train_timesteps)
     n_steps = len(timesteps)
-    if config.data_start and (config.data_start >= n_steps or len(start_images) != b):
-        raise UsageError(f"--data-start {config.data_start} needs a step index below {n_steps} and one start image "
-                         f"per chain ({b}), not {len(start_images)}")
+    first = config.start_index(prior.num_train_timesteps)
+    if config.data_start and len(start_images) != b:
+        raise UsageError(f"--data-start needs one start image per chain ({b}), not {len(start_images)}")
     # beta = "scheduler": ᾱ = Π(1 − β_s) in float64 from the scheduler's β, as the official code computes it
     # (diffusers accumulates ᾱ in float32)
     acp = prior.alphas_cumprod if config.beta == "chain" else torch.cumprod(1 - prior.betas.double(), 0)
@@ -646,12 +646,12 @@ def sample_stream(prior: Prior, encoder: Encoder | None, target: torch.Tensor | 
                 frames[c] = []
             zs = draw_noise([generators[c] for c in chains], prior.latent_shape, device)   # z_T ~ N(0, I)
             if config.data_start:  # z_t = √ᾱ·x + √(1−ᾱ)·ε at the start step: the real image, noised
-                a = at[config.data_start].a_t
+                a = at[first].a_t
                 x = start_images[chains[0]:chains[-1] + 1].to(device=device, dtype=zs.dtype)
                 zs = math.sqrt(a) * x + math.sqrt(1.0 - a) * zs
             for j, c in enumerate(chains):
                 z[c] = zs[j]
-                step[c] = progress[s] = config.data_start
+                step[c] = progress[s] = first
 
     narrowing = n_cand > 1 and config.narrow_keep > 0  # GuidanceConfig checked narrow_at and narrow_keep
     narrowed: set[int] = set()   # samples past the narrowing stage

@@ -97,8 +97,9 @@ class GuidanceConfig:
         minimises) or "cosine" (the angle alone, blind to the feature's norm).
       data_start: start from the prior's training data instead of noise. When > 0 the pool is ``pool`` of the
         prior's own training images (not its samples): sample s of S takes the image ranked s (then s + S, …)
-        by feature, noised to the ``data_start``-th timestep (z = √ᾱ·x + √(1−ᾱ)·ε, ε from the chain's seed),
-        and the chain runs from there; the steps before it are not run. The prior then redraws that image
+        by feature, noised to the chain's first timestep t ≤ data_start·(T−1) (z = √ᾱ·x + √(1−ᾱ)·ε, ε from
+        the chain's seed; a noise level, so it means the same whatever ``steps`` is), and the chain runs from
+        there; the steps before it are not run (:meth:`start_index`). The prior then redraws that image
         under guidance: its large layout is a real image's, its details the prior's and guidance's.
         0 is off (``probe.data_pool``; docs/naturalness.md).
       rescale: φ of guidance rescaling — ε' is pulled back towards ε's norm, ε'' = φ·ε'·‖ε‖/‖ε'‖ + (1−φ)·ε'
@@ -165,7 +166,7 @@ class GuidanceConfig:
     loss_resize: str = "eval"
     best_by: str = "saved"
     grad_min_weight: float = 0.0
-    data_start: int = 0
+    data_start: float = 0.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # the API's values obey the CLI's rule: every number finite
@@ -203,9 +204,10 @@ class GuidanceConfig:
         if not 0 <= self.pool <= MAX_POOL or (self.pool and self.pool < self.candidates):
             raise UsageError(f"--pool must be 0 (off) or between --candidates ({self.candidates}) and "
                              f"{MAX_POOL:,}, not {self.pool}")
-        if self.data_start < 0 or (self.data_start and not (self.pool and self.candidates == 1)):
-            raise UsageError(f"--data-start must be 0 (off) or a step index with a --pool of the prior's data and "
-                             f"--candidates 1, not {self.data_start} (pool {self.pool}, {self.candidates} candidates)")
+        if not 0 <= self.data_start < 1 or (self.data_start and not (self.pool and self.candidates == 1)):
+            raise UsageError(f"--data-start must be 0 (off) or a noise level t/T below 1 with a --pool of the prior's "
+                             f"data and --candidates 1, not {self.data_start:g} (pool {self.pool}, {self.candidates} "
+                             "candidates)")
         if self.pool_rank not in POOL_RANKS:
             raise UsageError(f"--pool-rank must be one of {', '.join(POOL_RANKS)}, not {self.pool_rank!r}")
         if self.narrow_keep < 0 or self.narrow_at < 0:
@@ -276,8 +278,15 @@ class GuidanceConfig:
     def evaluations(self, num_train_timesteps: int) -> int:
         """Guided evaluations (UNet + decode + encoder, forward and backward) of a run without early stop."""
         n = len(self.timesteps(num_train_timesteps))
-        return sum(self.rounds_at(i, n) * self.chains_at(i) for i in range(self.data_start, n)
+        return sum(self.rounds_at(i, n) * self.chains_at(i) for i in range(self.start_index(num_train_timesteps), n)
                    if self.guided_at(i, n))
+
+    def start_index(self, num_train_timesteps: int) -> int:
+        """The step a chain starts at: 0, or with ``data_start`` the first whose t ≤ data_start·(T−1)."""
+        if not self.data_start:
+            return 0
+        ts = self.timesteps(num_train_timesteps)
+        return next(i for i, t in enumerate(ts) if t <= self.data_start * (num_train_timesteps - 1))
 
     def replace(self, **overrides: object) -> GuidanceConfig:
         """A copy with some fields changed; ``None`` values mean 'keep' (unset CLI options)."""
@@ -292,7 +301,7 @@ class GuidanceConfig:
         """The unguided run that a guided one is compared against: same prior, timesteps, update and seed."""
         return self.replace(name=f"{self.name}/baseline", unguided=True, rounds=1, early_rounds=1,
                             early_steps=0, late_rounds=0, late_steps=0, free_steps=0, candidates=1, narrow_at=0,
-                            narrow_keep=0, pool=0, pool_rank="l2", grad_min_weight=0.0, data_start=0, stop_patience=0,
+                            narrow_keep=0, pool=0, pool_rank="l2", grad_min_weight=0.0, data_start=0.0, stop_patience=0,
                             max_distance=0.0, track_best=False)
 
     def to_dict(self) -> dict:
@@ -337,7 +346,7 @@ class ChainConfig:
 
 
 DATA_POOL = 4096  # training images a data start searches (all of them where the data is smaller)
-DATA_START = 8  # the step a data start enters at
+DATA_START = 0.571  # the noise level t/T a data start enters at: step 12 of the presets' 50 (t = 570)
 _POOLED = GuidanceConfig(name="pooled", steps=50, weight=0.5, tau=3.0, rounds=2, early_rounds=1, early_steps=8,
                          late_rounds=13, late_steps=10, spacing="quadratic", update="ddim", eta=1.0, x0_cap=0.5,
                          candidates=1, pool=2048, grad_min_weight=0.25)  # PRESETS["pooled"], described there
@@ -396,11 +405,12 @@ PRESETS: dict[str, GuidanceConfig] = {
     "pooled-fast": _POOLED.replace(name="pooled-fast", late_rounds=6),
     # data / data-fast: pooled / pooled-fast, but each sample starts from the prior's own training image
     # closest to the target (of up to 4,096: the seeded first of its data) instead of a pool sample, noised to
-    # step 8 (t = 699, where the pool start's forward-only steps end): the layout is a real image's, and
-    # the steps before are not run. Where the prior's training data is known and installed (the bundled
-    # priors) the rules pick these. On 54 emoji targets through Lite0 (docs/naturalness.md) data-fast
-    # against pooled-fast: relative distance 0.128 -> 0.090, category judge 0.62 -> 0.78 of real, NN
-    # 1.70 -> 1.42, Lite2 top-5 0.52 -> 0.56, FD 1.45 -> 1.57.
+    # t/T = 0.571 (step 12 of 50, t = 570): the layout is a real image's, and the steps before are not run.
+    # Where the prior's training data is known and installed (the bundled priors) the rules pick these.
+    # On 54 emoji targets through Lite0 (docs/naturalness.md) data-fast
+    # against pooled-fast: relative distance 0.128 -> 0.085, category judge 0.62 -> 0.97 of real, NN
+    # 1.70 -> 1.14, FD 1.45 -> 1.49, Lite2 top-5 0.52 -> 0.59; on 50 Fashion-MNIST targets judges 0.96 ->
+    # 1.02, FD 0.66 -> 0.60, NN 1.16 -> 1.03. Starting at step 8 (t = 699) or 5 scored worse on the emoji.
     "data": _POOLED.replace(name="data", pool=DATA_POOL, data_start=DATA_START),
     "data-fast": _POOLED.replace(name="data-fast", late_rounds=6, pool=DATA_POOL, data_start=DATA_START),
     # no guidance: what the prior draws from the same seed, on the timesteps of ``fast``/``balanced``

@@ -46,7 +46,7 @@ from probe.models.encoder import Encoder
 from probe.naturalness import denoising_error, off_manifold, realism_scores, reference_errors
 from probe.reference import TargetChecks, target_checks
 from probe.rundir import RunDir
-from probe.seed_pool import check_pool_size, pool_at_hand
+from probe.seed_pool import check_pool_size
 from probe.starts import chain_starts, start_at_hand
 from probe.targets import CONTENT_HASH_KEYS, Target, encode_images01
 from probe.workflows.decode.merge import (
