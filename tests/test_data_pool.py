@@ -149,4 +149,4 @@ def test_auto_starts_from_the_data_where_it_is_installed(tmp_path, tiny_data):
     decode_targets(prior, enc, target, tmp_path / "o", settings)
     rec = json.loads((tmp_path / "o" / "manifest.jsonl").read_text().splitlines()[0])
     assert rec["settings"]["name"] == "data" and rec["start_image"] in range(8)
-    assert rec["evaluations"] == auto.choices[0].evaluations(1000) == 26  # steps 2 and 3 only, 13 rounds each
+    assert rec["evaluations"] == auto.choices[0].evaluations(1000) == 12  # steps 2 and 3 only, 6 rounds each

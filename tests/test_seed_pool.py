@@ -214,11 +214,11 @@ def test_fast_follows_the_same_rule_between_pooled_fast_and_its_48_candidate_pre
 
     fast = schedule("fast")
     assert isinstance(fast, AutoSchedule) and fast.name == "fast"
-    data_fast, pooled_fast = fast.choices[:2]
-    assert [c.name for c in fast.choices] == ["data-fast", "pooled-fast", "fast"]
+    data, pooled_fast = fast.choices[:2]
+    assert [c.name for c in fast.choices] == ["data", "pooled-fast", "fast"]
     assert [c.evaluations(1000) for c in fast.choices] == [116, 132, 552]  # a data start skips the first 12 steps
     assert pooled_fast == PRESETS["pooled"].replace(name="pooled-fast", late_rounds=6)  # pooled, 6 late rounds
-    assert data_fast == pooled_fast.replace(name="data-fast", pool=4096, data_start=0.571)
+    assert data == pooled_fast.replace(name="data", pool=4096, data_start=0.571) == schedule("auto").choices[0]
     assert [c.pool for c in schedule("fast", pool=0).choices] == [0, 0]  # --pool 0: the 48 candidates
     prior, enc = tiny_pixel_prior(), tiny_encoder()
     over = {"steps": 4, "rounds": 2, "early_steps": 2, "late_steps": 1, "candidates": 1, "pool": 6}

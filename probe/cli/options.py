@@ -287,7 +287,7 @@ def decode_options(samples: int = 4, trajectory: bool = False, out_help: str = "
                           "cosine alone."),
         click.option("--data-start", type=FINITE, help="Override: start each sample from the prior's training "
                      "image closest to the target (of --pool of them; bundled priors only), noised to this "
-                     "level t/T (0.571 in the data presets); the steps before it are not run (0 = off: noise)."),
+                     "level t/T (0.571 in the data preset); the steps before it are not run (0 = off: noise)."),
         click.option("--rescale", type=FINITE, help="Override: pull the guided noise prediction back to the "
                      "unguided one's norm, 0..1 (1 = same norm; keeps guidance from adding contrast)."),
         click.option("--spacing", type=click.Choice(["linear", "quadratic"]),
