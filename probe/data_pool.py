@@ -15,7 +15,6 @@ when smaller); their features are computed once per network and cached.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,38 +25,22 @@ from probe.cache import keyed_path, load_arrays, save_arrays
 from probe.diffusion.priors import Prior
 from probe.diffusion.schedules import GuidanceConfig
 from probe.errors import UsageError
-from probe.reference import REFERENCE_DATA, encode_uint8
+from probe.reference import REFERENCE_DATA, encode_uint8, training_images
 from probe.seed_pool import SeedPool
 
 DATA_SEED = 1  # the permutation of the training data whose first ``pool`` images form the data pool
 
 
-@functools.lru_cache(maxsize=2)
-def _training_data(prior_spec: str) -> np.ndarray | None:
-    """The prior's training images, uint8 [N, C, H, W] (read once per process); None where probe does not
-    know them or they are not installed."""
-    entry = REFERENCE_DATA.get(prior_spec)
-    if entry is None:
-        return None
-    try:
-        data = entry[0]()
-    except Exception:  # noqa: BLE001 - e.g. the dataset package is missing: no data start
-        return None
-    if data.shape[-1] in (1, 3) and data.shape[1] not in (1, 3):
-        data = data.transpose(0, 3, 1, 2)
-    return data
-
-
 def has_data(prior_spec: str) -> bool:
     """Whether the training data of ``prior_spec`` is known to probe and installed, so decodes can start
     from it (what ``--schedule auto`` checks before picking a data-start preset)."""
-    return _training_data(prior_spec) is not None
+    return training_images(prior_spec) is not None
 
 
 def data_images(prior_spec: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     """uint8 [min(n, N), C, H, W]: the first ``n`` of a seeded permutation of the prior's training images,
     and their indices in that data."""
-    data = _training_data(prior_spec)
+    data = training_images(prior_spec)
     if data is None:
         known = prior_spec in REFERENCE_DATA
         raise UsageError(f"--data-start: the training data of prior {prior_spec!r} is "
@@ -77,9 +60,9 @@ class DataStarts:
     indices: list[int]
 
 
-def data_pool(prior: Prior, encoder, n: int, cache: bool = True) -> tuple[np.ndarray, SeedPool]:
-    """The data pool's images and a :class:`SeedPool` over them (its "seeds" are the images' indices in the
-    prior's training data)."""
+def data_pool(prior: Prior, encoder, n: int, cache: bool = True) -> tuple[np.ndarray, np.ndarray, SeedPool]:
+    """The data pool's images, their indices in the prior's training data, and a :class:`SeedPool` over them
+    (its "seeds" are positions in the pool)."""
     images, index = data_images(prior.spec, n)
     path = keyed_path("data-pool-features", {"version": 1, "prior": prior.spec, "n": len(images),
                                              "seed": DATA_SEED, "encoder": encoder.record(),
@@ -91,7 +74,7 @@ def data_pool(prior: Prior, encoder, n: int, cache: bool = True) -> tuple[np.nda
         features = encode_uint8(encoder, images).astype(np.float32)
         if cache:
             save_arrays(path, features=features)
-    return images, SeedPool(seeds=index.astype(np.int64), features=features)
+    return images, index, SeedPool(seeds=np.arange(len(images), dtype=np.int64), features=features)
 
 
 def data_starts(prior: Prior, encoder, config: GuidanceConfig, vectors: np.ndarray, samples: Sequence[int],
@@ -101,10 +84,9 @@ def data_starts(prior: Prior, encoder, config: GuidanceConfig, vectors: np.ndarr
     (``config.pool_rank``), so the samples of one target start from different images."""
     if not config.data_start:
         return None
-    images, pool = data_pool(prior, encoder, config.pool)
-    picks = [p[0] for p in pool.assign(np.asarray(vectors), samples, n_samples, 1, config.pool_rank)]
-    row = {int(i): j for j, i in enumerate(pool.seeds)}
-    x = torch.from_numpy(images[[row[i] for i in picks]]).float() / 127.5 - 1.0
+    images, index, pool = data_pool(prior, encoder, config.pool)
+    rows = [p[0] for p in pool.assign(np.asarray(vectors), samples, n_samples, 1, config.pool_rank)]
+    x = torch.from_numpy(images[rows]).float() / 127.5 - 1.0
     with torch.no_grad():
         latents = prior.encode(x.to(prior.device)).float().cpu()
-    return DataStarts(latents=latents, indices=picks)
+    return DataStarts(latents=latents, indices=[int(index[r]) for r in rows])

@@ -29,6 +29,7 @@ to :func:`reference_set` to give it one.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,25 @@ REFERENCE_DATA: dict[str, tuple[Callable[[], np.ndarray], str]] = {
     "bundled:emoji-ddpm": (_emoji_train, "emoji-ddpm's training emoji (npm emoji-datasource-google)"),
     "bundled:fashion-ddpm": (_fashion_train, "fashion-ddpm's training images (Fashion-MNIST train)"),
 }
+
+
+@functools.lru_cache(maxsize=2)
+def _read(load: Callable[[], np.ndarray]) -> np.ndarray | None:
+    try:
+        data = load()
+    except Exception:  # noqa: BLE001 - the dataset is not installed: no reference, no data start
+        return None
+    if data.shape[-1] in (1, 3) and data.shape[1] not in (1, 3):
+        data = data.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(data)
+
+
+def training_images(prior_spec: str) -> np.ndarray | None:
+    """The prior's training images, uint8 [N, C, H, W], read once per process (the reference set and the data
+    start, ``probe.data_pool``, both draw from them); None where probe does not know them or they are not
+    installed."""
+    entry = REFERENCE_DATA.get(prior_spec)
+    return None if entry is None else _read(entry[0])
 
 
 @dataclass
@@ -152,14 +172,13 @@ def reference_set(prior_spec: str, encoder, images: np.ndarray | None = None, n:
         entry = REFERENCE_DATA.get(prior_spec)
         if entry is None:
             return None
-        load, source = entry
+        source = entry[1]
         path = _cache_path(prior_spec, encoder, n)
         z = load_arrays(path) if cache else None
         if z is not None:
             return ReferenceSet(z["features"], str(z["source"]), z["self_knn_cos"])
-        try:
-            data = load()
-        except Exception:  # noqa: BLE001 - the dataset is not installed: no reference, no flag
+        data = training_images(prior_spec)
+        if data is None:  # the dataset is not installed: no reference, no flag
             return None
         pick = np.sort(np.random.default_rng(REFERENCE_SEED).permutation(len(data))[:n])
         ref = build_reference(encode_uint8(encoder, data[pick]), f"{len(pick)} of {source}")

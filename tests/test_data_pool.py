@@ -40,9 +40,7 @@ def tiny_data(tmp_path, monkeypatch):
     """The tiny prior's training data known to probe (as the bundled priors' is), and a fresh cache."""
     monkeypatch.setattr(probe.cache, "CACHE_DIR", tmp_path / "cache")
     monkeypatch.setitem(probe.reference.REFERENCE_DATA, "test:tiny-ddpm", (_data, "eight squares"))
-    DP._training_data.cache_clear()
-    yield _data()
-    DP._training_data.cache_clear()
+    return _data()
 
 
 def test_data_start_is_validated_counted_and_left_out_of_old_records():
@@ -85,10 +83,10 @@ def test_each_sample_starts_from_its_own_nearest_training_image(tiny_data):
     prior, enc = tiny_pixel_prior(), tiny_encoder()
     feats = encode_images01(enc, torch.from_numpy(tiny_data).float() / 255).numpy()
     starts = DP.data_starts(prior, enc, CFG, feats[[6, 6, 2]], samples=[0, 1, 0], n_samples=2)
-    _, pool = DP.data_pool(prior, enc, CFG.pool)
-    order = pool.ranks(feats[[6]])[0]
+    _, index, pool = DP.data_pool(prior, enc, CFG.pool)
+    order = index[pool.ranks(feats[[6]])[0]]
     assert starts.indices[0] == 6 and starts.indices[2] == 2  # a training image is its own nearest
-    assert starts.indices[1] == int(pool.seeds[order[1]]) != 6  # sample 1 takes the next one
+    assert starts.indices[1] == int(order[1]) != 6  # sample 1 takes the next one
     assert torch.equal(starts.latents[0], torch.from_numpy(tiny_data[6]).float() / 127.5 - 1)
     assert DP.data_starts(prior, enc, CFG.replace(data_start=0), feats[:1], [0], 1) is None
     assert start_at_hand(prior, CFG)  # the data is known: --schedule auto may pick a data-start preset
@@ -112,7 +110,6 @@ def test_decode_from_a_data_start_records_the_start_image_and_keeps_its_layout(t
 
 def test_data_start_on_a_prior_whose_data_is_unknown_or_missing_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(probe.cache, "CACHE_DIR", tmp_path / "cache")
-    DP._training_data.cache_clear()
     prior, enc = tiny_pixel_prior(), tiny_encoder()
     vec = np.zeros((1, feature_dim(enc)), np.float32)
     assert not start_at_hand(prior, CFG) and start_at_hand(prior, CFG.replace(data_start=0, pool=0))
@@ -122,11 +119,9 @@ def test_data_start_on_a_prior_whose_data_is_unknown_or_missing_says_so(tmp_path
     def missing():
         raise FileNotFoundError("no such dataset")
     monkeypatch.setitem(probe.reference.REFERENCE_DATA, "test:tiny-ddpm", (missing, "not installed"))
-    DP._training_data.cache_clear()
     assert not start_at_hand(prior, CFG)  # auto then falls back instead of failing
     with pytest.raises(UsageError, match="prior 'test:tiny-ddpm' is not installed"):
         DP.data_starts(prior, enc, CFG, vec, [0], 1)
-    DP._training_data.cache_clear()
 
 
 def test_data_start_from_the_cli_is_refused_without_a_pool(run_cli, tmp_path):
